@@ -1,0 +1,72 @@
+//! The object store: the `Store` trait (kept free of backend types), the watch log, and the
+//! redb backend. Objects are Kubernetes-shaped JSON keyed by kind/namespace/name; the store
+//! assigns uid, resourceVersion (global, monotonic), creationTimestamp and generation
+//! (bumped only when `spec` changes), and keeps `status` apart from the rest.
+
+pub mod redb;
+pub mod watch;
+
+use crate::api::{Kind, ObjectKey};
+use serde_json::Value;
+
+pub use watch::{Watch, WatchEvent, WatchEventType};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{key} already exists")]
+    AlreadyExists { key: String },
+    #[error("{key} not found")]
+    NotFound { key: String },
+    #[error("{key} was changed by someone else (expected resourceVersion {expected}, found {found})")]
+    Conflict { key: String, expected: u64, found: u64 },
+    #[error("resourceVersion {requested} is too old (oldest available is {oldest}); list again")]
+    Gone { requested: u64, oldest: u64 },
+    #[error("invalid object: {reason}")]
+    Invalid { reason: String },
+    #[error("store at {path}: {reason}")]
+    Backend { path: String, reason: String },
+}
+
+/// One write in a transaction. A transaction is all-or-nothing.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Creates an object; fails with `AlreadyExists` when the key is taken.
+    Create(Value),
+    /// Creates or replaces an object's metadata and spec. The stored `status` is kept (the
+    /// body's status is ignored for an existing object); `generation` is bumped when `spec`
+    /// differs; uid and creationTimestamp are kept. `expect_rv` guards against lost updates.
+    Put { object: Value, expect_rv: Option<u64> },
+    /// Replaces only the `status` of an existing object; the generation is not bumped.
+    PutStatus {
+        key: ObjectKey,
+        status: Value,
+        expect_rv: Option<u64>,
+    },
+    /// Deletes an object; deleting a missing object is `NotFound`.
+    Delete { key: ObjectKey, expect_rv: Option<u64> },
+}
+
+/// The result of a committed transaction.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// The resourceVersion of the transaction (every object it wrote carries it).
+    pub resource_version: u64,
+    /// The objects as stored after each op (for a delete, the last state), in op order.
+    pub objects: Vec<Value>,
+}
+
+/// The object store. Implementations: `redb::RedbStore` (embedded), etcd (later).
+pub trait Store: Send + Sync {
+    /// One object, or `None`.
+    fn get(&self, key: &ObjectKey) -> Result<Option<Value>, StoreError>;
+    /// All objects of a kind (in one namespace, or all when `None`), sorted by key, and the
+    /// resourceVersion the list is consistent with (to start a watch from).
+    fn list(&self, kind: Kind, namespace: Option<&str>) -> Result<(Vec<Value>, u64), StoreError>;
+    /// Applies the ops atomically: every op or none. The whole transaction gets one new
+    /// resourceVersion. An empty transaction is a no-op returning the current version.
+    fn commit(&self, ops: Vec<Op>) -> Result<Committed, StoreError>;
+    /// Changes after `from_rv` (exclusive), in order; `Gone` if they are no longer kept.
+    fn watch(&self, from_rv: u64) -> Result<Watch, StoreError>;
+    /// The newest resourceVersion.
+    fn current_rv(&self) -> u64;
+}
