@@ -13,6 +13,7 @@
 //! - [`api`]: the object model shared by all: kinds, keys, metadata helpers, selectors.
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod controller;
 pub mod manifest;

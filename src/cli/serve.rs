@@ -42,3 +42,174 @@ pub struct ServeArgs {
     #[arg(long)]
     pub webhook_secret_file: Option<PathBuf>,
 }
+
+use crate::controller::source::SourceController;
+use crate::manifest::Limits;
+use crate::server::{ApiState, Tokens};
+use crate::source::Source;
+use crate::source::dir::DirSource;
+use crate::source::git::GitSource;
+use crate::store::Store;
+use crate::store::redb::RedbStore;
+use anyhow::{Context, bail};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Parses durations such as `500ms`, `30s`, `5m`, `1h` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 5m)"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    if d.is_zero() {
+        return Err(format!("{s:?}: must be more than zero"));
+    }
+    Ok(d)
+}
+
+/// Opens the source the flags name.
+pub fn open_source(args: &ServeArgs) -> anyhow::Result<Box<dyn Source>> {
+    let max = Limits::default().max_file_bytes;
+    Ok(match (&args.repo, &args.dir) {
+        (Some(repo), _) => {
+            let mut git = GitSource::open(repo, args.branch.as_deref(), args.path.as_deref(), &args.state, max)?;
+            git.set_interval(parse_duration(&args.interval).map_err(|e| anyhow::anyhow!("--interval {e}"))?);
+            Box::new(git)
+        }
+        (None, Some(dir)) => Box::new(DirSource::open(dir, max)?),
+        (None, None) => bail!("give --repo PATH_OR_URL or --dir PATH"),
+    })
+}
+
+/// Runs the control plane until SIGINT or SIGTERM.
+pub fn run(args: ServeArgs, _log: crate::telemetry::LogFormat) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    if args.store != "redb" {
+        bail!(
+            "--store {}: only the embedded redb store is available in this version",
+            args.store
+        );
+    }
+    create_state_dir(&args.state)?;
+    let db = args.state.join("tend.redb");
+    let store: Arc<dyn Store> =
+        Arc::new(RedbStore::open(&db).with_context(|| format!("opening the store {}", db.display()))?);
+    let tokens = Tokens::load_or_create(&args.state)
+        .with_context(|| format!("writing tokens in {}", args.state.display()))?;
+    let webhook_secret = match &args.webhook_secret_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("--webhook-secret-file {}", path.display()))?
+                .trim()
+                .as_bytes()
+                .to_vec(),
+        ),
+        None => None,
+    };
+    let mut source = open_source(&args)?;
+    let mut controller = SourceController::new(store.clone(), &args.service_cidr, Limits::default())?;
+    let (notify_tx, mut notify_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let _watch = source.watch(notify_tx.clone())?;
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("--listen {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    println!("tend serve: listening on http://{addr}");
+    println!(
+        "tend serve: source {}; state in {} (admin.token, join.token)",
+        source.describe(),
+        args.state.display()
+    );
+    let state = Arc::new(ApiState {
+        store: store.clone(),
+        tokens,
+        webhook_secret,
+        source_refresh: notify_tx,
+    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut api_stop = stop_rx.clone();
+    let api = tokio::spawn(crate::server::serve(listener, crate::server::router(state), async move {
+        let _ = api_stop.wait_for(|s| *s).await;
+    }));
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+
+    // The source loop: sync, then wait for a change notice, the poll period, or shutdown.
+    let poll = Duration::from_secs(5).min(parse_duration(&args.interval).unwrap_or(Duration::from_secs(30)));
+    let mut backoff = Duration::from_millis(500);
+    let mut stop = stop_rx;
+    loop {
+        let (c, s, result) = tokio::task::spawn_blocking(move || {
+            let result = controller.sync(source.as_mut());
+            (controller, source, result)
+        })
+        .await
+        .context("source loop")?;
+        controller = c;
+        source = s;
+        let wait = match result {
+            Ok(_) => {
+                backoff = Duration::from_millis(500);
+                poll
+            }
+            Err(e) => {
+                tracing::warn!("source sync failed, retrying in {backoff:?}: {e}");
+                let wait = backoff;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                wait
+            }
+        };
+        tokio::select! {
+            _ = notify_rx.recv() => while notify_rx.try_recv().is_ok() {},
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    tracing::info!("shutting down");
+    api.await.context("API task")?.context("API server")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn create_state_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating the state directory {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! `tend bench`: reproducible measurements against the real binary, real git and the real API.
+//!
+//! `tend bench apply [--deployments N]` builds a git repository with N Deployments and N
+//! Services (one file each pair), starts `tend serve` on it, and measures: the cold apply,
+//! a one-file commit applied after the ref update, and serve's resident memory; beside them,
+//! the floor: parsing the same YAML alone in this process.
+
+use crate::manifest::{self, Limits};
+use anyhow::{Context, bail};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// What to measure: `apply`.
+    pub what: String,
+    /// Deployments (and as many Services) in the repository.
+    #[arg(long, default_value_t = 2000)]
+    pub deployments: usize,
+    /// One-file commits to time (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub commits: usize,
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    match args.what.as_str() {
+        "apply" => apply(&args),
+        other => bail!("bench {other:?}: unknown benchmark (available: apply)"),
+    }
+}
+
+/// The YAML of app `i`: a Deployment and a NodePort-less Service, ~50 lines.
+pub fn app_yaml(i: usize, image_tag: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: app-{i}\n  labels:\n    app: app-{i}\n    team: bench\n\
+spec:\n  replicas: 3\n  revisionHistoryLimit: 5\n  selector:\n    matchLabels:\n      app: app-{i}\n  strategy:\n    type: RollingUpdate\n\
+    rollingUpdate:\n      maxSurge: 1\n      maxUnavailable: 0\n  template:\n    metadata:\n      labels:\n        app: app-{i}\n\
+    spec:\n      nodeSelector:\n        disk: ssd\n      containers:\n      - name: web\n        image: registry.local:5000/app-{i}:{image_tag}\n\
+        ports:\n        - containerPort: 8080\n          name: http\n        env:\n        - name: MODE\n          value: bench\n\
+        resources:\n          requests:\n            cpu: 100m\n            memory: 64Mi\n        readinessProbe:\n          httpGet:\n\
+            path: /healthz\n            port: http\n          periodSeconds: 5\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: app-{i}\n\
+spec:\n  selector:\n    app: app-{i}\n  ports:\n  - name: http\n    port: 80\n    targetPort: http\n"
+    )
+}
+
+fn git(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=bench", "-c", "user.email=bench@localhost"])
+        .args(args)
+        .output()
+        .context("running git")?;
+    if !out.status.success() {
+        bail!("git {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+fn head(dir: &Path) -> anyhow::Result<String> {
+    let out = Command::new("git").arg("-C").arg(dir).args(["rev-parse", "HEAD"]).output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+struct Serve {
+    child: Child,
+    url: String,
+    token: String,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_serve(repo: &Path, state: &Path) -> anyhow::Result<Serve> {
+    let exe = std::env::current_exe().context("locating the tend binary")?;
+    let mut child = Command::new(exe)
+        .args(["serve", "--listen", "127.0.0.1:0", "--repo"])
+        .arg(repo)
+        .arg("--state")
+        .arg(state)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting tend serve")?;
+    let stdout = child.stdout.take().context("serve's stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let url = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .filter(|u| u.starts_with("http://"))
+        .with_context(|| format!("serve printed {line:?} instead of its URL"))?
+        .to_string();
+    let token = std::fs::read_to_string(state.join("admin.token"))?.trim().to_string();
+    Ok(Serve { child, url, token })
+}
+
+/// Waits until revision `id` has a final phase; returns the phase.
+fn wait_revision(serve: &Serve, http: &reqwest::blocking::Client, id: &str, limit: Duration) -> anyhow::Result<String> {
+    let deadline = Instant::now() + limit;
+    let url = format!("{}/apis/tend.dev/v1/revisions/{id}", serve.url);
+    while Instant::now() < deadline {
+        if let Ok(resp) = http.get(&url).bearer_auth(&serve.token).send()
+            && resp.status().is_success()
+            && let Ok(v) = resp.json::<Value>()
+            && let Some(phase) = v.pointer("/status/phase").and_then(Value::as_str)
+            && phase != "Pending"
+        {
+            return Ok(phase.to_string());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    bail!("revision {id} was not applied within {limit:?}")
+}
+
+fn rss_mib(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("VmRSS")?;
+    Ok(kb / 1024.0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn apply(args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    let n = args.deployments;
+    let work = std::env::temp_dir().join(format!("tend-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    let repo = work.join("repo");
+    std::fs::create_dir_all(repo.join("apps"))?;
+    git(&repo, &["init", "-q", "-b", "main"])?;
+    let mut total_bytes = 0;
+    for i in 0..n {
+        let yaml = app_yaml(i, "v1");
+        total_bytes += yaml.len();
+        std::fs::write(repo.join(format!("apps/app-{i}.yaml")), yaml)?;
+    }
+    git(&repo, &["add", "-A"])?;
+    git(&repo, &["commit", "-q", "-m", "bench: initial apps"])?;
+
+    // The floor: parsing and validating the same YAML alone.
+    let limits = Limits::default();
+    let started = Instant::now();
+    let mut objects = 0;
+    for i in 0..n {
+        let path = format!("apps/app-{i}.yaml");
+        let bytes = std::fs::read(repo.join(&path))?;
+        objects += manifest::load_file(&path, &bytes, &limits).objects.len();
+    }
+    let parse_s = started.elapsed().as_secs_f64();
+
+    let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    let state = work.join("state");
+    let started = Instant::now();
+    let serve = start_serve(&repo, &state)?;
+    let phase = wait_revision(&serve, &http, &head(&repo)?, Duration::from_secs(120))?;
+    let cold_s = started.elapsed().as_secs_f64();
+    if phase != "Applied" {
+        bail!("the initial revision was {phase}");
+    }
+
+    let mut one_file = Vec::new();
+    for c in 0..args.commits {
+        let i = (c * 7919) % n;
+        std::fs::write(repo.join(format!("apps/app-{i}.yaml")), app_yaml(i, &format!("v{}", c + 2)))?;
+        git(&repo, &["add", "-A"])?;
+        let t = Instant::now();
+        git(&repo, &["commit", "-q", "-m", &format!("bench: app-{i} to v{}", c + 2)])?;
+        let phase = wait_revision(&serve, &http, &head(&repo)?, Duration::from_secs(30))?;
+        one_file.push(t.elapsed().as_secs_f64() * 1000.0);
+        if phase != "Applied" {
+            bail!("commit {c} was {phase}");
+        }
+    }
+    let rss = rss_mib(serve.child.id())?;
+    drop(serve);
+    let _ = std::fs::remove_dir_all(&work);
+
+    println!("tend bench apply: {n} Deployments + {n} Services ({objects} objects, {:.1} MiB of YAML)", total_bytes as f64 / 1048576.0);
+    println!("  {:<44} {:>10.3} s   (goal <= 3 s)", "cold apply (serve start -> Applied)", cold_s);
+    println!("  {:<44} {:>10.3} s   (floor: parse + validate alone)", "  baseline: parse the same YAML", parse_s);
+    println!(
+        "  {:<44} {:>10.1} ms  (goal <= 150 ms; median of {}: {:?})",
+        "one-file commit -> Applied",
+        median(one_file.clone()),
+        one_file.len(),
+        one_file.iter().map(|v| (v * 10.0).round() / 10.0).collect::<Vec<_>>()
+    );
+    println!("  {:<44} {:>10.1} MiB (goal <= 150 MiB)", "serve resident memory, all loaded", rss);
+    Ok(ExitCode::SUCCESS)
+}

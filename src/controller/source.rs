@@ -1,0 +1,404 @@
+//! The source controller: turns each new source revision into one store transaction holding
+//! the changed objects and the revision record, or, when any file is invalid, a Rejected
+//! revision record and nothing else (the last good state keeps serving).
+//!
+//! Work follows the change: files are parsed only when a revision changes them (git tree
+//! diff), the plan covers only objects of files changed since the last applied revision, and
+//! the applied objects it needs are read by key.
+
+use crate::api::{Kind, ObjectKey, ObjectMeta, SOURCE_FILE_ANNOTATION, SOURCE_REVISION_ANNOTATION};
+use crate::controller::alloc::Allocator;
+use crate::manifest::{self, Diagnostic, Limits, ParsedFile};
+use crate::plan::{self, Action, CHANGE_CAUSE_ANNOTATION, Scope};
+use crate::source::{FileState, RevisionInfo, Source, SourceError};
+use crate::store::{Op, Store, StoreError};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("--service-cidr: {0}")]
+    Config(String),
+}
+
+/// Phases of a revision record.
+pub const APPLIED: &str = "Applied";
+pub const REJECTED: &str = "Rejected";
+pub const PENDING: &str = "Pending";
+pub const SUPERSEDED: &str = "Superseded";
+
+/// What one sync did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub revision: String,
+    pub phase: &'static str,
+    pub created: usize,
+    pub updated: usize,
+    pub pruned: usize,
+    pub errors: Vec<String>,
+    pub superseded: Vec<String>,
+}
+
+/// Applies source revisions to the store.
+pub struct SourceController {
+    store: Arc<dyn Store>,
+    limits: Limits,
+    allocator: Allocator,
+    /// Parsed files of the revision `parsed_rev`.
+    files: BTreeMap<String, ParsedFile>,
+    parsed_rev: Option<String>,
+    /// Files changed since the last applied revision (the plan's scope).
+    dirty: BTreeSet<String>,
+    /// Whether the next plan must cover everything (first sync after start).
+    full: bool,
+    /// The newest revision seen (recorded in any phase).
+    seen_rev: Option<String>,
+    /// Applied managed objects by source file.
+    applied_by_file: HashMap<String, BTreeSet<ObjectKey>>,
+    /// The reverse of `applied_by_file`.
+    file_of: HashMap<ObjectKey, String>,
+    next_sequence: u64,
+}
+
+impl SourceController {
+    /// Rebuilds the controller's memory from the store: allocations, the applied objects'
+    /// files, and the revision sequence.
+    pub fn new(store: Arc<dyn Store>, service_cidr: &str, limits: Limits) -> Result<Self, ApplyError> {
+        let mut allocator = Allocator::new(service_cidr).map_err(ApplyError::Config)?;
+        let mut applied_by_file: HashMap<String, BTreeSet<ObjectKey>> = HashMap::new();
+        let mut file_of = HashMap::new();
+        for kind in [Kind::Deployment, Kind::Service] {
+            let (objects, _) = store.list(kind, None)?;
+            for o in &objects {
+                let Some(key) = ObjectKey::of(o) else { continue };
+                if kind == Kind::Service {
+                    allocator.record(&key, o);
+                }
+                if plan::is_managed(o)
+                    && let Some(file) = o.annotation(SOURCE_FILE_ANNOTATION)
+                {
+                    applied_by_file.entry(file.to_string()).or_default().insert(key.clone());
+                    file_of.insert(key, file.to_string());
+                }
+            }
+        }
+        let (revisions, _) = store.list(Kind::Revision, None)?;
+        let newest = revisions
+            .iter()
+            .max_by_key(|r| r.pointer("/spec/sequence").and_then(Value::as_u64).unwrap_or(0));
+        let next_sequence = newest
+            .and_then(|r| r.pointer("/spec/sequence").and_then(Value::as_u64))
+            .map_or(1, |s| s + 1);
+        Ok(SourceController {
+            store,
+            limits,
+            allocator,
+            files: BTreeMap::new(),
+            parsed_rev: None,
+            dirty: BTreeSet::new(),
+            full: true,
+            seen_rev: newest.and_then(|r| r.meta_str("name")).map(str::to_string),
+            applied_by_file,
+            file_of,
+            next_sequence,
+        })
+    }
+
+    /// Brings the store up to the source's newest revision. Returns `None` when there was
+    /// nothing new.
+    pub fn sync(&mut self, source: &mut dyn Source) -> Result<Option<Outcome>, ApplyError> {
+        let started = Instant::now();
+        let Some(head) = source.refresh()? else {
+            return Ok(None);
+        };
+        if !self.full && self.seen_rev.as_deref() == Some(head.as_str()) {
+            return Ok(None);
+        }
+        let revisions = if self.seen_rev.as_deref() == Some(head.as_str()) {
+            source.revisions(None, &head)?
+        } else {
+            source.revisions(self.seen_rev.as_deref(), &head)?
+        };
+        let Some(head_info) = revisions.last().cloned() else {
+            return Ok(None);
+        };
+        let superseded = self.record_arrivals(source, &revisions)?;
+        self.seen_rev = Some(head.clone());
+
+        self.load_files(source, &head)?;
+        let outcome = self.apply(&head_info, superseded)?;
+        tracing::info!(
+            revision = %head_info.short_id(),
+            phase = outcome.phase,
+            created = outcome.created,
+            updated = outcome.updated,
+            pruned = outcome.pruned,
+            errors = outcome.errors.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "{} {}",
+            outcome.phase.to_lowercase(),
+            head_info.subject()
+        );
+        for e in &outcome.errors {
+            tracing::warn!(revision = %head_info.short_id(), "{e}");
+        }
+        Ok(Some(outcome))
+    }
+
+    /// Records every new revision: the newest as Pending, the ones it hides as Superseded.
+    fn record_arrivals(&mut self, source: &dyn Source, revisions: &[RevisionInfo]) -> Result<Vec<String>, ApplyError> {
+        let mut ops = Vec::new();
+        let mut superseded = Vec::new();
+        let last = revisions.len().saturating_sub(1);
+        for (i, info) in revisions.iter().enumerate() {
+            let key = ObjectKey::new(Kind::Revision, "", &info.id);
+            if self.store.get(&key)?.is_some() {
+                continue;
+            }
+            let phase = if i == last { PENDING } else { SUPERSEDED };
+            if i != last {
+                superseded.push(info.id.clone());
+            }
+            let mut record = revision_record(info, &source.describe(), self.next_sequence);
+            self.next_sequence += 1;
+            record["status"] = json!({"phase": phase, "errors": [], "warnings": []});
+            if i != last {
+                record["status"]["message"] = json!(format!("superseded by {}", revisions[last].short_id()));
+            }
+            ops.push(Op::Put { object: record, expect_rv: None });
+        }
+        if !ops.is_empty() {
+            self.store.commit(ops)?;
+        }
+        Ok(superseded)
+    }
+
+    /// Parses the files of `head` that changed since the last parsed revision.
+    fn load_files(&mut self, source: &mut dyn Source, head: &str) -> Result<(), ApplyError> {
+        if self.parsed_rev.as_deref() == Some(head) {
+            return Ok(());
+        }
+        let files = source.files(head, self.parsed_rev.as_deref())?;
+        if files.complete {
+            self.dirty.extend(self.files.keys().cloned());
+            self.files.clear();
+        }
+        for (path, state) in files.files {
+            self.dirty.insert(path.clone());
+            match state {
+                FileState::Removed => {
+                    self.files.remove(&path);
+                }
+                FileState::Refused(reason) => {
+                    let error = Diagnostic {
+                        file: path.clone(),
+                        line: 0,
+                        column: 0,
+                        path: String::new(),
+                        message: reason,
+                    };
+                    self.files.insert(path, ParsedFile { errors: vec![error], ..Default::default() });
+                }
+                FileState::Present(bytes) => {
+                    let parsed = manifest::load_file(&path, &bytes, &self.limits);
+                    self.files.insert(path, parsed);
+                }
+            }
+        }
+        self.parsed_rev = Some(head.to_string());
+        Ok(())
+    }
+
+    fn apply(&mut self, info: &RevisionInfo, superseded: Vec<String>) -> Result<Outcome, ApplyError> {
+        let mut errors: Vec<String> = Vec::new();
+        let mut warnings: Vec<String> = Vec::new();
+        for (path, parsed) in &self.files {
+            errors.extend(parsed.errors.iter().map(Diagnostic::to_string));
+            if self.full || self.dirty.contains(path) {
+                warnings.extend(parsed.warnings.iter().map(Diagnostic::to_string));
+            }
+        }
+        errors.extend(
+            manifest::validate_set(self.files.values().flat_map(|f| f.objects.iter())).iter().map(Diagnostic::to_string),
+        );
+
+        // Desired objects in scope, and the applied objects they are compared with.
+        let scope = if self.full { Scope::All } else { Scope::Files(self.dirty.clone()) };
+        let mut desired: BTreeMap<ObjectKey, (Value, String, usize)> = BTreeMap::new();
+        for (path, parsed) in &self.files {
+            if !self.full && !self.dirty.contains(path) {
+                continue;
+            }
+            for o in &parsed.objects {
+                desired.insert(o.key.clone(), (plan::managed_body(&o.object, &o.file), o.file.clone(), o.line));
+            }
+        }
+        let applied = self.applied_in_scope(&desired)?;
+
+        // Allocation: a scratch copy, kept only if the revision is applied.
+        let mut allocator = self.allocator.clone();
+        for (key, have) in &applied {
+            if key.kind == Kind::Service && !desired.contains_key(key) && plan::is_managed(have) {
+                allocator.release(key);
+            }
+        }
+        for (key, (body, file, line)) in desired.iter_mut() {
+            if key.kind != Kind::Service {
+                continue;
+            }
+            if let Some(have) = applied.get(key) {
+                plan::carry_over_allocations(body, have);
+            }
+            for e in allocator.assign(key, body) {
+                errors.push(format!("{file}:{line}: {}: {}", e.path, e.message));
+            }
+        }
+
+        let bodies: BTreeMap<ObjectKey, Value> = desired.iter().map(|(k, (b, _, _))| (k.clone(), b.clone())).collect();
+        let the_plan = plan::plan(&bodies, &applied, &scope);
+        let (created, updated, pruned) = the_plan.counts();
+        let record_key = ObjectKey::new(Kind::Revision, "", &info.id);
+
+        if !errors.is_empty() {
+            let status = json!({"phase": REJECTED, "errors": errors, "warnings": warnings,
+                "changes": {"created": 0, "updated": 0, "pruned": 0}, "objects": []});
+            self.store.commit(vec![Op::PutStatus { key: record_key, status, expect_rv: None }])?;
+            return Ok(Outcome {
+                revision: info.id.clone(),
+                phase: REJECTED,
+                created: 0,
+                updated: 0,
+                pruned: 0,
+                errors,
+                superseded,
+            });
+        }
+
+        let already_applied = the_plan.is_empty()
+            && self.store.get(&record_key)?.and_then(|r| r.pointer("/status/phase").cloned()) == Some(json!(APPLIED));
+        if already_applied {
+            self.dirty.clear();
+            self.full = false;
+            return Ok(Outcome {
+                revision: info.id.clone(),
+                phase: APPLIED,
+                created: 0,
+                updated: 0,
+                pruned: 0,
+                errors: Vec::new(),
+                superseded,
+            });
+        }
+        let change_cause = format!("{} {}", info.short_id(), info.subject());
+        let mut ops = Vec::with_capacity(the_plan.actions.len() + 1);
+        let mut changed = Vec::new();
+        for action in &the_plan.actions {
+            changed.push(action.key().to_string());
+            match action {
+                Action::Create { object, .. } | Action::Update { after: object, .. } => {
+                    let mut object = object.clone();
+                    if let Some(Value::Object(ann)) = object.pointer_mut("/metadata/annotations") {
+                        ann.insert(SOURCE_REVISION_ANNOTATION.into(), info.id.clone().into());
+                        if action.key().kind == Kind::Deployment {
+                            ann.insert(CHANGE_CAUSE_ANNOTATION.into(), change_cause.clone().into());
+                        }
+                    }
+                    ops.push(Op::Put { object, expect_rv: None });
+                }
+                Action::Prune { key, .. } => ops.push(Op::Delete { key: key.clone(), expect_rv: None }),
+            }
+        }
+        let status = json!({"phase": APPLIED, "errors": [], "warnings": warnings,
+            "changes": {"created": created, "updated": updated, "pruned": pruned}, "objects": changed});
+        ops.push(Op::PutStatus { key: record_key, status, expect_rv: None });
+        let committed = self.store.commit(ops)?;
+
+        // The transaction is durable: now the memory may follow it.
+        self.allocator = allocator;
+        for (action, stored) in the_plan.actions.iter().zip(&committed.objects) {
+            let key = action.key();
+            if let Some(old) = self.file_of.remove(key)
+                && let Some(keys) = self.applied_by_file.get_mut(&old)
+            {
+                keys.remove(key);
+            }
+            if let Action::Prune { .. } = action {
+                continue;
+            }
+            if let Some(file) = stored.annotation(SOURCE_FILE_ANNOTATION) {
+                self.applied_by_file.entry(file.to_string()).or_default().insert(key.clone());
+                self.file_of.insert(key.clone(), file.to_string());
+            }
+            if key.kind == Kind::Service {
+                self.allocator.record(key, stored);
+            }
+        }
+        self.applied_by_file.retain(|_, keys| !keys.is_empty());
+        self.dirty.clear();
+        self.full = false;
+        Ok(Outcome {
+            revision: info.id.clone(),
+            phase: APPLIED,
+            created,
+            updated,
+            pruned,
+            errors: Vec::new(),
+            superseded,
+        })
+    }
+
+    /// The applied objects a plan over `desired` needs: all managed ones for a full plan, else
+    /// the desired keys plus the objects of the dirty files, read by key.
+    fn applied_in_scope(
+        &self,
+        desired: &BTreeMap<ObjectKey, (Value, String, usize)>,
+    ) -> Result<BTreeMap<ObjectKey, Value>, ApplyError> {
+        let mut applied = BTreeMap::new();
+        if self.full {
+            for kind in [Kind::Deployment, Kind::Service] {
+                for o in self.store.list(kind, None)?.0 {
+                    if let Some(key) = ObjectKey::of(&o) {
+                        applied.insert(key, o);
+                    }
+                }
+            }
+            return Ok(applied);
+        }
+        let mut keys: BTreeSet<&ObjectKey> = desired.keys().collect();
+        for file in &self.dirty {
+            if let Some(ks) = self.applied_by_file.get(file) {
+                keys.extend(ks.iter());
+            }
+        }
+        for key in keys {
+            if let Some(o) = self.store.get(key)? {
+                applied.insert(key.clone(), o);
+            }
+        }
+        Ok(applied)
+    }
+}
+
+/// The stored record of a source revision (`tend.dev/v1` Revision), without status.
+pub fn revision_record(info: &RevisionInfo, source: &str, sequence: u64) -> Value {
+    let time = jiff::Timestamp::from_second(info.time).map(|t| t.to_string()).unwrap_or_default();
+    json!({
+        "apiVersion": "tend.dev/v1",
+        "kind": "Revision",
+        "metadata": {"name": info.id},
+        "spec": {
+            "message": info.message,
+            "author": info.author,
+            "time": time,
+            "parent": info.parent,
+            "source": source,
+            "sequence": sequence,
+        },
+    })
+}
