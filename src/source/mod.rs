@@ -6,6 +6,7 @@
 pub mod dir;
 pub mod git;
 pub mod webhook;
+mod watch;
 
 use std::collections::BTreeMap;
 
