@@ -1,1 +1,344 @@
-//! The HTTP API.
+//! The HTTP API (axum): Kubernetes-style REST paths over the store (list, get, watch, create,
+//! replace, status, delete), bearer-token authentication and authorisation, the signed git
+//! webhook, and the bounds that keep one client from starving the others.
+
+pub mod auth;
+pub mod limits;
+pub mod objects;
+pub mod path;
+pub mod status;
+pub mod tokens;
+pub mod watch;
+pub mod webhook;
+
+use crate::api::Kind;
+use crate::api::selector::Selector;
+use crate::store::Store;
+use auth::Decision;
+use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json, Router};
+use limits::{RateLimiter, WatchSlots};
+use path::Route;
+use serde_json::{Value, json};
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+pub use limits::Limits;
+pub use status::ApiError;
+pub use tokens::{Identity, Tokens};
+pub use watch::ShutdownSignal;
+
+/// What the API serves from.
+pub struct ApiState {
+    pub store: Arc<dyn Store>,
+    pub tokens: Tokens,
+    /// Secret of `POST /api/v1/hooks/git`; `None` disables the hook (404).
+    pub webhook_secret: Option<Vec<u8>>,
+    /// Asks the source to fetch now (a full channel means a fetch is already pending).
+    pub source_refresh: tokio::sync::mpsc::Sender<()>,
+}
+
+/// The state handlers see: the API state and the bounds' bookkeeping.
+struct Shared {
+    api: Arc<ApiState>,
+    limits: Limits,
+    rate: RateLimiter,
+    in_flight: Arc<Semaphore>,
+    watch_slots: WatchSlots,
+}
+
+/// The API with the default [`Limits`].
+pub fn router(state: Arc<ApiState>) -> Router {
+    router_with_limits(state, Limits::default())
+}
+
+pub fn router_with_limits(state: Arc<ApiState>, limits: Limits) -> Router {
+    let shared = Arc::new(Shared {
+        api: state,
+        rate: RateLimiter::new(limits.rate_per_second, limits.rate_burst),
+        in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
+        watch_slots: WatchSlots::new(limits.max_watches_per_token),
+        limits,
+    });
+    Router::new()
+        .fallback(handle)
+        .layer(middleware::from_fn_with_state(Arc::clone(&shared), admit))
+        .layer(middleware::from_fn(log_request))
+        .with_state(shared)
+}
+
+/// Serves `router` on `listener` until `shutdown` completes; open watches then end, and
+/// requests in progress finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (down_tx, down_rx) = tokio::sync::watch::channel(false);
+    let app = router.layer(Extension(ShutdownSignal(down_rx)));
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = down_tx.send(true);
+    })
+    .await
+}
+
+/// One debug line per request.
+async fn log_request(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let started = Instant::now();
+    let response = next.run(req).await;
+    tracing::debug!(
+        %method,
+        %path,
+        status = response.status().as_u16(),
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    response
+}
+
+/// The rate per client address, the bound on requests in flight, and the request timeout
+/// (which bounds a watch only until its stream starts).
+async fn admit(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    let client = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    if !shared.rate.admit(client, Instant::now()) {
+        return ApiError::too_many_requests(format!("too many requests from {client}; slow down"))
+            .into_response();
+    }
+    let Ok(_permit) = Arc::clone(&shared.in_flight).try_acquire_owned() else {
+        return ApiError::too_many_requests("the server is busy; retry shortly").into_response();
+    };
+    let timeout = shared.limits.request_timeout;
+    match tokio::time::timeout(timeout, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::timeout(format!(
+            "the request took longer than {}s",
+            timeout.as_secs()
+        ))
+        .into_response(),
+    }
+}
+
+async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let route = path::parse(&path);
+    match route {
+        Some(Route::Healthz) => return healthz(&method),
+        Some(Route::GitHook) => {
+            return git_hook(&shared, req)
+                .await
+                .unwrap_or_else(IntoResponse::into_response);
+        }
+        _ => {}
+    }
+    let Some(identity) = auth::authenticate(&shared.api.tokens, req.headers()) else {
+        return ApiError::unauthorized().into_response();
+    };
+    let Some(route) = route else {
+        return ApiError::not_found(format!(
+            "the server could not find the requested resource {path}"
+        ))
+        .into_response();
+    };
+    if let Decision::Deny(reason) = auth::authorize(identity, &method, &route) {
+        return ApiError::forbidden(reason).into_response();
+    }
+    let response = dispatch(&shared, identity, route, req)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    if method != Method::GET && method != Method::HEAD {
+        tracing::info!(who = %identity, %method, %path, status = response.status().as_u16(), "api write");
+    }
+    response
+}
+
+fn healthz(method: &Method) -> Response {
+    if *method == Method::GET || *method == Method::HEAD {
+        "ok".into_response()
+    } else {
+        ApiError::method_not_allowed(method.as_str(), "/healthz").into_response()
+    }
+}
+
+/// The query parameters of collection requests.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListParams {
+    label_selector: Option<String>,
+    watch: Option<String>,
+    resource_version: Option<String>,
+    timeout_seconds: Option<u64>,
+}
+
+async fn dispatch(
+    shared: &Shared,
+    identity: Identity,
+    route: Route,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let store = &shared.api.store;
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let limit = shared.limits.max_body_bytes;
+    match (route, method.clone()) {
+        (Route::Version, Method::GET) => Ok(Json(version()).into_response()),
+        (Route::Collection { kind, namespace }, Method::GET) => {
+            let params = Query::<ListParams>::try_from_uri(req.uri())
+                .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?
+                .0;
+            let selector = Selector::parse(params.label_selector.as_deref().unwrap_or_default())
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            if matches!(params.watch.as_deref(), Some("true" | "1")) {
+                let shutdown = req.extensions().get::<ShutdownSignal>().cloned();
+                return open_watch(
+                    shared, identity, kind, namespace, selector, &params, shutdown,
+                )
+                .await;
+            }
+            Ok(Json(objects::list(store, kind, namespace, selector).await?).into_response())
+        }
+        (Route::Collection { kind, namespace }, Method::POST) => {
+            let namespace = match (kind.namespaced(), namespace) {
+                (true, Some(ns)) => ns,
+                (false, _) => String::new(),
+                (true, None) => return Err(ApiError::method_not_allowed("POST", &path)),
+            };
+            let body = limits::read_body(req.into_body(), limit).await?;
+            let object = objects::create(store, kind, &namespace, &body).await?;
+            Ok((StatusCode::CREATED, Json(object)).into_response())
+        }
+        (Route::Object(key) | Route::Status(key), Method::GET) => {
+            Ok(Json(objects::get(store, key).await?).into_response())
+        }
+        (Route::Object(key), Method::PUT) => {
+            let body = limits::read_body(req.into_body(), limit).await?;
+            Ok(Json(objects::replace(store, key, &body).await?).into_response())
+        }
+        (Route::Status(key), Method::PUT) => {
+            let body = limits::read_body(req.into_body(), limit).await?;
+            Ok(Json(objects::replace_status(store, key, &body).await?).into_response())
+        }
+        (Route::Object(key), Method::DELETE) => {
+            let body = limits::read_body(req.into_body(), limit).await?;
+            Ok(Json(objects::delete(store, key, &body).await?).into_response())
+        }
+        (_, method) => Err(ApiError::method_not_allowed(method.as_str(), &path)),
+    }
+}
+
+async fn open_watch(
+    shared: &Shared,
+    identity: Identity,
+    kind: Kind,
+    namespace: Option<String>,
+    selector: Selector,
+    params: &ListParams,
+    shutdown: Option<ShutdownSignal>,
+) -> Result<Response, ApiError> {
+    let resource_version = match params.resource_version.as_deref() {
+        None | Some("") => None,
+        Some(rv) => Some(rv.parse::<u64>().map_err(|_| {
+            ApiError::bad_request(format!("resourceVersion {rv:?} is not a number"))
+        })?),
+    };
+    let slot = shared.watch_slots.try_take(identity).ok_or_else(|| {
+        ApiError::too_many_requests(format!(
+            "the {identity} token already has {} open watches",
+            shared.limits.max_watches_per_token
+        ))
+    })?;
+    let filter = watch::WatchFilter {
+        kind,
+        namespace,
+        selector,
+    };
+    let start = watch::WatchStart {
+        resource_version,
+        timeout: params.timeout_seconds.map(Duration::from_secs),
+    };
+    watch::respond(&shared.api.store, filter, start, slot, shutdown).await
+}
+
+/// `POST /api/v1/hooks/git`: authenticated by the body's HMAC, not by a token.
+async fn git_hook(shared: &Shared, req: Request) -> Result<Response, ApiError> {
+    if req.method() != Method::POST {
+        return Err(ApiError::method_not_allowed(
+            req.method().as_str(),
+            "/api/v1/hooks/git",
+        ));
+    }
+    let Some(secret) = shared.api.webhook_secret.as_deref() else {
+        return Err(ApiError::not_found(
+            "no webhook secret is configured (--webhook-secret-file)",
+        ));
+    };
+    let signature = req
+        .headers()
+        .get(webhook::SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = limits::read_body(req.into_body(), shared.limits.max_body_bytes).await?;
+    if let Err(e) = webhook::verify_signature(secret, &body, signature.as_deref()) {
+        tracing::warn!(error = %e, "git webhook refused");
+        return Err(ApiError::forbidden(e.to_string()));
+    }
+    // A full channel means a fetch is already pending, which serves this hook too.
+    let _ = shared.api.source_refresh.try_send(());
+    tracing::info!(who = "webhook", "git webhook accepted; fetching");
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Success",
+            "message": "fetch scheduled",
+            "code": 202,
+        })),
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+fn version() -> Value {
+    let version = env!("CARGO_PKG_VERSION");
+    let mut parts = version.split('.');
+    json!({
+        "major": parts.next().unwrap_or("0"),
+        "minor": parts.next().unwrap_or("0"),
+        "gitVersion": format!("v{version}"),
+        "version": version,
+        "platform": format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
+    })
+}
+
+/// The REST path of a collection (for clients): `{prefix}/namespaces/{ns}/{plural}` or
+/// `{prefix}/{plural}`.
+pub fn collection_path(kind: Kind, namespace: Option<&str>) -> String {
+    match namespace {
+        Some(ns) if kind.namespaced() => {
+            format!("{}/namespaces/{ns}/{}", kind.api_prefix(), kind.plural())
+        }
+        _ => format!("{}/{}", kind.api_prefix(), kind.plural()),
+    }
+}

@@ -1,0 +1,277 @@
+//! Reads and writes of objects: list, get, create, replace, replace status, delete.
+
+use super::status::ApiError;
+use crate::api::selector::Selector;
+use crate::api::{Kind, ObjectKey, ObjectMeta};
+use crate::store::{Op, Store, StoreError};
+use serde_json::{Map, Value, json};
+use std::sync::Arc;
+
+/// Runs a (blocking) store call off the async workers.
+pub async fn blocking<T, F>(store: &Arc<dyn Store>, f: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+{
+    let store = Arc::clone(store);
+    tokio::task::spawn_blocking(move || f(store.as_ref()))
+        .await
+        .map_err(|e| ApiError::internal(format!("store task failed: {e}")))?
+        .map_err(ApiError::from)
+}
+
+/// `GET` on a collection: a `<Kind>List` of the objects matching `selector`.
+pub async fn list(
+    store: &Arc<dyn Store>,
+    kind: Kind,
+    namespace: Option<String>,
+    selector: Selector,
+) -> Result<Value, ApiError> {
+    let (objects, rv) = blocking(store, move |s| s.list(kind, namespace.as_deref())).await?;
+    let items: Vec<Value> = objects
+        .into_iter()
+        .filter(|o| selector.matches(o.labels()))
+        .collect();
+    Ok(json!({
+        "apiVersion": kind.api_version(),
+        "kind": format!("{}List", kind.name()),
+        "metadata": { "resourceVersion": rv.to_string() },
+        "items": items,
+    }))
+}
+
+pub async fn get(store: &Arc<dyn Store>, key: ObjectKey) -> Result<Value, ApiError> {
+    let shown = key.to_string();
+    blocking(store, move |s| s.get(&key))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("{shown} not found")))
+}
+
+/// `POST` on a collection.
+pub async fn create(
+    store: &Arc<dyn Store>,
+    kind: Kind,
+    namespace: &str,
+    body: &[u8],
+) -> Result<Value, ApiError> {
+    let mut object = prepare_object(kind, namespace, None, body)?;
+    if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("resourceVersion");
+    }
+    let committed = blocking(store, move |s| s.commit(vec![Op::Create(object)])).await?;
+    first_object(committed.objects)
+}
+
+/// `PUT` on an object: replaces metadata and spec, guarded by the body's resourceVersion.
+pub async fn replace(
+    store: &Arc<dyn Store>,
+    key: ObjectKey,
+    body: &[u8],
+) -> Result<Value, ApiError> {
+    let object = prepare_object(key.kind, &key.namespace, Some(&key.name), body)?;
+    let expect_rv = expected_rv(&object)?;
+    let committed = blocking(store, move |s| {
+        s.commit(vec![Op::Put { object, expect_rv }])
+    })
+    .await?;
+    first_object(committed.objects)
+}
+
+/// `PUT` on `.../status`: replaces only the status.
+pub async fn replace_status(
+    store: &Arc<dyn Store>,
+    key: ObjectKey,
+    body: &[u8],
+) -> Result<Value, ApiError> {
+    let object = prepare_object(key.kind, &key.namespace, Some(&key.name), body)?;
+    let expect_rv = expected_rv(&object)?;
+    let status = object.get("status").cloned().unwrap_or_else(|| json!({}));
+    let committed = blocking(store, move |s| {
+        s.commit(vec![Op::PutStatus {
+            key,
+            status,
+            expect_rv,
+        }])
+    })
+    .await?;
+    first_object(committed.objects)
+}
+
+/// `DELETE` on an object; an optional `DeleteOptions` body may carry
+/// `preconditions.resourceVersion`. Answers with the object's last state.
+pub async fn delete(
+    store: &Arc<dyn Store>,
+    key: ObjectKey,
+    body: &[u8],
+) -> Result<Value, ApiError> {
+    let expect_rv = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let options: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?;
+        parse_rv(options.pointer("/preconditions/resourceVersion"))?
+    };
+    let committed = blocking(store, move |s| {
+        s.commit(vec![Op::Delete { key, expect_rv }])
+    })
+    .await?;
+    first_object(committed.objects)
+}
+
+fn first_object(objects: Vec<Value>) -> Result<Value, ApiError> {
+    objects
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::internal("the store returned no object for a write"))
+}
+
+/// Parses a request body as an object of `kind` addressed by the path: fills in `kind`,
+/// `apiVersion` and the namespace when absent, and refuses a body that names another kind,
+/// namespace or name (400).
+pub fn prepare_object(
+    kind: Kind,
+    namespace: &str,
+    name: Option<&str>,
+    body: &[u8],
+) -> Result<Value, ApiError> {
+    let mut object: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
+    let Some(fields) = object.as_object_mut() else {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    };
+    fill_or_check(fields, "kind", kind.name())?;
+    fill_or_check(fields, "apiVersion", kind.api_version())?;
+    let meta = fields
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Map::new()))
+        .as_object_mut()
+        .ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
+    let body_name = meta.get("name").and_then(Value::as_str).unwrap_or_default();
+    if body_name.is_empty() {
+        return Err(ApiError::bad_request("metadata.name is required"));
+    }
+    if let Some(name) = name
+        && body_name != name
+    {
+        return Err(ApiError::bad_request(format!(
+            "metadata.name {body_name:?} does not match the name in the path {name:?}"
+        )));
+    }
+    if kind.namespaced() {
+        match meta.get("namespace").and_then(Value::as_str) {
+            None | Some("") => {
+                meta.insert("namespace".into(), Value::String(namespace.to_string()));
+            }
+            Some(ns) if ns == namespace => {}
+            Some(ns) => {
+                return Err(ApiError::bad_request(format!(
+                    "metadata.namespace {ns:?} does not match the namespace in the path {namespace:?}"
+                )));
+            }
+        }
+    } else {
+        meta.remove("namespace");
+    }
+    Ok(object)
+}
+
+fn fill_or_check(
+    fields: &mut Map<String, Value>,
+    field: &str,
+    expected: &str,
+) -> Result<(), ApiError> {
+    match fields.get(field).and_then(Value::as_str) {
+        None | Some("") => {
+            fields.insert(field.to_string(), Value::String(expected.to_string()));
+            Ok(())
+        }
+        Some(found) if found == expected => Ok(()),
+        Some(found) => Err(ApiError::bad_request(format!(
+            "{field} {found:?} does not match the path, which expects {expected:?}"
+        ))),
+    }
+}
+
+/// The resourceVersion a write expects (`metadata.resourceVersion`), if the body gives one.
+fn expected_rv(object: &Value) -> Result<Option<u64>, ApiError> {
+    parse_rv(object.pointer("/metadata/resourceVersion"))
+}
+
+fn parse_rv(value: Option<&Value>) -> Result<Option<u64>, ApiError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => s
+            .parse()
+            .map(Some)
+            .map_err(|_| ApiError::bad_request(format!("resourceVersion {s:?} is not a number"))),
+        Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| {
+            ApiError::bad_request(format!("resourceVersion {n} is not a valid version"))
+        }),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "resourceVersion {other} is not a string"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+
+    #[test]
+    fn fills_kind_api_version_and_namespace() {
+        let o = prepare_object(
+            Kind::Deployment,
+            "web",
+            None,
+            br#"{"metadata":{"name":"a"}}"#,
+        )
+        .expect("ok");
+        assert_eq!(o["kind"], "Deployment");
+        assert_eq!(o["apiVersion"], "apps/v1");
+        assert_eq!(o["metadata"]["namespace"], "web");
+    }
+
+    #[test]
+    fn refuses_mismatches() {
+        let cases: [(&[u8], Option<&str>); 6] = [
+            (br#"{"metadata":{"name":"a","namespace":"other"}}"#, None),
+            (br#"{"kind":"Pod","metadata":{"name":"a"}}"#, None),
+            (br#"{"apiVersion":"v1","metadata":{"name":"a"}}"#, None),
+            (br#"{"metadata":{"name":"b"}}"#, Some("a")),
+            (br#"{"metadata":{}}"#, None),
+            (b"[1]", None),
+        ];
+        for (body, name) in cases {
+            let err = prepare_object(Kind::Deployment, "web", name, body).err();
+            assert_eq!(
+                err.map(|e| e.code),
+                Some(StatusCode::BAD_REQUEST),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn cluster_scoped_objects_lose_their_namespace() {
+        let o = prepare_object(
+            Kind::Node,
+            "",
+            None,
+            br#"{"metadata":{"name":"n1","namespace":"x"}}"#,
+        )
+        .expect("ok");
+        assert!(o["metadata"].get("namespace").is_none());
+    }
+
+    #[test]
+    fn resource_version_parsing() {
+        assert_eq!(parse_rv(None).ok(), Some(None));
+        assert_eq!(parse_rv(Some(&json!("12"))).ok(), Some(Some(12)));
+        assert_eq!(parse_rv(Some(&json!(""))).ok(), Some(None));
+        assert_eq!(parse_rv(Some(&json!(7))).ok(), Some(Some(7)));
+        assert!(parse_rv(Some(&json!("x"))).is_err());
+    }
+}

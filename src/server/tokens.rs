@@ -1,0 +1,147 @@
+//! Bearer tokens: `admin.token` (the CLI) and `join.token` (agents), written once under the state
+//! directory and reused on every start.
+
+use rand::RngCore;
+use std::fmt;
+use std::fs::{self, DirBuilder, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::Path;
+use subtle::ConstantTimeEq;
+
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+pub const JOIN_TOKEN_FILE: &str = "join.token";
+
+/// Who a request is, by the token it presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Identity {
+    Admin,
+    Join,
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Identity::Admin => "admin",
+            Identity::Join => "join",
+        })
+    }
+}
+
+#[derive(Clone)]
+pub struct Tokens {
+    pub admin: String,
+    pub join: String,
+}
+
+impl fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Tokens { admin: <redacted>, join: <redacted> }")
+    }
+}
+
+impl Tokens {
+    /// Reads `admin.token` and `join.token` from `state_dir`, creating them (32 random bytes,
+    /// hex, mode 0600) when missing, and the directory (mode 0700) when it does not exist.
+    pub fn load_or_create(state_dir: &Path) -> io::Result<Tokens> {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(state_dir)?;
+        Ok(Tokens {
+            admin: load_or_create_token(&state_dir.join(ADMIN_TOKEN_FILE))?,
+            join: load_or_create_token(&state_dir.join(JOIN_TOKEN_FILE))?,
+        })
+    }
+
+    /// The identity a presented token belongs to. Both comparisons always run, in constant time.
+    pub fn identify(&self, presented: &str) -> Option<Identity> {
+        let presented = presented.as_bytes();
+        let admin = !self.admin.is_empty() && bool::from(self.admin.as_bytes().ct_eq(presented));
+        let join = !self.join.is_empty() && bool::from(self.join.as_bytes().ct_eq(presented));
+        match (admin, join) {
+            (true, _) => Some(Identity::Admin),
+            (false, true) => Some(Identity::Join),
+            (false, false) => None,
+        }
+    }
+}
+
+/// A new token is written to a private temporary file and hard-linked into place: the link
+/// fails if another process got there first, and nobody ever reads a half-written token.
+fn load_or_create_token(path: &Path) -> io::Result<String> {
+    if !path.exists() {
+        let mut bytes = [0u8; 32];
+        rand::rng().fill_bytes(&mut bytes);
+        let token = hex::encode(bytes);
+        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+        let _ = fs::remove_file(&tmp);
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(token.as_bytes())?;
+        file.write_all(b"\n")?;
+        file.sync_all()?;
+        let linked = fs::hard_link(&tmp, path);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => return Ok(token),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let token = fs::read_to_string(path)?.trim().to_string();
+    if token.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is empty; delete it to get a new token", path.display()),
+        ));
+    }
+    Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn created_private_then_reused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
+        let first = Tokens::load_or_create(&state).expect("create");
+        assert_eq!(first.admin.len(), 64);
+        assert_ne!(first.admin, first.join);
+        for name in [ADMIN_TOKEN_FILE, JOIN_TOKEN_FILE] {
+            let mode = fs::metadata(state.join(name))
+                .expect("meta")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+        }
+        let dir_mode = fs::metadata(&state).expect("meta").permissions().mode();
+        assert_eq!(dir_mode & 0o777, 0o700);
+        let second = Tokens::load_or_create(&state).expect("reuse");
+        assert_eq!(first.admin, second.admin);
+        assert_eq!(first.join, second.join);
+    }
+
+    #[test]
+    fn identify_matches_exact_tokens_only() {
+        let tokens = Tokens {
+            admin: "a".repeat(64),
+            join: "b".repeat(64),
+        };
+        assert_eq!(tokens.identify(&"a".repeat(64)), Some(Identity::Admin));
+        assert_eq!(tokens.identify(&"b".repeat(64)), Some(Identity::Join));
+        assert_eq!(tokens.identify(&"a".repeat(63)), None);
+        assert_eq!(tokens.identify(""), None);
+        let empty = Tokens {
+            admin: String::new(),
+            join: String::new(),
+        };
+        assert_eq!(empty.identify(""), None);
+    }
+}

@@ -1,0 +1,266 @@
+//! Watches: a chunked stream of newline-delimited JSON events, Kubernetes style
+//! (`{"type":"ADDED","object":{...}}`), from a resourceVersion.
+
+use super::objects::blocking;
+use super::status::ApiError;
+use crate::api::selector::Selector;
+use crate::api::{Kind, ObjectMeta};
+use crate::store::{Store, StoreError, Watch, WatchEvent, WatchEventType};
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderValue, header};
+use axum::response::Response;
+use serde_json::{Value, json};
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+
+/// How often an idle watch gets a `BOOKMARK` carrying the newest resourceVersion seen.
+pub const BOOKMARK_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Fires when the server shuts down, so that watches end and connections can drain.
+#[derive(Clone)]
+pub struct ShutdownSignal(pub tokio::sync::watch::Receiver<bool>);
+
+impl ShutdownSignal {
+    async fn wait(mut self) {
+        // An error means the sender is gone: the server is going away too.
+        let _ = self.0.wait_for(|down| *down).await;
+    }
+}
+
+/// What a watch streams: objects of one kind, in one namespace or all, matching a selector.
+#[derive(Debug, Clone)]
+pub struct WatchFilter {
+    pub kind: Kind,
+    pub namespace: Option<String>,
+    pub selector: Selector,
+}
+
+impl WatchFilter {
+    pub fn matches(&self, object: &Value) -> bool {
+        let kind_matches = object.get("kind").and_then(Value::as_str) == Some(self.kind.name());
+        let ns_matches = match &self.namespace {
+            None => true,
+            Some(ns) => object.meta_str("namespace").unwrap_or("default") == ns,
+        };
+        kind_matches && ns_matches && self.selector.matches(object.labels())
+    }
+}
+
+/// Where a watch starts.
+pub struct WatchStart {
+    /// `None` (or 0): send every current object as `ADDED`, then the changes after that list.
+    pub resource_version: Option<u64>,
+    /// Ends the stream after this long (`?timeoutSeconds=`).
+    pub timeout: Option<Duration>,
+}
+
+/// Opens a watch and answers with its stream. `Gone` (a too-old resourceVersion) is a 410
+/// before the stream starts; later it is an `ERROR` event, and the stream ends.
+pub async fn respond(
+    store: &Arc<dyn Store>,
+    filter: WatchFilter,
+    start: WatchStart,
+    slot: OwnedSemaphorePermit,
+    shutdown: Option<ShutdownSignal>,
+) -> Result<Response, ApiError> {
+    let mut initial = VecDeque::new();
+    let (watch, from_rv) = match start.resource_version.filter(|rv| *rv > 0) {
+        Some(rv) => (blocking(store, move |s| s.watch(rv)).await?, rv),
+        None => {
+            let (kind, ns) = (filter.kind, filter.namespace.clone());
+            let (objects, rv) = blocking(store, move |s| s.list(kind, ns.as_deref())).await?;
+            for object in objects.iter().filter(|o| filter.matches(o)) {
+                initial.push_back(event_line("ADDED", object));
+            }
+            (blocking(store, move |s| s.watch(rv)).await?, rv)
+        }
+    };
+    let (events_tx, events) = mpsc::channel(256);
+    tokio::spawn(pump(watch, events_tx));
+    let mut bookmarks =
+        tokio::time::interval_at(Instant::now() + BOOKMARK_INTERVAL, BOOKMARK_INTERVAL);
+    bookmarks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let state = Stream {
+        filter,
+        initial,
+        events,
+        last_rv: from_rv,
+        bookmarks,
+        deadline: start.timeout.map(|t| Instant::now() + t),
+        shutdown,
+        finished: false,
+        _slot: slot,
+    };
+    let body = Body::from_stream(futures_util::stream::unfold(state, |mut s| async move {
+        let line = s.next_line().await?;
+        Some((Ok::<Bytes, Infallible>(line), s))
+    }));
+    let mut response = Response::new(body);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(response)
+}
+
+/// Moves store events into a channel, so the stream can wait on it alongside timers without
+/// cancelling a store read; stops when the stream is dropped or the watch fails.
+async fn pump(mut watch: Watch, events: mpsc::Sender<Result<WatchEvent, StoreError>>) {
+    loop {
+        tokio::select! {
+            _ = events.closed() => return,
+            event = watch.next() => {
+                let failed = event.is_err();
+                if events.send(event).await.is_err() || failed {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+struct Stream {
+    filter: WatchFilter,
+    initial: VecDeque<Bytes>,
+    events: mpsc::Receiver<Result<WatchEvent, StoreError>>,
+    last_rv: u64,
+    bookmarks: Interval,
+    deadline: Option<Instant>,
+    shutdown: Option<ShutdownSignal>,
+    finished: bool,
+    /// Held for the life of the stream: the token's open-watch count.
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Stream {
+    async fn next_line(&mut self) -> Option<Bytes> {
+        if let Some(line) = self.initial.pop_front() {
+            return Some(line);
+        }
+        if self.finished {
+            return None;
+        }
+        let deadline = self.deadline;
+        let shutdown = self.shutdown.clone();
+        let until_deadline = async move {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let until_shutdown = async move {
+            match shutdown {
+                Some(signal) => signal.wait().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(until_deadline, until_shutdown);
+        loop {
+            tokio::select! {
+                event = self.events.recv() => match event {
+                    Some(Ok(event)) => {
+                        self.last_rv = event.resource_version;
+                        if self.filter.matches(&event.object) {
+                            return Some(event_line(type_name(event.event_type), &event.object));
+                        }
+                    }
+                    Some(Err(e)) => {
+                        self.finished = true;
+                        return Some(error_line(&ApiError::from(e)));
+                    }
+                    None => return None,
+                },
+                _ = self.bookmarks.tick() => return Some(bookmark_line(self.filter.kind, self.last_rv)),
+                _ = &mut until_deadline => return None,
+                _ = &mut until_shutdown => return None,
+            }
+        }
+    }
+}
+
+fn type_name(t: WatchEventType) -> &'static str {
+    match t {
+        WatchEventType::Added => "ADDED",
+        WatchEventType::Modified => "MODIFIED",
+        WatchEventType::Deleted => "DELETED",
+    }
+}
+
+fn line(value: &Value) -> Bytes {
+    let mut bytes = serde_json::to_vec(value).unwrap_or_default();
+    bytes.push(b'\n');
+    Bytes::from(bytes)
+}
+
+/// `{"type":"ADDED","object":{...}}` and a newline.
+pub fn event_line(event_type: &str, object: &Value) -> Bytes {
+    let mut bytes = Vec::with_capacity(256);
+    bytes.extend_from_slice(br#"{"type":""#);
+    bytes.extend_from_slice(event_type.as_bytes());
+    bytes.extend_from_slice(br#"","object":"#);
+    if serde_json::to_writer(&mut bytes, object).is_err() {
+        return error_line(&ApiError::internal("could not encode an object"));
+    }
+    bytes.extend_from_slice(b"}\n");
+    Bytes::from(bytes)
+}
+
+fn error_line(error: &ApiError) -> Bytes {
+    line(&json!({ "type": "ERROR", "object": error.to_status() }))
+}
+
+fn bookmark_line(kind: Kind, rv: u64) -> Bytes {
+    line(&json!({
+        "type": "BOOKMARK",
+        "object": {
+            "kind": kind.name(),
+            "apiVersion": kind.api_version(),
+            "metadata": { "resourceVersion": rv.to_string() },
+        },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_lines_are_json() {
+        let obj = json!({"kind": "Pod", "metadata": {"name": "p"}});
+        let bytes = event_line("MODIFIED", &obj);
+        assert!(bytes.ends_with(b"\n"));
+        let v: Value = serde_json::from_slice(&bytes).expect("json");
+        assert_eq!(v, json!({"type": "MODIFIED", "object": obj}));
+        let v: Value = serde_json::from_slice(&bookmark_line(Kind::Pod, 9)).expect("json");
+        assert_eq!(v["type"], "BOOKMARK");
+        assert_eq!(v["object"]["metadata"]["resourceVersion"], "9");
+        let gone = ApiError::from(StoreError::Gone {
+            requested: 1,
+            oldest: 3,
+        });
+        let v: Value = serde_json::from_slice(&error_line(&gone)).expect("json");
+        assert_eq!(v["object"]["code"], 410);
+    }
+
+    #[test]
+    fn filter_by_kind_namespace_and_labels() {
+        let filter = WatchFilter {
+            kind: Kind::Pod,
+            namespace: Some("web".into()),
+            selector: Selector::parse("app=shop").expect("selector"),
+        };
+        let pod = |ns: &str, app: &str| json!({"kind": "Pod", "metadata": {"name": "p", "namespace": ns, "labels": {"app": app}}});
+        assert!(filter.matches(&pod("web", "shop")));
+        assert!(!filter.matches(&pod("other", "shop")));
+        assert!(!filter.matches(&pod("web", "blog")));
+        let svc = json!({"kind": "Service", "metadata": {"name": "p", "namespace": "web", "labels": {"app": "shop"}}});
+        assert!(!filter.matches(&svc));
+    }
+}
