@@ -3,6 +3,7 @@
 //! assigns uid, resourceVersion (global, monotonic), creationTimestamp and generation
 //! (bumped only when `spec` changes), and keeps `status` apart from the rest.
 
+pub mod memory;
 pub mod redb;
 pub mod watch;
 
