@@ -8,9 +8,11 @@ use sha2::Sha256;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use tend::api::{Kind, ObjectKey};
 use tend::server::{self, ApiState, Limits, Tokens};
-use tend::store::Store;
 use tend::store::memory::MemoryStore;
+use tend::store::redb::RedbStore;
+use tend::store::{Committed, Op, Store, StoreError, Watch};
 use tokio::sync::{mpsc, oneshot};
 
 struct Server {
@@ -918,5 +920,96 @@ async fn watch_from_a_resource_version_the_log_no_longer_holds_is_410() {
     let (status, body) = json_of(response).await;
     assert_eq!(status, StatusCode::GONE);
     assert_status_object(&body, 410, "Expired");
+    server.stop().await;
+}
+
+/// A store whose lists take `delay`: a stand-in for a slow disk.
+struct SlowStore {
+    inner: MemoryStore,
+    delay: Duration,
+}
+
+impl Store for SlowStore {
+    fn get(&self, key: &ObjectKey) -> Result<Option<Value>, StoreError> {
+        self.inner.get(key)
+    }
+    fn list(&self, kind: Kind, namespace: Option<&str>) -> Result<(Vec<Value>, u64), StoreError> {
+        std::thread::sleep(self.delay);
+        self.inner.list(kind, namespace)
+    }
+    fn commit(&self, ops: Vec<Op>) -> Result<Committed, StoreError> {
+        self.inner.commit(ops)
+    }
+    fn watch(&self, from_rv: u64) -> Result<Watch, StoreError> {
+        self.inner.watch(from_rv)
+    }
+    fn current_rv(&self) -> u64 {
+        self.inner.current_rv()
+    }
+}
+
+#[tokio::test]
+async fn slow_requests_time_out_and_requests_in_flight_are_bounded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(SlowStore {
+        inner: MemoryStore::new(),
+        delay: Duration::from_millis(1500),
+    });
+    let limits = Limits {
+        request_timeout: Duration::from_millis(300),
+        max_in_flight: 1,
+        ..Limits::default()
+    };
+    let server = Server::start(dir.path(), store, None, limits).await;
+    let slow = server.admin(Method::GET, DEPLOYMENTS).send();
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        server.admin(Method::GET, DEPLOYMENTS).send().await
+    };
+    let (slow, second) = tokio::join!(slow, second);
+    let (status, body) = json_of(slow.expect("send")).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_status_object(&body, 504, "Timeout");
+    let (status, body) = json_of(second.expect("send")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_status_object(&body, 429, "TooManyRequests");
+    // Quick requests still go through.
+    let response = server
+        .admin(Method::GET, &format!("{DEPLOYMENTS}/x"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn objects_survive_a_restart_on_the_redb_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("store.redb");
+    {
+        let store = Arc::new(RedbStore::open(&db).expect("open"));
+        let server = Server::start(dir.path(), store, None, Limits::default()).await;
+        let response = server
+            .admin(Method::POST, DEPLOYMENTS)
+            .json(&deployment("web", "web"))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), StatusCode::CREATED);
+        server.stop().await;
+    }
+    let store = Arc::new(RedbStore::open(&db).expect("reopen"));
+    let server = Server::start(dir.path(), store, None, Limits::default()).await;
+    let (status, got) = json_of(
+        server
+            .admin(Method::GET, &format!("{DEPLOYMENTS}/web"))
+            .send()
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(got["metadata"]["labels"]["app"], "web");
     server.stop().await;
 }
