@@ -67,28 +67,28 @@ pub async fn respond(
     slot: OwnedSemaphorePermit,
     shutdown: Option<ShutdownSignal>,
 ) -> Result<Response, ApiError> {
-    let mut initial = VecDeque::new();
+    let mut pending = VecDeque::new();
     let (watch, from_rv) = match start.resource_version.filter(|rv| *rv > 0) {
         Some(rv) => (blocking(store, move |s| s.watch(rv)).await?, rv),
         None => {
             let (kind, ns) = (filter.kind, filter.namespace.clone());
             let (objects, rv) = blocking(store, move |s| s.list(kind, ns.as_deref())).await?;
             for object in objects.iter().filter(|o| filter.matches(o)) {
-                initial.push_back(event_line("ADDED", object));
+                pending.push_back(event_line("ADDED", object));
             }
             (blocking(store, move |s| s.watch(rv)).await?, rv)
         }
     };
-    let (events_tx, events) = mpsc::channel(256);
-    tokio::spawn(pump(watch, events_tx));
+    let (batches_tx, batches) = mpsc::channel(4);
+    tokio::spawn(pump(watch, batches_tx));
     let mut bookmarks =
         tokio::time::interval_at(Instant::now() + BOOKMARK_INTERVAL, BOOKMARK_INTERVAL);
     bookmarks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let state = Stream {
         filter,
-        initial,
-        events,
-        last_rv: from_rv,
+        pending,
+        batches,
+        sent_rv: from_rv,
         bookmarks,
         deadline: start.timeout.map(|t| Instant::now() + t),
         shutdown,
@@ -110,27 +110,61 @@ pub async fn respond(
     Ok(response)
 }
 
+/// Most events moved to the stream at once.
+const MAX_BATCH: usize = 512;
+
+/// Store events, in batches that end on a transaction boundary unless `partial`.
+struct Batch {
+    events: Vec<WatchEvent>,
+    partial: bool,
+}
+
 /// Moves store events into a channel, so the stream can wait on it alongside timers without
-/// cancelling a store read; stops when the stream is dropped or the watch fails.
-async fn pump(mut watch: Watch, events: mpsc::Sender<Result<WatchEvent, StoreError>>) {
+/// cancelling a store read; stops when the stream is dropped or the watch fails. A batch takes
+/// every event already in the log: the log appends a transaction at once, so a batch that was
+/// not cut short ends on a transaction boundary, where a bookmark is safe to resume from.
+async fn pump(mut watch: Watch, batches: mpsc::Sender<Result<Batch, StoreError>>) {
     loop {
-        tokio::select! {
-            _ = events.closed() => return,
-            event = watch.next() => {
-                let failed = event.is_err();
-                if events.send(event).await.is_err() || failed {
-                    return;
+        let first = tokio::select! {
+            _ = batches.closed() => return,
+            event = watch.next() => event,
+        };
+        let mut failure = None;
+        let batch = first.map(|first| {
+            let mut events = vec![first];
+            while events.len() < MAX_BATCH {
+                match watch.try_next() {
+                    Ok(Some(event)) => events.push(event),
+                    Ok(None) => break,
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
                 }
             }
+            let partial = events.len() >= MAX_BATCH;
+            Batch { events, partial }
+        });
+        let stop = batch.is_err() || failure.is_some();
+        if batches.send(batch).await.is_err() {
+            return;
+        }
+        if let Some(e) = failure {
+            let _ = batches.send(Err(e)).await;
+        }
+        if stop {
+            return;
         }
     }
 }
 
 struct Stream {
     filter: WatchFilter,
-    initial: VecDeque<Bytes>,
-    events: mpsc::Receiver<Result<WatchEvent, StoreError>>,
-    last_rv: u64,
+    /// Lines ready to send (the initial objects, the matching events of the last batch).
+    pending: VecDeque<Bytes>,
+    batches: mpsc::Receiver<Result<Batch, StoreError>>,
+    /// Every change up to this resourceVersion has been sent (or filtered out).
+    sent_rv: u64,
     bookmarks: Interval,
     deadline: Option<Instant>,
     shutdown: Option<ShutdownSignal>,
@@ -141,7 +175,7 @@ struct Stream {
 
 impl Stream {
     async fn next_line(&mut self) -> Option<Bytes> {
-        if let Some(line) = self.initial.pop_front() {
+        if let Some(line) = self.pending.pop_front() {
             return Some(line);
         }
         if self.finished {
@@ -164,11 +198,11 @@ impl Stream {
         tokio::pin!(until_deadline, until_shutdown);
         loop {
             tokio::select! {
-                event = self.events.recv() => match event {
-                    Some(Ok(event)) => {
-                        self.last_rv = event.resource_version;
-                        if self.filter.matches(&event.object) {
-                            return Some(event_line(type_name(event.event_type), &event.object));
+                batch = self.batches.recv() => match batch {
+                    Some(Ok(batch)) => {
+                        self.take(batch);
+                        if let Some(line) = self.pending.pop_front() {
+                            return Some(line);
                         }
                     }
                     Some(Err(e)) => {
@@ -177,11 +211,29 @@ impl Stream {
                     }
                     None => return None,
                 },
-                _ = self.bookmarks.tick() => return Some(bookmark_line(self.filter.kind, self.last_rv)),
+                _ = self.bookmarks.tick() => return Some(bookmark_line(self.filter.kind, self.sent_rv)),
                 _ = &mut until_deadline => return None,
                 _ = &mut until_shutdown => return None,
             }
         }
+    }
+
+    fn take(&mut self, batch: Batch) {
+        let mut last_rv = self.sent_rv;
+        for event in &batch.events {
+            last_rv = event.resource_version;
+            if self.filter.matches(&event.object) {
+                self.pending
+                    .push_back(event_line(type_name(event.event_type), &event.object));
+            }
+        }
+        // A cut-short batch may have stopped inside a transaction.
+        let complete_rv = if batch.partial {
+            last_rv.saturating_sub(1)
+        } else {
+            last_rv
+        };
+        self.sent_rv = self.sent_rv.max(complete_rv);
     }
 }
 
