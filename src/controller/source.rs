@@ -402,3 +402,197 @@ pub fn revision_record(info: &RevisionInfo, source: &str, sequence: u64) -> Valu
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::Files;
+    use crate::store::memory::MemoryStore;
+    use std::sync::Mutex;
+
+    /// A source whose revisions are given by the test; records the `files` calls it gets.
+    #[derive(Default)]
+    struct FakeSource {
+        commits: Vec<(RevisionInfo, BTreeMap<String, Vec<u8>>)>,
+        head: usize,
+        calls: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    }
+
+    impl FakeSource {
+        fn commit(&mut self, message: &str, files: &[(&str, &str)]) -> String {
+            let mut tree = self.commits.last().map(|c| c.1.clone()).unwrap_or_default();
+            for (path, text) in files {
+                if text.is_empty() {
+                    tree.remove(*path);
+                } else {
+                    tree.insert(path.to_string(), text.as_bytes().to_vec());
+                }
+            }
+            let id = format!("{:040x}", self.commits.len() + 1);
+            let parent = self.commits.last().map(|c| c.0.id.clone());
+            let info = RevisionInfo { id: id.clone(), parent, message: message.into(), author: "T <t@t>".into(), time: 0 };
+            self.commits.push((info, tree));
+            id
+        }
+        fn publish(&mut self) {
+            self.head = self.commits.len();
+        }
+        fn index(&self, id: &str) -> usize {
+            self.commits.iter().position(|c| c.0.id == id).unwrap()
+        }
+    }
+
+    impl Source for FakeSource {
+        fn describe(&self) -> String {
+            "fake".into()
+        }
+        fn refresh(&mut self) -> Result<Option<String>, SourceError> {
+            Ok(self.head.checked_sub(1).map(|i| self.commits[i].0.id.clone()))
+        }
+        fn revisions(&mut self, since: Option<&str>, head: &str) -> Result<Vec<RevisionInfo>, SourceError> {
+            let end = self.index(head);
+            let start = since.map_or(end, |s| self.index(s) + 1);
+            Ok(self.commits[start..=end].iter().map(|c| c.0.clone()).collect())
+        }
+        fn files(&mut self, id: &str, base: Option<&str>) -> Result<Files, SourceError> {
+            self.calls.lock().unwrap().push((id.to_string(), base.map(String::from)));
+            let tree = &self.commits[self.index(id)].1;
+            let Some(base) = base else {
+                let files = tree.iter().map(|(p, b)| (p.clone(), FileState::Present(b.clone()))).collect();
+                return Ok(Files { complete: true, files });
+            };
+            let old = &self.commits[self.index(base)].1;
+            let mut files = BTreeMap::new();
+            for (p, b) in tree {
+                if old.get(p) != Some(b) {
+                    files.insert(p.clone(), FileState::Present(b.clone()));
+                }
+            }
+            for p in old.keys().filter(|p| !tree.contains_key(*p)) {
+                files.insert(p.clone(), FileState::Removed);
+            }
+            Ok(Files { complete: false, files })
+        }
+        fn watch(&self, _notify: tokio::sync::mpsc::Sender<()>) -> Result<Box<dyn Send>, SourceError> {
+            Ok(Box::new(()))
+        }
+    }
+
+    fn deployment(name: &str, image: &str) -> String {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\nspec:\n  selector:\n    matchLabels:\n      app: {name}\n  template:\n    metadata:\n      labels:\n        app: {name}\n    spec:\n      containers:\n      - name: c\n        image: {image}\n"
+        )
+    }
+
+    fn service(name: &str, node_port: u16) -> String {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  type: NodePort\n  selector:\n    app: {name}\n  ports:\n  - port: 80\n    nodePort: {node_port}\n"
+        )
+    }
+
+    fn setup() -> (Arc<dyn Store>, SourceController, FakeSource) {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let controller = SourceController::new(store.clone(), "10.96.0.0/12", Limits::default()).unwrap();
+        (store, controller, FakeSource::default())
+    }
+
+    fn image(store: &Arc<dyn Store>, name: &str) -> Option<String> {
+        let d = store.get(&ObjectKey::new(Kind::Deployment, "default", name)).unwrap()?;
+        d.pointer("/spec/template/spec/containers/0/image").and_then(Value::as_str).map(String::from)
+    }
+
+    #[test]
+    fn applies_then_follows_only_the_changed_files() {
+        let (store, mut c, mut src) = setup();
+        src.commit("two apps", &[("a.yaml", &deployment("a", "a:v1")), ("b.yaml", &deployment("b", "b:v1"))]);
+        src.publish();
+        let out = c.sync(&mut src).unwrap().unwrap();
+        assert_eq!((out.phase, out.created), (APPLIED, 2));
+        let b_rv = store.get(&ObjectKey::new(Kind::Deployment, "default", "b")).unwrap().unwrap().resource_version();
+
+        let second = src.commit("a to v2", &[("a.yaml", &deployment("a", "a:v2"))]);
+        src.publish();
+        let out = c.sync(&mut src).unwrap().unwrap();
+        assert_eq!((out.phase, out.created, out.updated), (APPLIED, 0, 1));
+        assert_eq!(image(&store, "a").as_deref(), Some("a:v2"));
+        let b = store.get(&ObjectKey::new(Kind::Deployment, "default", "b")).unwrap().unwrap();
+        assert_eq!(b.resource_version(), b_rv, "the unchanged object is not touched");
+        // The second sync asked for a delta against the first revision, not the whole tree.
+        let calls = src.calls.lock().unwrap().clone();
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[1], (second, Some(format!("{:040x}", 1))));
+        assert!(c.sync(&mut src).unwrap().is_none(), "nothing new");
+    }
+
+    #[test]
+    fn a_bad_revision_changes_nothing_and_the_fix_applies_everything_pending() {
+        let (store, mut c, mut src) = setup();
+        src.commit("v1", &[("a.yaml", &deployment("a", "a:v1"))]);
+        src.publish();
+        c.sync(&mut src).unwrap();
+        let bad = src.commit("bad", &[("a.yaml", &deployment("a", "a:v2")), ("x.yaml", "kind: Service\napiVersion: v1\nmetadata: {name: X_bad}\n")]);
+        src.publish();
+        let out = c.sync(&mut src).unwrap().unwrap();
+        assert_eq!(out.phase, REJECTED);
+        assert!(out.errors.iter().any(|e| e.starts_with("x.yaml:")), "{:?}", out.errors);
+        assert_eq!(image(&store, "a").as_deref(), Some("a:v1"));
+        let record = store.get(&ObjectKey::new(Kind::Revision, "", &bad)).unwrap().unwrap();
+        assert_eq!(record["status"]["phase"], REJECTED);
+
+        src.commit("fix", &[("x.yaml", "")]);
+        src.publish();
+        let out = c.sync(&mut src).unwrap().unwrap();
+        assert_eq!((out.phase, out.updated), (APPLIED, 1));
+        assert_eq!(image(&store, "a").as_deref(), Some("a:v2"), "the valid change of the rejected revision lands");
+    }
+
+    #[test]
+    fn commits_arriving_together_are_recorded_and_superseded() {
+        let (store, mut c, mut src) = setup();
+        let one = src.commit("1", &[("a.yaml", &deployment("a", "a:v1"))]);
+        let two = src.commit("2", &[("a.yaml", &deployment("a", "a:v2"))]);
+        let three = src.commit("3", &[("a.yaml", &deployment("a", "a:v3"))]);
+        src.publish();
+        let out = c.sync(&mut src).unwrap().unwrap();
+        assert_eq!(out.superseded, vec![one.clone(), two.clone()]);
+        for (id, phase, seq) in [(&one, SUPERSEDED, 1), (&two, SUPERSEDED, 2), (&three, APPLIED, 3)] {
+            let r = store.get(&ObjectKey::new(Kind::Revision, "", id)).unwrap().unwrap();
+            assert_eq!(r["status"]["phase"], phase);
+            assert_eq!(r["spec"]["sequence"], seq);
+        }
+        assert_eq!(image(&store, "a").as_deref(), Some("a:v3"));
+    }
+
+    #[test]
+    fn removed_files_are_pruned_and_their_ports_freed() {
+        let (store, mut c, mut src) = setup();
+        src.commit("svc", &[("s.yaml", &service("s", 30123)), ("a.yaml", &deployment("a", "a:v1"))]);
+        src.publish();
+        c.sync(&mut src).unwrap();
+        src.commit("move the port", &[("s.yaml", ""), ("t.yaml", &service("t", 30123))]);
+        src.publish();
+        let out = c.sync(&mut src).unwrap().unwrap();
+        assert_eq!((out.phase, out.created, out.pruned), (APPLIED, 1, 1), "{:?}", out.errors);
+        assert!(store.get(&ObjectKey::new(Kind::Service, "default", "s")).unwrap().is_none());
+        assert!(store.get(&ObjectKey::new(Kind::Deployment, "default", "a")).unwrap().is_some());
+    }
+
+    #[test]
+    fn restart_rebuilds_allocations_and_does_not_rewrite_history() {
+        let (store, mut c, mut src) = setup();
+        let first = src.commit("svc", &[("s.yaml", &service("s", 30123))]);
+        src.publish();
+        c.sync(&mut src).unwrap();
+        let record_rv = store.get(&ObjectKey::new(Kind::Revision, "", &first)).unwrap().unwrap().resource_version();
+        let mut c = SourceController::new(store.clone(), "10.96.0.0/12", Limits::default()).unwrap();
+        let out = c.sync(&mut src).unwrap().unwrap();
+        assert_eq!((out.created, out.updated), (0, 0));
+        let record = store.get(&ObjectKey::new(Kind::Revision, "", &first)).unwrap().unwrap();
+        assert_eq!(record.resource_version(), record_rv);
+        src.commit("clash", &[("t.yaml", &service("t", 30123))]);
+        src.publish();
+        let out = c.sync(&mut src).unwrap().unwrap();
+        assert_eq!(out.phase, REJECTED);
+        assert!(out.errors.iter().any(|e| e.contains("30123")), "{:?}", out.errors);
+    }
+}

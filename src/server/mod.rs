@@ -9,10 +9,9 @@ pub mod path;
 pub mod status;
 pub mod tokens;
 pub mod watch;
-pub mod webhook;
-
 use crate::api::Kind;
 use crate::api::selector::Selector;
+use crate::source::webhook;
 use crate::store::Store;
 use auth::Decision;
 use axum::extract::{ConnectInfo, Query, Request, State};
