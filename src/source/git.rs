@@ -65,10 +65,10 @@ impl GitSource {
             Some(p) => normalise_subdir(p).map_err(err)?,
             None => None,
         };
-        if let Some(b) = branch {
-            if !git2::Reference::is_valid_name(&format!("refs/heads/{b}")) {
-                return Err(err(format!("invalid branch name {b:?}")));
-            }
+        if let Some(b) = branch
+            && !git2::Reference::is_valid_name(&format!("refs/heads/{b}"))
+        {
+            return Err(err(format!("invalid branch name {b:?}")));
         }
         let (origin, repo) = if is_url(location) {
             let dir = clone_dir(state_dir, location);
@@ -614,15 +614,11 @@ fn clone_dir(state_dir: &Path, url: &str) -> PathBuf {
 
 /// The branch HEAD points at, else `main` or `master` when one exists (else `main`).
 fn local_default_branch(repo: &Repository) -> String {
-    if let Ok(head) = repo.find_reference("HEAD") {
-        if let Some(branch) = head
-            .symbolic_target()
-            .ok()
-            .flatten()
-            .and_then(|t| t.strip_prefix("refs/heads/"))
-        {
-            return branch.to_string();
-        }
+    if let Ok(head) = repo.find_reference("HEAD")
+        && let Ok(Some(target)) = head.symbolic_target()
+        && let Some(branch) = target.strip_prefix("refs/heads/")
+    {
+        return branch.to_string();
     }
     ["main", "master"]
         .into_iter()
