@@ -369,6 +369,19 @@ fn symlinks_inside_are_followed_and_outside_refused() {
         matches!(&files["dangling.yaml"], FileState::Refused(r) if r.contains("does not exist"))
     );
 
+    // A target that changes outside --path changes the link's file, though the diff of the
+    // subdirectory does not show it; with the links of the base known, or found afresh.
+    write(&repo, "shared/base.yaml", "base 2\n");
+    let target_changed = commit_all(&repo, "change the target only");
+    let files = source.files(&target_changed, Some(&head)).unwrap().files;
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(files["up.yaml"], present("base 2\n"));
+    let mut fresh = open(&repo, None, Some("deploy"), tmp.path());
+    let files = fresh.files(&target_changed, Some(&head)).unwrap().files;
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(files["up.yaml"], present("base 2\n"));
+    let head = target_changed;
+
     // A link changed in a later commit goes through the diff too.
     std::fs::remove_file(repo.join("deploy/up.yaml")).unwrap();
     link("../../../root/.ssh/id_rsa", "deploy/up.yaml");
