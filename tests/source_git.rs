@@ -541,6 +541,12 @@ fn branch_selection_and_empty_repositories() {
     let url = format!("file://{}", empty.display());
     let mut remote = GitSource::open(&url, None, None, &tmp.path().join("state"), MAX).unwrap();
     assert_eq!(remote.refresh().unwrap(), None);
+    // An unreachable remote is an error of refresh, not of open.
+    let gone = format!("file://{}", tmp.path().join("gone.git").display());
+    let mut unreachable =
+        GitSource::open(&gone, None, None, &tmp.path().join("state"), MAX).unwrap();
+    let err = unreachable.refresh().unwrap_err().to_string();
+    assert!(err.contains("gone.git"), "{err}");
 
     assert!(
         GitSource::open(

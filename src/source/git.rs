@@ -61,8 +61,9 @@ impl GitSource {
         state_dir: &Path,
         max_file_bytes: usize,
     ) -> Result<GitSource, SourceError> {
+        let shown = redact(location);
         let err = |reason: String| SourceError::Git {
-            location: location.to_string(),
+            location: shown.clone(),
             reason,
         };
         let subdir = match path {
@@ -106,7 +107,7 @@ impl GitSource {
             (None, Origin::Remote { .. }) => None,
         };
         Ok(GitSource {
-            location: location.to_string(),
+            location: shown.clone(),
             origin,
             repo,
             branch,
@@ -694,6 +695,26 @@ fn is_url(location: &str) -> bool {
     }
 }
 
+/// The location for messages: a password or token in a URL is replaced by `***`
+/// (`https://user:secret@host/r` -> `https://user:***@host/r`, `https://token@host/r` ->
+/// `https://***@host/r`; an ssh user name is kept).
+fn redact(location: &str) -> String {
+    let Some((scheme, rest)) = location.split_once("://") else {
+        return location.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return location.to_string();
+    };
+    let userinfo = &rest[..at];
+    let hidden = match userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None if scheme.starts_with("http") => "***".to_string(),
+        None => userinfo.to_string(),
+    };
+    format!("{scheme}://{hidden}{}", &rest[at..])
+}
+
 /// `state_dir/sources/<first 16 hex digits of sha256(url)>`.
 fn clone_dir(state_dir: &Path, url: &str) -> PathBuf {
     let digest = hex::encode(Sha256::digest(url.as_bytes()));
@@ -839,6 +860,19 @@ mod tests {
         assert!(!is_url("/srv/repo"));
         assert!(!is_url("./repo"));
         assert!(!is_url("dir/with@at:colon"));
+    }
+
+    #[test]
+    fn secrets_in_urls_are_not_shown() {
+        assert_eq!(
+            redact("https://u:tok@host/r.git"),
+            "https://u:***@host/r.git"
+        );
+        assert_eq!(redact("https://tok@host/r.git"), "https://***@host/r.git");
+        assert_eq!(redact("ssh://git@host/r.git"), "ssh://git@host/r.git");
+        assert_eq!(redact("https://host/a@b"), "https://host/a@b");
+        assert_eq!(redact("/srv/repo"), "/srv/repo");
+        assert_eq!(redact("git@host:r.git"), "git@host:r.git");
     }
 
     #[test]
