@@ -2,7 +2,7 @@
 //! and watched for ref changes; or a remote URL cloned (bare) under the state directory and
 //! fetched on refresh.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -44,6 +44,10 @@ pub struct GitSource {
     subdir: Option<String>,
     max_file_bytes: usize,
     interval: Duration,
+    /// The YAML-named symlinks (paths relative to `--path`) of the last commit whose files were
+    /// read. A tree diff does not show a link whose target changed, so on every diff the targets
+    /// of these links are compared too.
+    symlinks: Option<(Oid, BTreeSet<String>)>,
 }
 
 impl GitSource {
@@ -57,18 +61,19 @@ impl GitSource {
         state_dir: &Path,
         max_file_bytes: usize,
     ) -> Result<GitSource, SourceError> {
+        let shown = redact(location);
         let err = |reason: String| SourceError::Git {
-            location: location.to_string(),
+            location: shown.clone(),
             reason,
         };
         let subdir = match path {
             Some(p) => normalise_subdir(p).map_err(err)?,
             None => None,
         };
-        if let Some(b) = branch {
-            if !git2::Reference::is_valid_name(&format!("refs/heads/{b}")) {
-                return Err(err(format!("invalid branch name {b:?}")));
-            }
+        if let Some(b) = branch
+            && !git2::Reference::is_valid_name(&format!("refs/heads/{b}"))
+        {
+            return Err(err(format!("invalid branch name {b:?}")));
         }
         let (origin, repo) = if is_url(location) {
             let dir = clone_dir(state_dir, location);
@@ -102,13 +107,14 @@ impl GitSource {
             (None, Origin::Remote { .. }) => None,
         };
         Ok(GitSource {
-            location: location.to_string(),
+            location: shown.clone(),
             origin,
             repo,
             branch,
             subdir,
             max_file_bytes,
             interval: DEFAULT_INTERVAL,
+            symlinks: None,
         })
     }
 
@@ -262,7 +268,7 @@ impl GitSource {
         &self,
         root: &Tree<'_>,
         sub: &Tree<'_>,
-    ) -> Result<BTreeMap<String, FileState>, SourceError> {
+    ) -> Result<(BTreeMap<String, FileState>, BTreeSet<String>), SourceError> {
         let mut entries = Vec::new();
         sub.walk(TreeWalkMode::PreOrder, |dir, entry| {
             let name = entry.name_bytes();
@@ -286,15 +292,61 @@ impl GitSource {
         })
         .map_err(|e| self.err(e.message()))?;
         let mut files = BTreeMap::new();
+        let mut links = BTreeSet::new();
         for (path, name, mode, id) in entries {
             let state = if std::str::from_utf8(&name).is_err() {
                 FileState::Refused("file name is not valid UTF-8".to_string())
             } else {
+                if mode == MODE_SYMLINK {
+                    links.insert(path.clone());
+                }
                 self.entry_state(root, &path, mode, id)
             };
             files.insert(path, state);
         }
-        Ok(files)
+        Ok((files, links))
+    }
+
+    /// The YAML-named symlinks under `--path` in a tree, without reading any blob.
+    fn symlinks_in(&self, sub: Option<&Tree<'_>>) -> Result<BTreeSet<String>, SourceError> {
+        let mut links = BTreeSet::new();
+        let Some(sub) = sub else {
+            return Ok(links);
+        };
+        sub.walk(TreeWalkMode::PreOrder, |dir, entry| {
+            let name = entry.name_bytes();
+            if name.starts_with(b".") {
+                return TreeWalkResult::Skip;
+            }
+            if entry.filemode() == MODE_SYMLINK
+                && is_yaml_name(name)
+                && let Ok(name) = std::str::from_utf8(name)
+            {
+                links.insert(format!("{dir}{name}"));
+            }
+            TreeWalkResult::Ok
+        })
+        .map_err(|e| self.err(e.message()))?;
+        Ok(links)
+    }
+
+    /// Where the link at `rel_path` (relative to `--path`) leads in a commit: the blob, or why
+    /// it is refused; `None` when there is no symlink there.
+    fn link_target(
+        &self,
+        root: &Tree<'_>,
+        sub: Option<&Tree<'_>>,
+        rel_path: &str,
+    ) -> Option<Result<Oid, String>> {
+        let entry = sub?.get_path(Path::new(rel_path)).ok()?;
+        if entry.filemode() != MODE_SYMLINK {
+            return None;
+        }
+        let link_path = match &self.subdir {
+            Some(sub) => format!("{sub}/{rel_path}"),
+            None => rel_path.to_string(),
+        };
+        Some(follow_symlink(&self.repo, root, &link_path, entry.id()))
     }
 
     fn changed_files(
@@ -302,6 +354,7 @@ impl GitSource {
         root: &Tree<'_>,
         sub: Option<&Tree<'_>>,
         base_sub: Option<&Tree<'_>>,
+        links: &mut BTreeSet<String>,
     ) -> Result<BTreeMap<String, FileState>, SourceError> {
         let mut options = DiffOptions::new();
         options
@@ -326,13 +379,19 @@ impl GitSource {
                 && !new.id().is_zero();
             if let Some(path) = old_path {
                 let path = String::from_utf8_lossy(path).into_owned();
+                links.remove(&path);
                 if !(new_is_file && new_path.is_some()) {
                     files.entry(path).or_insert(FileState::Removed);
                 }
             }
             if let Some(path) = new_path.filter(|_| new_is_file) {
                 let state = match std::str::from_utf8(path) {
-                    Ok(p) => self.entry_state(root, p, new_mode, new.id()),
+                    Ok(p) => {
+                        if new_mode == MODE_SYMLINK {
+                            links.insert(p.to_string());
+                        }
+                        self.entry_state(root, p, new_mode, new.id())
+                    }
                     Err(_) => FileState::Refused("file name is not valid UTF-8".to_string()),
                 };
                 files.insert(String::from_utf8_lossy(path).into_owned(), state);
@@ -409,31 +468,9 @@ impl Source for GitSource {
     }
 
     fn files(&mut self, id: &str, base: Option<&str>) -> Result<Files, SourceError> {
-        let commit = self.find_commit(id)?;
-        let root = commit.tree().map_err(|e| self.err(e.message()))?;
-        let sub = self.subtree(&root)?;
-        match base {
-            None => {
-                let files = match &sub {
-                    Some(sub) => self.all_files(&root, sub)?,
-                    None => BTreeMap::new(),
-                };
-                Ok(Files {
-                    complete: true,
-                    files,
-                })
-            }
-            Some(base) => {
-                let base_commit = self.find_commit(base)?;
-                let base_root = base_commit.tree().map_err(|e| self.err(e.message()))?;
-                let base_sub = self.subtree(&base_root)?;
-                let files = self.changed_files(&root, sub.as_ref(), base_sub.as_ref())?;
-                Ok(Files {
-                    complete: false,
-                    files,
-                })
-            }
-        }
+        let (files, links) = self.files_and_links(id, base)?;
+        self.symlinks = Some(links);
+        Ok(files)
     }
 
     fn watch(&self, notify: tokio::sync::mpsc::Sender<()>) -> Result<Box<dyn Send>, SourceError> {
@@ -465,6 +502,58 @@ impl Source for GitSource {
 }
 
 impl GitSource {
+    /// The files of `files()`, and the symlinks of revision `id` to remember for the next diff.
+    fn files_and_links(
+        &self,
+        id: &str,
+        base: Option<&str>,
+    ) -> Result<(Files, (Oid, BTreeSet<String>)), SourceError> {
+        let commit = self.find_commit(id)?;
+        let root = commit.tree().map_err(|e| self.err(e.message()))?;
+        let sub = self.subtree(&root)?;
+        let Some(base) = base else {
+            let (files, links) = match &sub {
+                Some(sub) => self.all_files(&root, sub)?,
+                None => Default::default(),
+            };
+            let files = Files {
+                complete: true,
+                files,
+            };
+            return Ok((files, (commit.id(), links)));
+        };
+        let base_commit = self.find_commit(base)?;
+        let base_root = base_commit.tree().map_err(|e| self.err(e.message()))?;
+        let base_sub = self.subtree(&base_root)?;
+        let base_links = match &self.symlinks {
+            Some((known, links)) if *known == base_commit.id() => links.clone(),
+            _ => self.symlinks_in(base_sub.as_ref())?,
+        };
+        let mut links = base_links.clone();
+        let mut files = self.changed_files(&root, sub.as_ref(), base_sub.as_ref(), &mut links)?;
+        // Links the diff did not show may still lead somewhere else now.
+        for link in base_links.intersection(&links) {
+            if files.contains_key(link) {
+                continue;
+            }
+            let before = self.link_target(&base_root, base_sub.as_ref(), link);
+            let now = self.link_target(&root, sub.as_ref(), link);
+            if before != now {
+                let state = match now {
+                    Some(Ok(blob)) => self.blob_state(blob),
+                    Some(Err(reason)) => FileState::Refused(reason),
+                    None => FileState::Removed,
+                };
+                files.insert(link.clone(), state);
+            }
+        }
+        let files = Files {
+            complete: false,
+            files,
+        };
+        Ok((files, (commit.id(), links)))
+    }
+
     /// Watches `<gitdir>/refs` and `<gitdir>/packed-refs` so that a push is noticed at once, and
     /// compares the branch's target every few seconds in case an event was missed.
     fn watch_local(
@@ -606,6 +695,26 @@ fn is_url(location: &str) -> bool {
     }
 }
 
+/// The location for messages: a password or token in a URL is replaced by `***`
+/// (`https://user:secret@host/r` -> `https://user:***@host/r`, `https://token@host/r` ->
+/// `https://***@host/r`; an ssh user name is kept).
+fn redact(location: &str) -> String {
+    let Some((scheme, rest)) = location.split_once("://") else {
+        return location.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return location.to_string();
+    };
+    let userinfo = &rest[..at];
+    let hidden = match userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None if scheme.starts_with("http") => "***".to_string(),
+        None => userinfo.to_string(),
+    };
+    format!("{scheme}://{hidden}{}", &rest[at..])
+}
+
 /// `state_dir/sources/<first 16 hex digits of sha256(url)>`.
 fn clone_dir(state_dir: &Path, url: &str) -> PathBuf {
     let digest = hex::encode(Sha256::digest(url.as_bytes()));
@@ -614,15 +723,11 @@ fn clone_dir(state_dir: &Path, url: &str) -> PathBuf {
 
 /// The branch HEAD points at, else `main` or `master` when one exists (else `main`).
 fn local_default_branch(repo: &Repository) -> String {
-    if let Ok(head) = repo.find_reference("HEAD") {
-        if let Some(branch) = head
-            .symbolic_target()
-            .ok()
-            .flatten()
-            .and_then(|t| t.strip_prefix("refs/heads/"))
-        {
-            return branch.to_string();
-        }
+    if let Ok(head) = repo.find_reference("HEAD")
+        && let Ok(Some(target)) = head.symbolic_target()
+        && let Some(branch) = target.strip_prefix("refs/heads/")
+    {
+        return branch.to_string();
     }
     ["main", "master"]
         .into_iter()
@@ -755,6 +860,19 @@ mod tests {
         assert!(!is_url("/srv/repo"));
         assert!(!is_url("./repo"));
         assert!(!is_url("dir/with@at:colon"));
+    }
+
+    #[test]
+    fn secrets_in_urls_are_not_shown() {
+        assert_eq!(
+            redact("https://u:tok@host/r.git"),
+            "https://u:***@host/r.git"
+        );
+        assert_eq!(redact("https://tok@host/r.git"), "https://***@host/r.git");
+        assert_eq!(redact("ssh://git@host/r.git"), "ssh://git@host/r.git");
+        assert_eq!(redact("https://host/a@b"), "https://host/a@b");
+        assert_eq!(redact("/srv/repo"), "/srv/repo");
+        assert_eq!(redact("git@host:r.git"), "git@host:r.git");
     }
 
     #[test]
