@@ -111,13 +111,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let tokens = Tokens::load_or_create(&args.state)
         .with_context(|| format!("writing tokens in {}", args.state.display()))?;
     let webhook_secret = match &args.webhook_secret_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("--webhook-secret-file {}", path.display()))?
-                .trim()
-                .as_bytes()
-                .to_vec(),
-        ),
+        Some(path) => Some(crate::source::webhook::read_secret(path)?),
         None => None,
     };
     let mut source = open_source(&args)?;
