@@ -21,7 +21,8 @@ macro_rules! on_every_backend {
             $(#[test]
             fn $name() {
                 super::$name(&|capacity| std::sync::Arc::new(
-                    tend::store::memory::MemoryStore::with_watch_capacity(capacity)));
+                    tend::store::memory::MemoryStore::with_watch_limits(
+                        tend::store::watch::WatchLimits::events(capacity))));
             })*
         }
         mod redb {
@@ -33,7 +34,8 @@ macro_rules! on_every_backend {
                     let n = files.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let path = dir.path().join(format!("store-{n}.redb"));
                     std::sync::Arc::new(
-                        tend::store::redb::RedbStore::open_with_watch_capacity(&path, capacity)
+                        tend::store::redb::RedbStore::open_with_watch_limits(
+                            &path, tend::store::watch::WatchLimits::events(capacity))
                             .expect("open"),
                     )
                 });
@@ -593,7 +595,7 @@ fn many_watchers(open: Open) {
 /// A Deployment of about 2 KB, like the ones of a real repository.
 fn realistic_deployment(i: usize) -> Value {
     let name = format!("app-{i:05}");
-    let env: Vec<Value> = (0..12)
+    let env: Vec<Value> = (0..24)
         .map(|e| json!({"name": format!("SETTING_NUMBER_{e}"), "value": format!("value-{i}-{e}")}))
         .collect();
     json!({
@@ -630,9 +632,14 @@ fn large_transaction_is_fast(open: Open) {
     let store = open(BIG);
     let mut ops = Vec::with_capacity(2 * N);
     for i in 0..N {
-        ops.push(put(realistic_deployment(i)));
+        let deployment = realistic_deployment(i);
         let mut svc = service("default", &format!("app-{i:05}"));
-        svc["metadata"]["annotations"] = realistic_deployment(i)["metadata"]["annotations"].clone();
+        svc["metadata"]["labels"] = deployment["metadata"]["labels"].clone();
+        svc["metadata"]["annotations"] = deployment["metadata"]["annotations"].clone();
+        svc["spec"]["ports"] = (0..16)
+            .map(|p| json!({"name": format!("port-{p}"), "port": 8000 + p, "targetPort": 9000 + p, "protocol": "TCP"}))
+            .collect();
+        ops.push(put(deployment));
         ops.push(put(svc));
     }
     let size: usize = ops
