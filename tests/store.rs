@@ -57,6 +57,7 @@ on_every_backend!(
     watch_too_old_is_gone,
     many_watchers,
     large_transaction_is_fast,
+    concurrent_updates_lose_nothing,
 );
 
 const BIG: usize = 100_000;
@@ -590,6 +591,42 @@ fn many_watchers(open: Open) {
             assert_eq!(got.expect("in time").expect("task"), expected);
         }
     });
+}
+
+/// Read-modify-write with `expect_rv` from several threads: every increment lands once.
+fn concurrent_updates_lose_nothing(open: Open) {
+    const THREADS: u64 = 4;
+    const INCREMENTS: u64 = 25;
+    let store = open(BIG);
+    let counter = key(Kind::Deployment, "default", "counter");
+    store
+        .commit(vec![put(deployment("default", "counter", 0))])
+        .expect("put");
+    std::thread::scope(|scope| {
+        for _ in 0..THREADS {
+            scope.spawn(|| {
+                let mut done = 0;
+                while done < INCREMENTS {
+                    let current = store.get(&counter).expect("get").expect("present");
+                    let replicas = current["spec"]["replicas"].as_u64().expect("replicas");
+                    let mut next = current.clone();
+                    next["spec"]["replicas"] = json!(replicas + 1);
+                    let update = Op::Put {
+                        object: next,
+                        expect_rv: Some(current.resource_version()),
+                    };
+                    match store.commit(vec![update]) {
+                        Ok(_) => done += 1,
+                        Err(StoreError::Conflict { .. }) => continue,
+                        Err(e) => panic!("unexpected {e}"),
+                    }
+                }
+            });
+        }
+    });
+    let last = store.get(&counter).expect("get").expect("present");
+    assert_eq!(last["spec"]["replicas"], THREADS * INCREMENTS);
+    assert_eq!(last["metadata"]["generation"], 1 + THREADS * INCREMENTS);
 }
 
 /// A Deployment of about 2 KB, like the ones of a real repository.

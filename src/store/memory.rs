@@ -50,11 +50,12 @@ impl Default for MemoryStore {
 
 impl Store for MemoryStore {
     fn get(&self, key: &ObjectKey) -> Result<Option<Value>, StoreError> {
+        let storage_key = key.storage_key();
         let objects = self.lock();
         objects
             .by_key
-            .get(&key.storage_key())
-            .map(|bytes| decode(&key.storage_key(), bytes))
+            .get(&storage_key)
+            .map(|bytes| decode(&storage_key, bytes))
             .transpose()
     }
 
