@@ -785,8 +785,20 @@ fn record_key() -> ObjectKey {
 fn check_batches(path: &Path) -> u64 {
     let store = RedbStore::open(path).expect("reopen after kill");
     let record = store.get(&record_key()).expect("get record");
-    let newest = record.map_or(0, |r| r["spec"]["batch"].as_u64().expect("batch number"));
+    let newest = record
+        .as_ref()
+        .map_or(0, |r| r["spec"]["batch"].as_u64().expect("batch number"));
+    // The record was written by the newest transaction, with the stored resourceVersion.
+    let record_rv = record.as_ref().map_or(0, |r| r.resource_version());
+    assert_eq!(record_rv, store.current_rv());
     let (pods, _) = store.list(Kind::Pod, Some("crash")).expect("list");
+    // The newest transaction also rewrote one pod of the batch before it.
+    if newest > 1 {
+        let rewritten = key(Kind::Pod, "crash", &format!("b{}-p0", newest - 1));
+        let pod = store.get(&rewritten).expect("get").expect("present");
+        assert_eq!(pod["spec"]["padding"], format!("rewritten by {newest}"));
+        assert_eq!(pod.resource_version(), record_rv);
+    }
     let mut per_batch = std::collections::BTreeMap::<u64, usize>::new();
     for pod in &pods {
         let batch = pod
