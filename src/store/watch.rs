@@ -106,7 +106,7 @@ impl Log {
             {
                 if let Some(event) = self.events.pop_front() {
                     self.first_seq += 1;
-                    self.bytes -= event.object.len();
+                    self.bytes = self.bytes.saturating_sub(event.object.len());
                 }
             }
             self.complete_after = oldest;
