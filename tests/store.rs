@@ -21,7 +21,8 @@ macro_rules! on_every_backend {
             $(#[test]
             fn $name() {
                 super::$name(&|capacity| std::sync::Arc::new(
-                    tend::store::memory::MemoryStore::with_watch_capacity(capacity)));
+                    tend::store::memory::MemoryStore::with_watch_limits(
+                        tend::store::watch::WatchLimits::events(capacity))));
             })*
         }
         mod redb {
@@ -33,7 +34,8 @@ macro_rules! on_every_backend {
                     let n = files.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let path = dir.path().join(format!("store-{n}.redb"));
                     std::sync::Arc::new(
-                        tend::store::redb::RedbStore::open_with_watch_capacity(&path, capacity)
+                        tend::store::redb::RedbStore::open_with_watch_limits(
+                            &path, tend::store::watch::WatchLimits::events(capacity))
                             .expect("open"),
                     )
                 });
@@ -55,6 +57,7 @@ on_every_backend!(
     watch_too_old_is_gone,
     many_watchers,
     large_transaction_is_fast,
+    concurrent_updates_lose_nothing,
 );
 
 const BIG: usize = 100_000;
@@ -590,10 +593,46 @@ fn many_watchers(open: Open) {
     });
 }
 
+/// Read-modify-write with `expect_rv` from several threads: every increment lands once.
+fn concurrent_updates_lose_nothing(open: Open) {
+    const THREADS: u64 = 4;
+    const INCREMENTS: u64 = 25;
+    let store = open(BIG);
+    let counter = key(Kind::Deployment, "default", "counter");
+    store
+        .commit(vec![put(deployment("default", "counter", 0))])
+        .expect("put");
+    std::thread::scope(|scope| {
+        for _ in 0..THREADS {
+            scope.spawn(|| {
+                let mut done = 0;
+                while done < INCREMENTS {
+                    let current = store.get(&counter).expect("get").expect("present");
+                    let replicas = current["spec"]["replicas"].as_u64().expect("replicas");
+                    let mut next = current.clone();
+                    next["spec"]["replicas"] = json!(replicas + 1);
+                    let update = Op::Put {
+                        object: next,
+                        expect_rv: Some(current.resource_version()),
+                    };
+                    match store.commit(vec![update]) {
+                        Ok(_) => done += 1,
+                        Err(StoreError::Conflict { .. }) => continue,
+                        Err(e) => panic!("unexpected {e}"),
+                    }
+                }
+            });
+        }
+    });
+    let last = store.get(&counter).expect("get").expect("present");
+    assert_eq!(last["spec"]["replicas"], THREADS * INCREMENTS);
+    assert_eq!(last["metadata"]["generation"], 1 + THREADS * INCREMENTS);
+}
+
 /// A Deployment of about 2 KB, like the ones of a real repository.
 fn realistic_deployment(i: usize) -> Value {
     let name = format!("app-{i:05}");
-    let env: Vec<Value> = (0..12)
+    let env: Vec<Value> = (0..24)
         .map(|e| json!({"name": format!("SETTING_NUMBER_{e}"), "value": format!("value-{i}-{e}")}))
         .collect();
     json!({
@@ -630,9 +669,14 @@ fn large_transaction_is_fast(open: Open) {
     let store = open(BIG);
     let mut ops = Vec::with_capacity(2 * N);
     for i in 0..N {
-        ops.push(put(realistic_deployment(i)));
+        let deployment = realistic_deployment(i);
         let mut svc = service("default", &format!("app-{i:05}"));
-        svc["metadata"]["annotations"] = realistic_deployment(i)["metadata"]["annotations"].clone();
+        svc["metadata"]["labels"] = deployment["metadata"]["labels"].clone();
+        svc["metadata"]["annotations"] = deployment["metadata"]["annotations"].clone();
+        svc["spec"]["ports"] = (0..16)
+            .map(|p| json!({"name": format!("port-{p}"), "port": 8000 + p, "targetPort": 9000 + p, "protocol": "TCP"}))
+            .collect();
+        ops.push(put(deployment));
         ops.push(put(svc));
     }
     let size: usize = ops
@@ -741,8 +785,20 @@ fn record_key() -> ObjectKey {
 fn check_batches(path: &Path) -> u64 {
     let store = RedbStore::open(path).expect("reopen after kill");
     let record = store.get(&record_key()).expect("get record");
-    let newest = record.map_or(0, |r| r["spec"]["batch"].as_u64().expect("batch number"));
+    let newest = record
+        .as_ref()
+        .map_or(0, |r| r["spec"]["batch"].as_u64().expect("batch number"));
+    // The record was written by the newest transaction, with the stored resourceVersion.
+    let record_rv = record.as_ref().map_or(0, |r| r.resource_version());
+    assert_eq!(record_rv, store.current_rv());
     let (pods, _) = store.list(Kind::Pod, Some("crash")).expect("list");
+    // The newest transaction also rewrote one pod of the batch before it.
+    if newest > 1 {
+        let rewritten = key(Kind::Pod, "crash", &format!("b{}-p0", newest - 1));
+        let pod = store.get(&rewritten).expect("get").expect("present");
+        assert_eq!(pod["spec"]["padding"], format!("rewritten by {newest}"));
+        assert_eq!(pod.resource_version(), record_rv);
+    }
     let mut per_batch = std::collections::BTreeMap::<u64, usize>::new();
     for pod in &pods {
         let batch = pod

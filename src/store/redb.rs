@@ -5,7 +5,7 @@
 //! immediate durability, so a crash leaves either the old or the new state.
 
 use super::memory::{Staging, apply_transaction, decode, key_range};
-use super::watch::{DEFAULT_CAPACITY, WatchLog};
+use super::watch::{WatchLimits, WatchLog};
 use super::{Committed, Op, Store, StoreError, Watch};
 use crate::api::{Kind, ObjectKey};
 use ::redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition};
@@ -32,11 +32,14 @@ pub struct RedbStore {
 impl RedbStore {
     /// Opens the store file at `path`, creating it (and its directory) when missing.
     pub fn open(path: &Path) -> Result<RedbStore, StoreError> {
-        Self::open_with_watch_capacity(path, DEFAULT_CAPACITY)
+        Self::open_with_watch_limits(path, WatchLimits::default())
     }
 
-    /// Like `open`, with a watch log keeping the most recent `capacity` events.
-    pub fn open_with_watch_capacity(path: &Path, capacity: usize) -> Result<RedbStore, StoreError> {
+    /// Like `open`, with a watch log keeping the most recent events within `limits`.
+    pub fn open_with_watch_limits(
+        path: &Path,
+        limits: WatchLimits,
+    ) -> Result<RedbStore, StoreError> {
         let fail = |e: &dyn Display| backend(path, e);
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| fail(&e))?;
@@ -58,7 +61,7 @@ impl RedbStore {
             db,
             path: path.to_path_buf(),
             resource_version: AtomicU64::new(rv),
-            log: WatchLog::new(rv, capacity),
+            log: WatchLog::new(rv, limits),
             commit_order: Mutex::new(()),
         })
     }
@@ -158,8 +161,10 @@ impl Store for RedbStore {
         let (committed, events) = match applied {
             Ok(applied) => applied,
             Err(e) => {
-                // Nothing of the transaction is kept.
-                tx.abort().map_err(|e| self.fail(e))?;
+                // Nothing of the transaction is kept (dropping it would abort it as well).
+                if let Err(abort) = tx.abort() {
+                    tracing::warn!(path = %self.path.display(), "aborting a store transaction: {abort}");
+                }
                 return Err(e);
             }
         };

@@ -12,6 +12,9 @@ use std::sync::{Arc, RwLock};
 
 /// How many events a `WatchLog` keeps unless told otherwise.
 pub const DEFAULT_CAPACITY: usize = 100_000;
+/// How many bytes of objects a `WatchLog` keeps unless told otherwise: bounds the memory of
+/// the log when objects are large (100,000 events of 2 KB would be 200 MB).
+pub const DEFAULT_MAX_BYTES: usize = 64 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -72,7 +75,9 @@ struct Log {
     first_seq: u64,
     /// Every event with a resourceVersion above this one is in `events`.
     complete_after: u64,
-    capacity: usize,
+    /// The total size of the kept objects.
+    bytes: usize,
+    limits: WatchLimits,
 }
 
 impl Log {
@@ -80,31 +85,65 @@ impl Log {
         self.first_seq + self.events.len() as u64
     }
 
-    /// Drops the oldest events beyond capacity, always whole resourceVersions, so that the
-    /// kept window never starts in the middle of a transaction.
+    /// Drops the oldest transactions while the log is over either limit. Whole
+    /// resourceVersions go at once, so the kept window never starts in the middle of a
+    /// transaction, and the newest one always stays.
     fn trim(&mut self) {
-        while self.events.len() > self.capacity {
-            let Some(dropped) = self.events.pop_front() else {
+        let Some(newest) = self.events.back().map(|e| e.resource_version) else {
+            return;
+        };
+        while self.events.len() > self.limits.max_events || self.bytes > self.limits.max_bytes {
+            let Some(oldest) = self.events.front().map(|e| e.resource_version) else {
                 break;
             };
-            self.first_seq += 1;
-            self.complete_after = dropped.resource_version;
+            if oldest >= newest {
+                break;
+            }
+            while self
+                .events
+                .front()
+                .is_some_and(|e| e.resource_version == oldest)
+            {
+                if let Some(event) = self.events.pop_front() {
+                    self.first_seq += 1;
+                    self.bytes = self.bytes.saturating_sub(event.object.len());
+                }
+            }
+            self.complete_after = oldest;
         }
-        while self
-            .events
-            .front()
-            .is_some_and(|e| e.resource_version <= self.complete_after)
-        {
-            self.events.pop_front();
-            self.first_seq += 1;
+    }
+}
+
+/// How much a `WatchLog` keeps: the most recent transactions within both limits.
+#[derive(Debug, Clone, Copy)]
+pub struct WatchLimits {
+    pub max_events: usize,
+    /// The total size of the kept objects' JSON.
+    pub max_bytes: usize,
+}
+
+impl Default for WatchLimits {
+    fn default() -> Self {
+        WatchLimits {
+            max_events: DEFAULT_CAPACITY,
+            max_bytes: DEFAULT_MAX_BYTES,
+        }
+    }
+}
+
+impl WatchLimits {
+    /// At most `max_events` events, with the default byte limit.
+    pub fn events(max_events: usize) -> Self {
+        WatchLimits {
+            max_events,
+            ..WatchLimits::default()
         }
     }
 }
 
 impl WatchLog {
-    /// An empty log for a store whose newest resourceVersion is `current_rv`, keeping the
-    /// most recent `capacity` events (at least one).
-    pub fn new(current_rv: u64, capacity: usize) -> Self {
+    /// An empty log for a store whose newest resourceVersion is `current_rv`.
+    pub fn new(current_rv: u64, limits: WatchLimits) -> Self {
         let (appended, _) = tokio::sync::watch::channel(0);
         WatchLog {
             shared: Arc::new(Shared {
@@ -112,7 +151,8 @@ impl WatchLog {
                     events: VecDeque::new(),
                     first_seq: 0,
                     complete_after: current_rv,
-                    capacity: capacity.max(1),
+                    bytes: 0,
+                    limits,
                 }),
                 appended,
             }),
@@ -124,7 +164,10 @@ impl WatchLog {
     pub fn append(&self, events: impl IntoIterator<Item = EncodedEvent>) {
         let end = {
             let mut log = self.shared.log.write().unwrap_or_else(|e| e.into_inner());
-            log.events.extend(events);
+            for event in events {
+                log.bytes += event.object.len();
+                log.events.push_back(event);
+            }
             log.trim();
             log.end_seq()
         };
@@ -247,7 +290,7 @@ mod tests {
 
     #[test]
     fn trims_whole_resource_versions() {
-        let log = WatchLog::new(0, 3);
+        let log = WatchLog::new(0, WatchLimits::events(3));
         log.append([event(1), event(2), event(2)]);
         log.append([event(3), event(3)]);
         // Capacity 3 drops rv 1 and both events of rv 2 (never half a transaction).
@@ -272,8 +315,36 @@ mod tests {
     }
 
     #[test]
+    fn keeps_the_newest_transaction_whatever_its_size() {
+        let log = WatchLog::new(0, WatchLimits::events(2));
+        log.append([event(1)]);
+        log.append([event(2), event(2), event(2)]);
+        assert_eq!(log.oldest_rv(), 1);
+        let mut watch = log.subscribe(1).expect("subscribe");
+        for _ in 0..3 {
+            assert_eq!(
+                watch.try_next().expect("next").map(|e| e.resource_version),
+                Some(2)
+            );
+        }
+    }
+
+    #[test]
+    fn byte_limit_trims_too() {
+        let limits = WatchLimits {
+            max_events: 100,
+            max_bytes: 20,
+        };
+        let log = WatchLog::new(0, limits);
+        for rv in 1..=5 {
+            log.append([event(rv)]); // 8 bytes each
+        }
+        assert_eq!(log.oldest_rv(), 3);
+    }
+
+    #[test]
     fn late_append_of_listed_rv_is_skipped() {
-        let log = WatchLog::new(0, 10);
+        let log = WatchLog::new(0, WatchLimits::events(10));
         let mut watch = log.subscribe(1).expect("subscribe");
         log.append([event(1)]);
         log.append([event(2)]);
@@ -285,7 +356,7 @@ mod tests {
 
     #[test]
     fn falling_behind_is_gone() {
-        let log = WatchLog::new(0, 2);
+        let log = WatchLog::new(0, WatchLimits::events(2));
         let mut watch = log.subscribe(0).expect("subscribe");
         log.append([event(1)]);
         log.append([event(2)]);
