@@ -28,6 +28,10 @@ impl Positions {
         self.map.entry(path).or_insert(pos);
     }
 
+    pub fn replace(&mut self, path: String, pos: Pos) {
+        self.map.insert(path, pos);
+    }
+
     /// The position of `path`, or of its nearest written ancestor (a defaulted field
     /// points at the object that lacks it).
     pub fn lookup(&self, path: &str) -> Pos {

@@ -59,6 +59,9 @@ enum Frame {
         key_pos: HashMap<String, Pos>,
         pending_key: Option<String>,
         merges: Vec<Value>,
+        /// The mapping's own position came from its start event, which yaml-rust2 places
+        /// after the first key; the first key's position replaces it.
+        take_first_key_pos: bool,
         anchor: usize,
         path: String,
         weight: Weight,
@@ -153,7 +156,80 @@ fn syntax_message(text: &str, pos: Pos, info: &str) -> String {
     if line.trim_start().starts_with('`') {
         message.push_str("; a line cannot start with '`'");
     }
+    if let Some(hint) = missing_space_hint(text, pos.line) {
+        message.push_str(&hint);
+    }
+    if let Some(hint) = unindented_hint(text, pos.line) {
+        message.push_str(&hint);
+    }
     message
+}
+
+/// The lines of `text` up to `line` (1-based), numbered, without comments.
+fn lines_upto(text: &str, line: usize) -> impl Iterator<Item = (usize, &str)> {
+    text.lines()
+        .take(line)
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.split(" #").next().unwrap_or(l).trim_end()))
+        .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+}
+
+/// `replicas:3` is one plain string, not a field: YAML needs a space after the colon.
+fn missing_space_hint(text: &str, line: usize) -> Option<String> {
+    let (number, found) = lines_upto(text, line).filter(|(n, _)| *n + 2 >= line).find(|(_, l)| {
+        let body = l.trim_start().trim_start_matches('-').trim_start();
+        body.split_once(':').is_some_and(|(key, value)| {
+            !key.is_empty()
+                && key.chars().all(|c| c.is_ascii_alphanumeric())
+                && value.starts_with(|c: char| !c.is_whitespace() && c != ':')
+                && !body.starts_with("http")
+        })
+    })?;
+    Some(format!(
+        "; line {number} `{}` has no space after ':', so it is a plain string, not a field \
+         (write `key: value`)",
+        found.trim()
+    ))
+}
+
+/// Fields that hold a mapping in Kubernetes objects: written with nothing after the
+/// colon and followed by a line at the same indentation, they lost their indentation.
+const MAPPING_FIELDS: [&str; 14] = [
+    "metadata",
+    "spec",
+    "template",
+    "selector",
+    "matchLabels",
+    "labels",
+    "annotations",
+    "strategy",
+    "rollingUpdate",
+    "nodeSelector",
+    "resources",
+    "httpGet",
+    "livenessProbe",
+    "readinessProbe",
+];
+
+/// Seed 003's failure: `metadata:` followed by `name: x` at the same indentation.
+pub fn unindented_hint(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<(usize, &str)> = lines_upto(text, line).collect();
+    lines.windows(2).find_map(|pair| {
+        let [(number, parent), (_, next)] = pair else {
+            return None;
+        };
+        let key = parent.trim().strip_suffix(':')?.trim();
+        let indent = |l: &str| l.len() - l.trim_start().len();
+        (MAPPING_FIELDS.contains(&key)
+            && indent(parent) == indent(next)
+            && !next.trim_start().starts_with('-'))
+        .then(|| {
+            format!(
+                "; the YAML looks unindented: `{key}:` at line {number} has no fields, the next \
+                 line is at the same indentation; indent the fields of `{key}` under it"
+            )
+        })
+    })
 }
 
 impl Reader<'_> {
@@ -316,6 +392,7 @@ impl Reader<'_> {
                         key_pos: HashMap::new(),
                         pending_key: None,
                         merges: Vec::new(),
+                        take_first_key_pos: record,
                         anchor,
                         path,
                         weight,
@@ -358,15 +435,23 @@ impl Reader<'_> {
             Value::Null => "null".to_string(),
             other => other.to_string(),
         };
+        let depth = self.stack.len();
         let Some(Frame::Map {
             key_pos,
             pending_key,
             path,
+            take_first_key_pos,
             ..
         }) = self.stack.last_mut()
         else {
             return Ok(());
         };
+        if std::mem::take(take_first_key_pos) {
+            self.positions.replace(path.clone(), pos);
+            if depth == 1 {
+                self.doc_start = Some(pos);
+            }
+        }
         let key_path = field(path, &key);
         if key != "<<"
             && let Some(first) = key_pos.get(&key)
