@@ -98,8 +98,12 @@ fn load_file_inner(file: &str, bytes: &[u8], limits: &Limits) -> ParsedFile {
             .errors
             .push(file_diagnostic(file, e.pos, &e.path, e.message));
     }
-    for doc in &read.documents {
-        load_document(file, text, doc, &mut parsed);
+    // A file that stopped early (syntax error, limit) is rejected as a whole: its one
+    // clear error is not buried under complaints about the documents before it.
+    if !read.fatal {
+        for doc in &read.documents {
+            load_document(file, text, doc, &mut parsed);
+        }
     }
     parsed
         .errors

@@ -311,14 +311,16 @@ fn strategy(strategy: Option<&Value>, report: &mut Report) {
 
 fn selector(selector: Option<&Value>, template: Option<&Map<String, Value>>, report: &mut Report) {
     let path = "spec.selector";
+    let missing = "a Deployment needs spec.selector, not empty, matching the template labels \
+                   (e.g. matchLabels: {app: web})";
     let Some(Value::Object(selector)) = selector else {
-        report.error(path, "a Deployment needs spec.selector (e.g. matchLabels: {app: web})");
+        report.error(path, missing);
         return;
     };
     let match_labels = selector.get("matchLabels").and_then(Value::as_object);
     let expressions = selector.get("matchExpressions").and_then(Value::as_array);
     if match_labels.is_none_or(Map::is_empty) && expressions.is_none_or(Vec::is_empty) {
-        report.error(path, "spec.selector is empty: it would select every pod");
+        report.error(path, missing);
         return;
     }
     labels(selector.get("matchLabels"), "spec.selector.matchLabels", report);
@@ -411,7 +413,7 @@ fn container(
     names: &mut HashMap<String, String>,
     report: &mut Report,
 ) {
-    match c.get("name").and_then(Value::as_str) {
+    match c.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()) {
         None => report.error(&field(path, "name"), "every container needs a name"),
         Some(name) => {
             let at = field(path, "name");

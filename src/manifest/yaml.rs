@@ -121,10 +121,20 @@ pub fn read(text: &str, limits: &Limits) -> Documents {
             }
             Err(e) => {
                 let pos = pos_of(e.marker());
+                let message = if e.info().contains("recursion limit") {
+                    format!(
+                        "nesting is deeper than the limit of {} levels (the YAML parser stopped: \
+                         {})",
+                        limits.max_depth,
+                        e.info()
+                    )
+                } else {
+                    syntax_message(text, pos, e.info())
+                };
                 reader.out.errors.push(YamlError {
                     pos,
                     path: String::new(),
-                    message: syntax_message(text, pos, e.info()),
+                    message,
                 });
                 reader.out.fatal = true;
                 break;
