@@ -6,6 +6,7 @@ pub mod limits;
 pub mod parse;
 pub mod positions;
 pub mod validate;
+mod yaml;
 
 use crate::api::ObjectKey;
 use serde_json::Value;
