@@ -42,3 +42,12 @@ pub struct ServeArgs {
     #[arg(long)]
     pub webhook_secret_file: Option<PathBuf>,
 }
+
+// TEMPORARY (cli branch): a placeholder so `main` compiles until the real `serve` lands.
+// The serve engineer replaces this function; the signature is the contract.
+pub fn run(
+    _args: ServeArgs,
+    _log: crate::telemetry::LogFormat,
+) -> anyhow::Result<std::process::ExitCode> {
+    anyhow::bail!("serve: not implemented yet in this build")
+}
