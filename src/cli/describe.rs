@@ -1224,7 +1224,6 @@ pub fn describe_revision(rev: &Value, clock: &Clock) -> String {
             ),
         }
     );
-    d.flush();
     for (field, title) in [
         ("errors", "Errors"),
         ("warnings", "Warnings"),
@@ -1232,7 +1231,7 @@ pub fn describe_revision(rev: &Value, clock: &Clock) -> String {
     ] {
         let items = array(rev, &format!("/status/{field}"));
         if items.is_empty() {
-            w!(d, 0, "{title}:  <none>\n");
+            w!(d, 0, "{title}:\t<none>\n");
             continue;
         }
         w!(d, 0, "{title} ({}):\n", items.len());

@@ -339,7 +339,7 @@ Errors (2):
   web.yaml:12:7: spec.template.spec.containers[0].image: required value, a container needs an image
   svc.yaml:9:15: spec.ports[0].nodePort: 40000 is outside 30000-32767
 Warnings:  <none>
-Objects:  <none>
+Objects:   <none>
 ";
     assert_eq!(out, want, "\n{out}");
 }
