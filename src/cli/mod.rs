@@ -1,5 +1,213 @@
 //! The command-line client: one file per verb, kubectl-style tables, and the `serve` daemon's
 //! flags. Every error becomes one line on stderr; exit codes are 0 (yes), 1 (no), 2 (error).
+//!
+//! - [`client`]: blocking HTTP client of the API (token, timeouts, Status errors).
+//! - [`get`], [`describe`]: the reading verbs; [`columns`] and the describers are pure
+//!   renderers of Kubernetes-shaped JSON; [`table`] aligns cells as kubectl does.
+//! - [`output`]: `-o json|yaml|name`; [`humanize`]: ages, times, labels, selectors.
 
+pub mod client;
+pub mod columns;
+pub mod describe;
+pub mod get;
+pub mod humanize;
 pub mod diff;
+pub mod output;
 pub mod serve;
+pub mod table;
+
+use crate::api::Kind;
+use crate::telemetry::LogFormat;
+use client::{Client, ClientOptions};
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// `tend`: GitOps deployments with Kubernetes semantics, without a Kubernetes cluster.
+#[derive(Debug, clap::Parser)]
+#[command(name = "tend", version, about, propagate_version = true)]
+pub struct Cli {
+    /// URL of the tend API server.
+    #[arg(
+        long,
+        global = true,
+        env = "TEND_SERVER",
+        default_value = "http://127.0.0.1:7443"
+    )]
+    pub server: String,
+    /// Bearer token (default: admin.token in $TEND_STATE or /var/lib/tend, when readable).
+    #[arg(long, global = true, env = "TEND_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Log format of daemons.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Run the control plane: watch a git repository or directory and serve the API.
+    Serve(serve::ServeArgs),
+    /// Display one or many objects (kubectl columns).
+    Get(get::GetArgs),
+    /// Show details of one object, with its events.
+    Describe(describe::DescribeArgs),
+    /// Show what applying a repository or directory would change (exit 0: none, 1: changes, 2: error).
+    Diff(diff::DiffArgs),
+    /// Measure tend: `apply` (cold apply, one-file commit, serve's memory).
+    Bench(crate::bench::BenchArgs),
+    /// Print the client version (and the server's, when reachable).
+    Version,
+}
+
+/// What a reading command prints; written by [`run`] so that a closed pipe is not an error.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Printed {
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs a parsed command line; every error is printed as one line and exits 2.
+pub fn run(cli: Cli) -> ExitCode {
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            report_error(&err);
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let options = || ClientOptions::with_token_fallback(cli.server.clone(), cli.token.clone());
+    let printed = match cli.command {
+        Command::Serve(args) => {
+            crate::telemetry::init(cli.log_format);
+            return serve::run(args, cli.log_format);
+        }
+        Command::Diff(args) => {
+            let client = Client::new(&options())?;
+            return diff::run(args, |kind| Ok(client.list(kind, None, "")?));
+        }
+        Command::Bench(args) => {
+            crate::telemetry::init(cli.log_format);
+            return crate::bench::run(args);
+        }
+        Command::Get(args) => get::run(args, &Client::new(&options())?)?,
+        Command::Describe(args) => describe::run(args, &Client::new(&options())?)?,
+        Command::Version => version(&options()),
+    };
+    print(&printed);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tend 0.1.0`, then `server: ...` when a server answers within two seconds.
+fn version(opts: &ClientOptions) -> Printed {
+    let mut stdout = format!("tend {}\n", env!("CARGO_PKG_VERSION"));
+    let server = Client::with_timeout(opts, Duration::from_secs(2))
+        .and_then(|c| c.get_json("/version", &[]));
+    if let Ok(v) = server {
+        let text = ["gitVersion", "version"]
+            .iter()
+            .find_map(|k| v.get(*k).and_then(serde_json::Value::as_str))
+            .map(str::to_string);
+        if let Some(text) = text {
+            stdout.push_str(&format!("server: {text} ({})\n", opts.server));
+        }
+    }
+    Printed {
+        stdout,
+        stderr: String::new(),
+    }
+}
+
+/// Writes output; a reader that went away (`tend get pods | head -1`) is not an error.
+fn print(printed: &Printed) {
+    let _ = std::io::stdout()
+        .lock()
+        .write_all(printed.stdout.as_bytes());
+    let _ = std::io::stderr()
+        .lock()
+        .write_all(printed.stderr.as_bytes());
+}
+
+/// `error: what: why` on one line.
+pub fn report_error(err: &anyhow::Error) {
+    let text = format!("{err:#}").replace(['\n', '\r'], " ");
+    let _ = writeln!(std::io::stderr(), "error: {text}");
+}
+
+/// KIND as kubectl spells it, or a clear error naming what is accepted.
+pub fn parse_kind(s: &str) -> anyhow::Result<Kind> {
+    Kind::from_cli(s).ok_or_else(|| {
+        anyhow::anyhow!(
+            "unknown resource type {s:?}: use one of nodes (no), deployments (deploy), replicasets (rs), \
+             pods (po), services (svc), endpoints (ep), events (ev), revisions (rev)"
+        )
+    })
+}
+
+/// A panic prints one line (no backtrace); the caller turns it into exit code 2.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("unknown cause")
+            .replace('\n', " ");
+        let place = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let _ = writeln!(std::io::stderr(), "error: internal error{place}: {message}");
+    }));
+}
+
+/// The whole program: parse, run, and never let a panic escape.
+pub fn main() -> ExitCode {
+    install_panic_hook();
+    let cli = <Cli as clap::Parser>::parse();
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli))).unwrap_or(ExitCode::from(2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn command_line_parses() {
+        let cli = Cli::try_parse_from([
+            "tend",
+            "get",
+            "pods",
+            "-A",
+            "-o",
+            "wide",
+            "-l",
+            "app=x",
+            "--server",
+            "http://h:1",
+        ])
+        .unwrap();
+        assert_eq!(cli.server, "http://h:1");
+        let Command::Get(args) = cli.command else {
+            panic!("not get")
+        };
+        assert!(args.all_namespaces);
+        assert_eq!(args.output, Some(output::OutputFormat::Wide));
+        assert!(Cli::try_parse_from(["tend", "get", "pods", "-A", "-n", "x"]).is_err());
+        assert!(Cli::try_parse_from(["tend", "describe", "rev", "4f2a"]).is_ok());
+        assert!(Cli::try_parse_from(["tend", "serve", "--dir", "/tmp/x"]).is_ok());
+    }
+
+    #[test]
+    fn kinds() {
+        assert_eq!(parse_kind("deploy").unwrap(), Kind::Deployment);
+        let err = parse_kind("bogus").unwrap_err().to_string();
+        assert!(err.starts_with("unknown resource type \"bogus\""), "{err}");
+    }
+}
