@@ -229,7 +229,11 @@ fn diff_exit_codes() {
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("--- a/deployments/xgp-web"), "{text}");
-    assert!(text.contains("-        image: web:v1") && text.contains("+        image: web:v2"), "{text}");
+    let removed: Vec<&str> = text.lines().filter(|l| l.starts_with('-') && !l.starts_with("---")).collect();
+    let added: Vec<&str> = text.lines().filter(|l| l.starts_with('+') && !l.starts_with("+++")).collect();
+    assert_eq!(removed.len(), 1, "{text}");
+    assert_eq!(added.len(), 1, "{text}");
+    assert!(removed[0].contains("image: web:v1") && added[0].contains("image: web:v2"), "{text}");
     assert!(!text.contains("clusterIP"), "allocations are not changes: {text}");
 
     repos.write("broken.yaml", "kind: Service\napiVersion: v1\nmetadata: [\n");

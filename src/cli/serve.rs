@@ -123,12 +123,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("--listen {}", args.listen))?;
     let addr = listener.local_addr()?;
-    println!("tend serve: listening on http://{addr}");
-    println!(
+    say(&format!("tend serve: listening on http://{addr}"));
+    say(&format!(
         "tend serve: source {}; state in {} (admin.token, join.token)",
         source.describe(),
         args.state.display()
-    );
+    ));
     let state = Arc::new(ApiState {
         store: store.clone(),
         tokens,
@@ -179,6 +179,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     tracing::info!("shutting down");
     api.await.context("API task")?.context("API server")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a line for the person who started the daemon; a closed stdout is not an error.
+fn say(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }
 
 fn create_state_dir(dir: &std::path::Path) -> anyhow::Result<()> {

@@ -88,7 +88,9 @@ impl Serve {
             .spawn()
             .expect("tend serve starts");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        stdout.read_line(&mut line).unwrap();
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
         let url = line.trim().rsplit(' ').next().unwrap_or_default().to_string();
         assert!(url.starts_with("http://127.0.0.1:"), "serve printed {line:?}");
         let token = std::fs::read_to_string(state.join("admin.token")).unwrap().trim().to_string();
