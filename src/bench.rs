@@ -55,13 +55,21 @@ fn git(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
         .output()
         .context("running git")?;
     if !out.status.success() {
-        bail!("git {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "git {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
 
 fn head(dir: &Path) -> anyhow::Result<String> {
-    let out = Command::new("git").arg("-C").arg(dir).args(["rev-parse", "HEAD"]).output()?;
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["rev-parse", "HEAD"])
+        .output()?;
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
@@ -100,12 +108,19 @@ fn start_serve(repo: &Path, state: &Path) -> anyhow::Result<Serve> {
         .filter(|u| u.starts_with("http://"))
         .with_context(|| format!("serve printed {line:?} instead of its URL"))?
         .to_string();
-    let token = std::fs::read_to_string(state.join("admin.token"))?.trim().to_string();
+    let token = std::fs::read_to_string(state.join("admin.token"))?
+        .trim()
+        .to_string();
     Ok(Serve { child, url, token })
 }
 
 /// Waits until revision `id` has a final phase; returns the phase.
-fn wait_revision(serve: &Serve, http: &reqwest::blocking::Client, id: &str, limit: Duration) -> anyhow::Result<String> {
+fn wait_revision(
+    serve: &Serve,
+    http: &reqwest::blocking::Client,
+    id: &str,
+    limit: Duration,
+) -> anyhow::Result<String> {
     let deadline = Instant::now() + limit;
     let url = format!("{}/apis/tend.dev/v1/revisions/{id}", serve.url);
     while Instant::now() < deadline {
@@ -165,7 +180,9 @@ fn apply(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let parse_s = started.elapsed().as_secs_f64();
 
-    let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
     let state = work.join("state");
     let started = Instant::now();
     let serve = start_serve(&repo, &state)?;
@@ -178,10 +195,21 @@ fn apply(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let mut one_file = Vec::new();
     for c in 0..args.commits {
         let i = (c * 7919) % n;
-        std::fs::write(repo.join(format!("apps/app-{i}.yaml")), app_yaml(i, &format!("v{}", c + 2)))?;
+        std::fs::write(
+            repo.join(format!("apps/app-{i}.yaml")),
+            app_yaml(i, &format!("v{}", c + 2)),
+        )?;
         git(&repo, &["add", "-A"])?;
         let t = Instant::now();
-        git(&repo, &["commit", "-q", "-m", &format!("bench: app-{i} to v{}", c + 2)])?;
+        git(
+            &repo,
+            &[
+                "commit",
+                "-q",
+                "-m",
+                &format!("bench: app-{i} to v{}", c + 2),
+            ],
+        )?;
         let phase = wait_revision(&serve, &http, &head(&repo)?, Duration::from_secs(30))?;
         one_file.push(t.elapsed().as_secs_f64() * 1000.0);
         if phase != "Applied" {
@@ -192,16 +220,31 @@ fn apply(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     drop(serve);
     let _ = std::fs::remove_dir_all(&work);
 
-    println!("tend bench apply: {n} Deployments + {n} Services ({objects} objects, {:.1} MiB of YAML)", total_bytes as f64 / 1048576.0);
-    println!("  {:<44} {:>10.3} s   (goal <= 3 s)", "cold apply (serve start -> Applied)", cold_s);
-    println!("  {:<44} {:>10.3} s   (floor: parse + validate alone)", "  baseline: parse the same YAML", parse_s);
+    println!(
+        "tend bench apply: {n} Deployments + {n} Services ({objects} objects, {:.1} MiB of YAML)",
+        total_bytes as f64 / 1048576.0
+    );
+    println!(
+        "  {:<44} {:>10.3} s   (goal <= 3 s)",
+        "cold apply (serve start -> Applied)", cold_s
+    );
+    println!(
+        "  {:<44} {:>10.3} s   (floor: parse + validate alone)",
+        "  baseline: parse the same YAML", parse_s
+    );
     println!(
         "  {:<44} {:>10.1} ms  (goal <= 150 ms; median of {}: {:?})",
         "one-file commit -> Applied",
         median(one_file.clone()),
         one_file.len(),
-        one_file.iter().map(|v| (v * 10.0).round() / 10.0).collect::<Vec<_>>()
+        one_file
+            .iter()
+            .map(|v| (v * 10.0).round() / 10.0)
+            .collect::<Vec<_>>()
     );
-    println!("  {:<44} {:>10.1} MiB (goal <= 150 MiB)", "serve resident memory, all loaded", rss);
+    println!(
+        "  {:<44} {:>10.1} MiB (goal <= 150 MiB)",
+        "serve resident memory, all loaded", rss
+    );
     Ok(ExitCode::SUCCESS)
 }

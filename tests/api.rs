@@ -900,7 +900,9 @@ async fn tokens_are_private_files_reused_across_restarts() {
 #[tokio::test]
 async fn watch_from_a_resource_version_the_log_no_longer_holds_is_410() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(MemoryStore::with_watch_limits(tend::store::watch::WatchLimits::events(2)));
+    let store = Arc::new(MemoryStore::with_watch_limits(
+        tend::store::watch::WatchLimits::events(2),
+    ));
     let server = Server::start(dir.path(), store, None, Limits::default()).await;
     for name in ["a", "b", "c", "d", "e"] {
         let response = server

@@ -150,7 +150,10 @@ impl ObjectKey {
         let kind = Kind::from_name(object.get("kind")?.as_str()?)?;
         let meta = object.get("metadata")?;
         let name = meta.get("name")?.as_str()?;
-        let ns = meta.get("namespace").and_then(Value::as_str).unwrap_or("default");
+        let ns = meta
+            .get("namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("default");
         Some(ObjectKey::new(kind, ns, name))
     }
 
@@ -174,7 +177,12 @@ impl ObjectKey {
                 self.name
             )
         } else {
-            format!("{}/{}/{}", self.kind.api_prefix(), self.kind.plural(), self.name)
+            format!(
+                "{}/{}/{}",
+                self.kind.api_prefix(),
+                self.kind.plural(),
+                self.name
+            )
         }
     }
 }
@@ -218,5 +226,8 @@ impl ObjectMeta for Value {
 
 /// The current time as an RFC 3339 string with second precision, as Kubernetes writes it.
 pub fn now_rfc3339() -> String {
-    jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now()).to_string()
+    jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .unwrap_or_else(|_| jiff::Timestamp::now())
+        .to_string()
 }

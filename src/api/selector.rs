@@ -40,13 +40,25 @@ impl Selector {
             let req = if let Some(key) = term.strip_prefix('!') {
                 Requirement::NotExists(valid_key(key.trim()).map_err(|r| err(&r))?)
             } else if let Some((k, v)) = term.split_once("!=") {
-                Requirement::NotEquals(valid_key(k.trim()).map_err(|r| err(&r))?, v.trim().to_string())
+                Requirement::NotEquals(
+                    valid_key(k.trim()).map_err(|r| err(&r))?,
+                    v.trim().to_string(),
+                )
             } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
-                Requirement::Equals(valid_key(k.trim()).map_err(|r| err(&r))?, v.trim().to_string())
+                Requirement::Equals(
+                    valid_key(k.trim()).map_err(|r| err(&r))?,
+                    v.trim().to_string(),
+                )
             } else if let Some((k, rest)) = split_set_op(term, " notin ") {
-                Requirement::NotIn(valid_key(k).map_err(|r| err(&r))?, set_values(rest).map_err(|r| err(&r))?)
+                Requirement::NotIn(
+                    valid_key(k).map_err(|r| err(&r))?,
+                    set_values(rest).map_err(|r| err(&r))?,
+                )
             } else if let Some((k, rest)) = split_set_op(term, " in ") {
-                Requirement::In(valid_key(k).map_err(|r| err(&r))?, set_values(rest).map_err(|r| err(&r))?)
+                Requirement::In(
+                    valid_key(k).map_err(|r| err(&r))?,
+                    set_values(rest).map_err(|r| err(&r))?,
+                )
             } else {
                 Requirement::Exists(valid_key(term).map_err(|r| err(&r))?)
             };
@@ -60,7 +72,9 @@ impl Selector {
         Selector(
             labels
                 .iter()
-                .map(|(k, v)| Requirement::Equals(k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .map(|(k, v)| {
+                    Requirement::Equals(k.clone(), v.as_str().unwrap_or_default().to_string())
+                })
                 .collect(),
         )
     }
@@ -130,15 +144,24 @@ fn set_values(rest: &str) -> Result<Vec<String>, String> {
         .strip_prefix('(')
         .and_then(|r| r.strip_suffix(')'))
         .ok_or_else(|| format!("expected a parenthesised list of values, found {rest:?}"))?;
-    Ok(inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect())
+    Ok(inner
+        .split(',')
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect())
 }
 
 fn valid_key(key: &str) -> Result<String, String> {
     if key.is_empty() {
         return Err("empty label key".into());
     }
-    if key.chars().any(|c| !(c.is_ascii_alphanumeric() || "-_./".contains(c))) {
-        return Err(format!("label key {key:?} has characters other than letters, digits, '-', '_', '.', '/'"));
+    if key
+        .chars()
+        .any(|c| !(c.is_ascii_alphanumeric() || "-_./".contains(c)))
+    {
+        return Err(format!(
+            "label key {key:?} has characters other than letters, digits, '-', '_', '.', '/'"
+        ));
     }
     Ok(key.to_string())
 }
@@ -155,8 +178,16 @@ mod tests {
         assert!(Selector::parse("app=web").unwrap().matches(labels));
         assert!(Selector::parse("app==web,tier").unwrap().matches(labels));
         assert!(!Selector::parse("app!=web").unwrap().matches(labels));
-        assert!(Selector::parse("tier in (front, back)").unwrap().matches(labels));
-        assert!(!Selector::parse("tier notin (front)").unwrap().matches(labels));
+        assert!(
+            Selector::parse("tier in (front, back)")
+                .unwrap()
+                .matches(labels)
+        );
+        assert!(
+            !Selector::parse("tier notin (front)")
+                .unwrap()
+                .matches(labels)
+        );
         assert!(Selector::parse("!missing").unwrap().matches(labels));
         assert!(!Selector::parse("missing").unwrap().matches(labels));
         assert!(Selector::parse("").unwrap().matches(None));

@@ -49,7 +49,13 @@ pub fn read_files(args: &DiffArgs) -> anyhow::Result<Files> {
         (Some(repo), _) => {
             let state = std::env::temp_dir().join(format!("tend-diff-{}", std::process::id()));
             let repo_str = repo.to_str().context("--repo: the path is not UTF-8")?;
-            let git = GitSource::open(repo_str, args.branch.as_deref(), args.path.as_deref(), &state, max)?;
+            let git = GitSource::open(
+                repo_str,
+                args.branch.as_deref(),
+                args.path.as_deref(),
+                &state,
+                max,
+            )?;
             (Box::new(git), Some(state))
         }
         (None, Some(dir)) => (Box::new(DirSource::open(dir, max)?), None),
@@ -57,7 +63,10 @@ pub fn read_files(args: &DiffArgs) -> anyhow::Result<Files> {
     };
     let files = match source.refresh()? {
         Some(head) => source.files(&head, None)?,
-        None => Files { complete: true, files: BTreeMap::new() },
+        None => Files {
+            complete: true,
+            files: BTreeMap::new(),
+        },
     };
     if let Some(tmp) = _tmp {
         let _ = std::fs::remove_dir_all(tmp);
@@ -67,14 +76,20 @@ pub fn read_files(args: &DiffArgs) -> anyhow::Result<Files> {
 
 fn safe_join(root: &Path, sub: &str) -> anyhow::Result<PathBuf> {
     let p = Path::new(sub);
-    if p.is_absolute() || p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+    if p.is_absolute()
+        || p.components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
         bail!("--path {sub:?}: must be a relative path inside the repository");
     }
     Ok(root.join(p))
 }
 
 /// The plan that applying `files` on top of `applied` would make, or the files' errors.
-pub fn plan_files(files: &Files, applied: &BTreeMap<ObjectKey, Value>) -> Result<Plan, Vec<Diagnostic>> {
+pub fn plan_files(
+    files: &Files,
+    applied: &BTreeMap<ObjectKey, Value>,
+) -> Result<Plan, Vec<Diagnostic>> {
     let limits = Limits::default();
     let mut errors = Vec::new();
     let mut objects = Vec::new();
@@ -111,7 +126,10 @@ pub fn plan_files(files: &Files, applied: &BTreeMap<ObjectKey, Value>) -> Result
 }
 
 /// Runs `tend diff`; `list` fetches every object of a kind from the server.
-pub fn run(args: DiffArgs, list: impl Fn(Kind) -> anyhow::Result<Vec<Value>>) -> anyhow::Result<ExitCode> {
+pub fn run(
+    args: DiffArgs,
+    list: impl Fn(Kind) -> anyhow::Result<Vec<Value>>,
+) -> anyhow::Result<ExitCode> {
     let files = read_files(&args)?;
     let mut applied = BTreeMap::new();
     for kind in [Kind::Deployment, Kind::Service] {

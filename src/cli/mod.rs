@@ -9,9 +9,9 @@
 pub mod client;
 pub mod columns;
 pub mod describe;
+pub mod diff;
 pub mod get;
 pub mod humanize;
-pub mod diff;
 pub mod output;
 pub mod serve;
 pub mod table;

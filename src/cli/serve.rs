@@ -60,7 +60,9 @@ use std::time::Duration;
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 5m)"))?;
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 5m)"))?;
     let d = match unit {
         "ms" => Duration::from_millis(n),
         "" | "s" => Duration::from_secs(n),
@@ -79,8 +81,16 @@ pub fn open_source(args: &ServeArgs) -> anyhow::Result<Box<dyn Source>> {
     let max = Limits::default().max_file_bytes;
     Ok(match (&args.repo, &args.dir) {
         (Some(repo), _) => {
-            let mut git = GitSource::open(repo, args.branch.as_deref(), args.path.as_deref(), &args.state, max)?;
-            git.set_interval(parse_duration(&args.interval).map_err(|e| anyhow::anyhow!("--interval {e}"))?);
+            let mut git = GitSource::open(
+                repo,
+                args.branch.as_deref(),
+                args.path.as_deref(),
+                &args.state,
+                max,
+            )?;
+            git.set_interval(
+                parse_duration(&args.interval).map_err(|e| anyhow::anyhow!("--interval {e}"))?,
+            );
             Box::new(git)
         }
         (None, Some(dir)) => Box::new(DirSource::open(dir, max)?),
@@ -106,8 +116,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     create_state_dir(&args.state)?;
     let db = args.state.join("tend.redb");
-    let store: Arc<dyn Store> =
-        Arc::new(RedbStore::open(&db).with_context(|| format!("opening the store {}", db.display()))?);
+    let store: Arc<dyn Store> = Arc::new(
+        RedbStore::open(&db).with_context(|| format!("opening the store {}", db.display()))?,
+    );
     let tokens = Tokens::load_or_create(&args.state)
         .with_context(|| format!("writing tokens in {}", args.state.display()))?;
     let webhook_secret = match &args.webhook_secret_file {
@@ -115,7 +126,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let mut source = open_source(&args)?;
-    let mut controller = SourceController::new(store.clone(), &args.service_cidr, Limits::default())?;
+    let mut controller =
+        SourceController::new(store.clone(), &args.service_cidr, Limits::default())?;
     let (notify_tx, mut notify_rx) = tokio::sync::mpsc::channel::<()>(1);
     let _watch = source.watch(notify_tx.clone())?;
 
@@ -137,16 +149,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut api_stop = stop_rx.clone();
-    let api = tokio::spawn(crate::server::serve(listener, crate::server::router(state), async move {
-        let _ = api_stop.wait_for(|s| *s).await;
-    }));
+    let api = tokio::spawn(crate::server::serve(
+        listener,
+        crate::server::router(state),
+        async move {
+            let _ = api_stop.wait_for(|s| *s).await;
+        },
+    ));
     tokio::spawn(async move {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
 
     // The source loop: sync, then wait for a change notice, the poll period, or shutdown.
-    let poll = Duration::from_secs(5).min(parse_duration(&args.interval).unwrap_or(Duration::from_secs(30)));
+    let poll = Duration::from_secs(5)
+        .min(parse_duration(&args.interval).unwrap_or(Duration::from_secs(30)));
     let mut backoff = Duration::from_millis(500);
     let mut stop = stop_rx;
     loop {

@@ -36,7 +36,9 @@ pub fn parse_cidr(cidr: &str) -> Result<(u32, u32), String> {
         .split_once('/')
         .ok_or_else(|| format!("{cidr:?} is not a CIDR (expected A.B.C.D/N)"))?;
     let addr: Ipv4Addr = addr.parse().map_err(|e| format!("{cidr:?}: {e}"))?;
-    let len: u32 = len.parse().map_err(|_| format!("{cidr:?}: prefix length is not a number"))?;
+    let len: u32 = len
+        .parse()
+        .map_err(|_| format!("{cidr:?}: prefix length is not a number"))?;
     if !(8..=30).contains(&len) {
         return Err(format!("{cidr:?}: prefix length must be between 8 and 30"));
     }
@@ -96,14 +98,21 @@ impl Allocator {
         let Some(spec) = service.get_mut("spec").and_then(Value::as_object_mut) else {
             return errors;
         };
-        let kind = spec.get("type").and_then(Value::as_str).unwrap_or("ClusterIP").to_string();
+        let kind = spec
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("ClusterIP")
+            .to_string();
         let mut ips = Vec::new();
         let mut ports = Vec::new();
         if kind != "ExternalName" {
             match spec.get("clusterIP").and_then(Value::as_str) {
                 Some("None") => {}
                 Some(given) if !given.is_empty() => match given.parse::<Ipv4Addr>() {
-                    Err(_) => errors.push(err("spec.clusterIP", format!("{given:?} is not an IPv4 address"))),
+                    Err(_) => errors.push(err(
+                        "spec.clusterIP",
+                        format!("{given:?} is not an IPv4 address"),
+                    )),
                     Ok(ip) if !self.contains(ip) => errors.push(err(
                         "spec.clusterIP",
                         format!("{ip} is outside the service CIDR {}", self.cidr()),
@@ -122,7 +131,10 @@ impl Allocator {
                         spec.insert("clusterIPs".into(), json!([ip.to_string()]));
                         ips.push(ip);
                     }
-                    None => errors.push(err("spec.clusterIP", format!("the service CIDR {} is full", self.cidr()))),
+                    None => errors.push(err(
+                        "spec.clusterIP",
+                        format!("the service CIDR {} is full", self.cidr()),
+                    )),
                 },
             }
         }
@@ -138,11 +150,20 @@ impl Allocator {
                             continue;
                         };
                         if !(NODE_PORT_MIN..=NODE_PORT_MAX).contains(&p) {
-                            errors.push(err(&path, format!("{p} is outside {NODE_PORT_MIN}-{NODE_PORT_MAX}")));
+                            errors.push(err(
+                                &path,
+                                format!("{p} is outside {NODE_PORT_MIN}-{NODE_PORT_MAX}"),
+                            ));
                         } else if let Some(holder) = self.ports.get(&p).filter(|h| *h != key) {
-                            errors.push(err(&path, format!("port {p} is already allocated to {holder}")));
+                            errors.push(err(
+                                &path,
+                                format!("port {p} is already allocated to {holder}"),
+                            ));
                         } else if ports.contains(&p) {
-                            errors.push(err(&path, format!("port {p} is given twice in this Service")));
+                            errors.push(err(
+                                &path,
+                                format!("port {p} is given twice in this Service"),
+                            ));
                         } else {
                             ports.push(p);
                         }
@@ -154,7 +175,9 @@ impl Allocator {
                             }
                             ports.push(p);
                         }
-                        None => errors.push(err(&path, "no NodePort is free in 30000-32767".into())),
+                        None => {
+                            errors.push(err(&path, "no NodePort is free in 30000-32767".into()))
+                        }
                     },
                 }
             }
@@ -173,7 +196,11 @@ impl Allocator {
     }
 
     fn cidr(&self) -> String {
-        format!("{}/{}", Ipv4Addr::from(self.network), 32 - self.size.trailing_zeros())
+        format!(
+            "{}/{}",
+            Ipv4Addr::from(self.network),
+            32 - self.size.trailing_zeros()
+        )
     }
 
     /// The next free address after the last one given, skipping the network and broadcast
@@ -196,7 +223,11 @@ impl Allocator {
     fn free_port(&mut self, taken_here: &[u16]) -> Option<u16> {
         for _ in NODE_PORT_MIN..=NODE_PORT_MAX {
             let p = self.next_port;
-            self.next_port = if p >= NODE_PORT_MAX { NODE_PORT_MIN } else { p + 1 };
+            self.next_port = if p >= NODE_PORT_MAX {
+                NODE_PORT_MIN
+            } else {
+                p + 1
+            };
             if !self.ports.contains_key(&p) && !taken_here.contains(&p) {
                 return Some(p);
             }
@@ -270,10 +301,16 @@ mod tests {
         let mut s2 = json!({"spec": {"type": "NodePort", "clusterIP": "10.96.0.50", "ports": [{"port": 80, "nodePort": 30123}]}});
         let errors = a.assign(&key("b"), &mut s2);
         assert_eq!(errors.len(), 2);
-        assert_eq!(errors[0].message, "10.96.0.50 is already allocated to service/a");
+        assert_eq!(
+            errors[0].message,
+            "10.96.0.50 is already allocated to service/a"
+        );
         assert_eq!(errors[1].path, "spec.ports[0].nodePort");
         let mut s3 = json!({"spec": {"clusterIP": "192.168.1.1"}});
-        assert_eq!(a.assign(&key("c"), &mut s3)[0].message, "192.168.1.1 is outside the service CIDR 10.96.0.0/12");
+        assert_eq!(
+            a.assign(&key("c"), &mut s3)[0].message,
+            "192.168.1.1 is outside the service CIDR 10.96.0.0/12"
+        );
     }
 
     #[test]
@@ -306,6 +343,9 @@ mod tests {
         let mut s = json!({"spec": {}});
         assert!(a.assign(&key("a"), &mut s).is_empty());
         let mut s = json!({"spec": {}});
-        assert_eq!(a.assign(&key("b"), &mut s)[0].message, "the service CIDR 10.0.0.0/30 is full");
+        assert_eq!(
+            a.assign(&key("b"), &mut s)[0].message,
+            "the service CIDR 10.0.0.0/30 is full"
+        );
     }
 }

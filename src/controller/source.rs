@@ -69,29 +69,40 @@ pub struct SourceController {
 impl SourceController {
     /// Rebuilds the controller's memory from the store: allocations, the applied objects'
     /// files, and the revision sequence.
-    pub fn new(store: Arc<dyn Store>, service_cidr: &str, limits: Limits) -> Result<Self, ApplyError> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        service_cidr: &str,
+        limits: Limits,
+    ) -> Result<Self, ApplyError> {
         let mut allocator = Allocator::new(service_cidr).map_err(ApplyError::Config)?;
         let mut applied_by_file: HashMap<String, BTreeSet<ObjectKey>> = HashMap::new();
         let mut file_of = HashMap::new();
         for kind in [Kind::Deployment, Kind::Service] {
             let (objects, _) = store.list(kind, None)?;
             for o in &objects {
-                let Some(key) = ObjectKey::of(o) else { continue };
+                let Some(key) = ObjectKey::of(o) else {
+                    continue;
+                };
                 if kind == Kind::Service {
                     allocator.record(&key, o);
                 }
                 if plan::is_managed(o)
                     && let Some(file) = o.annotation(SOURCE_FILE_ANNOTATION)
                 {
-                    applied_by_file.entry(file.to_string()).or_default().insert(key.clone());
+                    applied_by_file
+                        .entry(file.to_string())
+                        .or_default()
+                        .insert(key.clone());
                     file_of.insert(key, file.to_string());
                 }
             }
         }
         let (revisions, _) = store.list(Kind::Revision, None)?;
-        let newest = revisions
-            .iter()
-            .max_by_key(|r| r.pointer("/spec/sequence").and_then(Value::as_u64).unwrap_or(0));
+        let newest = revisions.iter().max_by_key(|r| {
+            r.pointer("/spec/sequence")
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+        });
         let next_sequence = newest
             .and_then(|r| r.pointer("/spec/sequence").and_then(Value::as_u64))
             .map_or(1, |s| s + 1);
@@ -152,7 +163,11 @@ impl SourceController {
     }
 
     /// Records every new revision: the newest as Pending, the ones it hides as Superseded.
-    fn record_arrivals(&mut self, source: &dyn Source, revisions: &[RevisionInfo]) -> Result<Vec<String>, ApplyError> {
+    fn record_arrivals(
+        &mut self,
+        source: &dyn Source,
+        revisions: &[RevisionInfo],
+    ) -> Result<Vec<String>, ApplyError> {
         let mut ops = Vec::new();
         let mut superseded = Vec::new();
         let last = revisions.len().saturating_sub(1);
@@ -169,9 +184,13 @@ impl SourceController {
             self.next_sequence += 1;
             record["status"] = json!({"phase": phase, "errors": [], "warnings": []});
             if i != last {
-                record["status"]["message"] = json!(format!("superseded by {}", revisions[last].short_id()));
+                record["status"]["message"] =
+                    json!(format!("superseded by {}", revisions[last].short_id()));
             }
-            ops.push(Op::Put { object: record, expect_rv: None });
+            ops.push(Op::Put {
+                object: record,
+                expect_rv: None,
+            });
         }
         if !ops.is_empty() {
             self.store.commit(ops)?;
@@ -203,7 +222,13 @@ impl SourceController {
                         path: String::new(),
                         message: reason,
                     };
-                    self.files.insert(path, ParsedFile { errors: vec![error], ..Default::default() });
+                    self.files.insert(
+                        path,
+                        ParsedFile {
+                            errors: vec![error],
+                            ..Default::default()
+                        },
+                    );
                 }
                 FileState::Present(bytes) => {
                     let parsed = manifest::load_file(&path, &bytes, &self.limits);
@@ -215,7 +240,11 @@ impl SourceController {
         Ok(())
     }
 
-    fn apply(&mut self, info: &RevisionInfo, superseded: Vec<String>) -> Result<Outcome, ApplyError> {
+    fn apply(
+        &mut self,
+        info: &RevisionInfo,
+        superseded: Vec<String>,
+    ) -> Result<Outcome, ApplyError> {
         let mut errors: Vec<String> = Vec::new();
         let mut warnings: Vec<String> = Vec::new();
         for (path, parsed) in &self.files {
@@ -225,18 +254,31 @@ impl SourceController {
             }
         }
         errors.extend(
-            manifest::validate_set(self.files.values().flat_map(|f| f.objects.iter())).iter().map(Diagnostic::to_string),
+            manifest::validate_set(self.files.values().flat_map(|f| f.objects.iter()))
+                .iter()
+                .map(Diagnostic::to_string),
         );
 
         // Desired objects in scope, and the applied objects they are compared with.
-        let scope = if self.full { Scope::All } else { Scope::Files(self.dirty.clone()) };
+        let scope = if self.full {
+            Scope::All
+        } else {
+            Scope::Files(self.dirty.clone())
+        };
         let mut desired: BTreeMap<ObjectKey, (Value, String, usize)> = BTreeMap::new();
         for (path, parsed) in &self.files {
             if !self.full && !self.dirty.contains(path) {
                 continue;
             }
             for o in &parsed.objects {
-                desired.insert(o.key.clone(), (plan::managed_body(&o.object, &o.file), o.file.clone(), o.line));
+                desired.insert(
+                    o.key.clone(),
+                    (
+                        plan::managed_body(&o.object, &o.file),
+                        o.file.clone(),
+                        o.line,
+                    ),
+                );
             }
         }
         let applied = self.applied_in_scope(&desired)?;
@@ -260,7 +302,10 @@ impl SourceController {
             }
         }
 
-        let bodies: BTreeMap<ObjectKey, Value> = desired.iter().map(|(k, (b, _, _))| (k.clone(), b.clone())).collect();
+        let bodies: BTreeMap<ObjectKey, Value> = desired
+            .iter()
+            .map(|(k, (b, _, _))| (k.clone(), b.clone()))
+            .collect();
         let the_plan = plan::plan(&bodies, &applied, &scope);
         let (created, updated, pruned) = the_plan.counts();
         let record_key = ObjectKey::new(Kind::Revision, "", &info.id);
@@ -268,7 +313,11 @@ impl SourceController {
         if !errors.is_empty() {
             let status = json!({"phase": REJECTED, "errors": errors, "warnings": warnings,
                 "changes": {"created": 0, "updated": 0, "pruned": 0}, "objects": []});
-            self.store.commit(vec![Op::PutStatus { key: record_key, status, expect_rv: None }])?;
+            self.store.commit(vec![Op::PutStatus {
+                key: record_key,
+                status,
+                expect_rv: None,
+            }])?;
             return Ok(Outcome {
                 revision: info.id.clone(),
                 phase: REJECTED,
@@ -281,7 +330,11 @@ impl SourceController {
         }
 
         let already_applied = the_plan.is_empty()
-            && self.store.get(&record_key)?.and_then(|r| r.pointer("/status/phase").cloned()) == Some(json!(APPLIED));
+            && self
+                .store
+                .get(&record_key)?
+                .and_then(|r| r.pointer("/status/phase").cloned())
+                == Some(json!(APPLIED));
         if already_applied {
             self.dirty.clear();
             self.full = false;
@@ -309,14 +362,24 @@ impl SourceController {
                             ann.insert(CHANGE_CAUSE_ANNOTATION.into(), change_cause.clone().into());
                         }
                     }
-                    ops.push(Op::Put { object, expect_rv: None });
+                    ops.push(Op::Put {
+                        object,
+                        expect_rv: None,
+                    });
                 }
-                Action::Prune { key, .. } => ops.push(Op::Delete { key: key.clone(), expect_rv: None }),
+                Action::Prune { key, .. } => ops.push(Op::Delete {
+                    key: key.clone(),
+                    expect_rv: None,
+                }),
             }
         }
         let status = json!({"phase": APPLIED, "errors": [], "warnings": warnings,
             "changes": {"created": created, "updated": updated, "pruned": pruned}, "objects": changed});
-        ops.push(Op::PutStatus { key: record_key, status, expect_rv: None });
+        ops.push(Op::PutStatus {
+            key: record_key,
+            status,
+            expect_rv: None,
+        });
         let committed = self.store.commit(ops)?;
 
         // The transaction is durable: now the memory may follow it.
@@ -332,7 +395,10 @@ impl SourceController {
                 continue;
             }
             if let Some(file) = stored.annotation(SOURCE_FILE_ANNOTATION) {
-                self.applied_by_file.entry(file.to_string()).or_default().insert(key.clone());
+                self.applied_by_file
+                    .entry(file.to_string())
+                    .or_default()
+                    .insert(key.clone());
                 self.file_of.insert(key.clone(), file.to_string());
             }
             if key.kind == Kind::Service {
@@ -387,7 +453,9 @@ impl SourceController {
 
 /// The stored record of a source revision (`tend.dev/v1` Revision), without status.
 pub fn revision_record(info: &RevisionInfo, source: &str, sequence: u64) -> Value {
-    let time = jiff::Timestamp::from_second(info.time).map(|t| t.to_string()).unwrap_or_default();
+    let time = jiff::Timestamp::from_second(info.time)
+        .map(|t| t.to_string())
+        .unwrap_or_default();
     json!({
         "apiVersion": "tend.dev/v1",
         "kind": "Revision",
@@ -410,12 +478,15 @@ mod tests {
     use crate::store::memory::MemoryStore;
     use std::sync::Mutex;
 
+    /// The `files(id, base)` calls a fake source received.
+    type FileCalls = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
     /// A source whose revisions are given by the test; records the `files` calls it gets.
     #[derive(Default)]
     struct FakeSource {
         commits: Vec<(RevisionInfo, BTreeMap<String, Vec<u8>>)>,
         head: usize,
-        calls: Arc<Mutex<Vec<(String, Option<String>)>>>,
+        calls: FileCalls,
     }
 
     impl FakeSource {
@@ -430,7 +501,13 @@ mod tests {
             }
             let id = format!("{:040x}", self.commits.len() + 1);
             let parent = self.commits.last().map(|c| c.0.id.clone());
-            let info = RevisionInfo { id: id.clone(), parent, message: message.into(), author: "T <t@t>".into(), time: 0 };
+            let info = RevisionInfo {
+                id: id.clone(),
+                parent,
+                message: message.into(),
+                author: "T <t@t>".into(),
+                time: 0,
+            };
             self.commits.push((info, tree));
             id
         }
@@ -447,19 +524,38 @@ mod tests {
             "fake".into()
         }
         fn refresh(&mut self) -> Result<Option<String>, SourceError> {
-            Ok(self.head.checked_sub(1).map(|i| self.commits[i].0.id.clone()))
+            Ok(self
+                .head
+                .checked_sub(1)
+                .map(|i| self.commits[i].0.id.clone()))
         }
-        fn revisions(&mut self, since: Option<&str>, head: &str) -> Result<Vec<RevisionInfo>, SourceError> {
+        fn revisions(
+            &mut self,
+            since: Option<&str>,
+            head: &str,
+        ) -> Result<Vec<RevisionInfo>, SourceError> {
             let end = self.index(head);
             let start = since.map_or(end, |s| self.index(s) + 1);
-            Ok(self.commits[start..=end].iter().map(|c| c.0.clone()).collect())
+            Ok(self.commits[start..=end]
+                .iter()
+                .map(|c| c.0.clone())
+                .collect())
         }
         fn files(&mut self, id: &str, base: Option<&str>) -> Result<Files, SourceError> {
-            self.calls.lock().unwrap().push((id.to_string(), base.map(String::from)));
+            self.calls
+                .lock()
+                .unwrap()
+                .push((id.to_string(), base.map(String::from)));
             let tree = &self.commits[self.index(id)].1;
             let Some(base) = base else {
-                let files = tree.iter().map(|(p, b)| (p.clone(), FileState::Present(b.clone()))).collect();
-                return Ok(Files { complete: true, files });
+                let files = tree
+                    .iter()
+                    .map(|(p, b)| (p.clone(), FileState::Present(b.clone())))
+                    .collect();
+                return Ok(Files {
+                    complete: true,
+                    files,
+                });
             };
             let old = &self.commits[self.index(base)].1;
             let mut files = BTreeMap::new();
@@ -471,9 +567,15 @@ mod tests {
             for p in old.keys().filter(|p| !tree.contains_key(*p)) {
                 files.insert(p.clone(), FileState::Removed);
             }
-            Ok(Files { complete: false, files })
+            Ok(Files {
+                complete: false,
+                files,
+            })
         }
-        fn watch(&self, _notify: tokio::sync::mpsc::Sender<()>) -> Result<Box<dyn Send>, SourceError> {
+        fn watch(
+            &self,
+            _notify: tokio::sync::mpsc::Sender<()>,
+        ) -> Result<Box<dyn Send>, SourceError> {
             Ok(Box::new(()))
         }
     }
@@ -492,31 +594,53 @@ mod tests {
 
     fn setup() -> (Arc<dyn Store>, SourceController, FakeSource) {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let controller = SourceController::new(store.clone(), "10.96.0.0/12", Limits::default()).unwrap();
+        let controller =
+            SourceController::new(store.clone(), "10.96.0.0/12", Limits::default()).unwrap();
         (store, controller, FakeSource::default())
     }
 
     fn image(store: &Arc<dyn Store>, name: &str) -> Option<String> {
-        let d = store.get(&ObjectKey::new(Kind::Deployment, "default", name)).unwrap()?;
-        d.pointer("/spec/template/spec/containers/0/image").and_then(Value::as_str).map(String::from)
+        let d = store
+            .get(&ObjectKey::new(Kind::Deployment, "default", name))
+            .unwrap()?;
+        d.pointer("/spec/template/spec/containers/0/image")
+            .and_then(Value::as_str)
+            .map(String::from)
     }
 
     #[test]
     fn applies_then_follows_only_the_changed_files() {
         let (store, mut c, mut src) = setup();
-        src.commit("two apps", &[("a.yaml", &deployment("a", "a:v1")), ("b.yaml", &deployment("b", "b:v1"))]);
+        src.commit(
+            "two apps",
+            &[
+                ("a.yaml", &deployment("a", "a:v1")),
+                ("b.yaml", &deployment("b", "b:v1")),
+            ],
+        );
         src.publish();
         let out = c.sync(&mut src).unwrap().unwrap();
         assert_eq!((out.phase, out.created), (APPLIED, 2));
-        let b_rv = store.get(&ObjectKey::new(Kind::Deployment, "default", "b")).unwrap().unwrap().resource_version();
+        let b_rv = store
+            .get(&ObjectKey::new(Kind::Deployment, "default", "b"))
+            .unwrap()
+            .unwrap()
+            .resource_version();
 
         let second = src.commit("a to v2", &[("a.yaml", &deployment("a", "a:v2"))]);
         src.publish();
         let out = c.sync(&mut src).unwrap().unwrap();
         assert_eq!((out.phase, out.created, out.updated), (APPLIED, 0, 1));
         assert_eq!(image(&store, "a").as_deref(), Some("a:v2"));
-        let b = store.get(&ObjectKey::new(Kind::Deployment, "default", "b")).unwrap().unwrap();
-        assert_eq!(b.resource_version(), b_rv, "the unchanged object is not touched");
+        let b = store
+            .get(&ObjectKey::new(Kind::Deployment, "default", "b"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            b.resource_version(),
+            b_rv,
+            "the unchanged object is not touched"
+        );
         // The second sync asked for a delta against the first revision, not the whole tree.
         let calls = src.calls.lock().unwrap().clone();
         assert_eq!(calls.len(), 2);
@@ -530,20 +654,40 @@ mod tests {
         src.commit("v1", &[("a.yaml", &deployment("a", "a:v1"))]);
         src.publish();
         c.sync(&mut src).unwrap();
-        let bad = src.commit("bad", &[("a.yaml", &deployment("a", "a:v2")), ("x.yaml", "kind: Service\napiVersion: v1\nmetadata: {name: X_bad}\n")]);
+        let bad = src.commit(
+            "bad",
+            &[
+                ("a.yaml", &deployment("a", "a:v2")),
+                (
+                    "x.yaml",
+                    "kind: Service\napiVersion: v1\nmetadata: {name: X_bad}\n",
+                ),
+            ],
+        );
         src.publish();
         let out = c.sync(&mut src).unwrap().unwrap();
         assert_eq!(out.phase, REJECTED);
-        assert!(out.errors.iter().any(|e| e.starts_with("x.yaml:")), "{:?}", out.errors);
+        assert!(
+            out.errors.iter().any(|e| e.starts_with("x.yaml:")),
+            "{:?}",
+            out.errors
+        );
         assert_eq!(image(&store, "a").as_deref(), Some("a:v1"));
-        let record = store.get(&ObjectKey::new(Kind::Revision, "", &bad)).unwrap().unwrap();
+        let record = store
+            .get(&ObjectKey::new(Kind::Revision, "", &bad))
+            .unwrap()
+            .unwrap();
         assert_eq!(record["status"]["phase"], REJECTED);
 
         src.commit("fix", &[("x.yaml", "")]);
         src.publish();
         let out = c.sync(&mut src).unwrap().unwrap();
         assert_eq!((out.phase, out.updated), (APPLIED, 1));
-        assert_eq!(image(&store, "a").as_deref(), Some("a:v2"), "the valid change of the rejected revision lands");
+        assert_eq!(
+            image(&store, "a").as_deref(),
+            Some("a:v2"),
+            "the valid change of the rejected revision lands"
+        );
     }
 
     #[test]
@@ -551,7 +695,13 @@ mod tests {
         let (store, mut c, mut src) = setup();
         // At first start only the head is recorded: history before tend is not imported.
         src.commit("0", &[("a.yaml", &deployment("a", "a:v0"))]);
-        src.commit("first seen", &[("a.yaml", &deployment("a", "a:v0")), ("b.yaml", &deployment("b", "b:v0"))]);
+        src.commit(
+            "first seen",
+            &[
+                ("a.yaml", &deployment("a", "a:v0")),
+                ("b.yaml", &deployment("b", "b:v0")),
+            ],
+        );
         src.publish();
         c.sync(&mut src).unwrap();
         assert_eq!(store.list(Kind::Revision, None).unwrap().0.len(), 1);
@@ -561,8 +711,15 @@ mod tests {
         src.publish();
         let out = c.sync(&mut src).unwrap().unwrap();
         assert_eq!(out.superseded, vec![one.clone(), two.clone()]);
-        for (id, phase, seq) in [(&one, SUPERSEDED, 2), (&two, SUPERSEDED, 3), (&three, APPLIED, 4)] {
-            let r = store.get(&ObjectKey::new(Kind::Revision, "", id)).unwrap().unwrap();
+        for (id, phase, seq) in [
+            (&one, SUPERSEDED, 2),
+            (&two, SUPERSEDED, 3),
+            (&three, APPLIED, 4),
+        ] {
+            let r = store
+                .get(&ObjectKey::new(Kind::Revision, "", id))
+                .unwrap()
+                .unwrap();
             assert_eq!(r["status"]["phase"], phase);
             assert_eq!(r["spec"]["sequence"], seq);
         }
@@ -572,15 +729,39 @@ mod tests {
     #[test]
     fn removed_files_are_pruned_and_their_ports_freed() {
         let (store, mut c, mut src) = setup();
-        src.commit("svc", &[("s.yaml", &service("s", 30123)), ("a.yaml", &deployment("a", "a:v1"))]);
+        src.commit(
+            "svc",
+            &[
+                ("s.yaml", &service("s", 30123)),
+                ("a.yaml", &deployment("a", "a:v1")),
+            ],
+        );
         src.publish();
         c.sync(&mut src).unwrap();
-        src.commit("move the port", &[("s.yaml", ""), ("t.yaml", &service("t", 30123))]);
+        src.commit(
+            "move the port",
+            &[("s.yaml", ""), ("t.yaml", &service("t", 30123))],
+        );
         src.publish();
         let out = c.sync(&mut src).unwrap().unwrap();
-        assert_eq!((out.phase, out.created, out.pruned), (APPLIED, 1, 1), "{:?}", out.errors);
-        assert!(store.get(&ObjectKey::new(Kind::Service, "default", "s")).unwrap().is_none());
-        assert!(store.get(&ObjectKey::new(Kind::Deployment, "default", "a")).unwrap().is_some());
+        assert_eq!(
+            (out.phase, out.created, out.pruned),
+            (APPLIED, 1, 1),
+            "{:?}",
+            out.errors
+        );
+        assert!(
+            store
+                .get(&ObjectKey::new(Kind::Service, "default", "s"))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            store
+                .get(&ObjectKey::new(Kind::Deployment, "default", "a"))
+                .unwrap()
+                .is_some()
+        );
     }
 
     #[test]
@@ -589,16 +770,28 @@ mod tests {
         let first = src.commit("svc", &[("s.yaml", &service("s", 30123))]);
         src.publish();
         c.sync(&mut src).unwrap();
-        let record_rv = store.get(&ObjectKey::new(Kind::Revision, "", &first)).unwrap().unwrap().resource_version();
-        let mut c = SourceController::new(store.clone(), "10.96.0.0/12", Limits::default()).unwrap();
+        let record_rv = store
+            .get(&ObjectKey::new(Kind::Revision, "", &first))
+            .unwrap()
+            .unwrap()
+            .resource_version();
+        let mut c =
+            SourceController::new(store.clone(), "10.96.0.0/12", Limits::default()).unwrap();
         let out = c.sync(&mut src).unwrap().unwrap();
         assert_eq!((out.created, out.updated), (0, 0));
-        let record = store.get(&ObjectKey::new(Kind::Revision, "", &first)).unwrap().unwrap();
+        let record = store
+            .get(&ObjectKey::new(Kind::Revision, "", &first))
+            .unwrap()
+            .unwrap();
         assert_eq!(record.resource_version(), record_rv);
         src.commit("clash", &[("t.yaml", &service("t", 30123))]);
         src.publish();
         let out = c.sync(&mut src).unwrap().unwrap();
         assert_eq!(out.phase, REJECTED);
-        assert!(out.errors.iter().any(|e| e.contains("30123")), "{:?}", out.errors);
+        assert!(
+            out.errors.iter().any(|e| e.contains("30123")),
+            "{:?}",
+            out.errors
+        );
     }
 }

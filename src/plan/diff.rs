@@ -16,7 +16,9 @@ pub fn render(plan: &Plan, color: bool) -> String {
         let key = action.key();
         let (before, after) = match action {
             Action::Create { object, .. } => (String::new(), to_yaml(&projection(object))),
-            Action::Update { before, after, .. } => (to_yaml(&projection(before)), to_yaml(&projection(after))),
+            Action::Update { before, after, .. } => {
+                (to_yaml(&projection(before)), to_yaml(&projection(after)))
+            }
             Action::Prune { before, .. } => (to_yaml(&projection(before)), String::new()),
         };
         let name = format!("{}/{}", key.kind.plural(), key.name);

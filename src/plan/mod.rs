@@ -10,21 +10,37 @@ use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Annotations the control plane writes on managed objects, ignored when comparing.
-pub const VOLATILE_ANNOTATIONS: [&str; 2] = [crate::api::SOURCE_REVISION_ANNOTATION, CHANGE_CAUSE_ANNOTATION];
+pub const VOLATILE_ANNOTATIONS: [&str; 2] = [
+    crate::api::SOURCE_REVISION_ANNOTATION,
+    CHANGE_CAUSE_ANNOTATION,
+];
 /// The change cause of the revision that last changed the object (`<short id> <subject>`).
 pub const CHANGE_CAUSE_ANNOTATION: &str = "kubernetes.io/change-cause";
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    Create { key: ObjectKey, object: Value },
-    Update { key: ObjectKey, before: Value, after: Value, patch: json_patch::Patch },
-    Prune { key: ObjectKey, before: Value },
+    Create {
+        key: ObjectKey,
+        object: Value,
+    },
+    Update {
+        key: ObjectKey,
+        before: Value,
+        after: Value,
+        patch: json_patch::Patch,
+    },
+    Prune {
+        key: ObjectKey,
+        before: Value,
+    },
 }
 
 impl Action {
     pub fn key(&self) -> &ObjectKey {
         match self {
-            Action::Create { key, .. } | Action::Update { key, .. } | Action::Prune { key, .. } => key,
+            Action::Create { key, .. } | Action::Update { key, .. } | Action::Prune { key, .. } => {
+                key
+            }
         }
     }
 }
@@ -76,7 +92,10 @@ pub fn managed_body(object: &Value, file: &str) -> Value {
 /// Whether an applied object is managed by tend.
 pub fn is_managed(applied: &Value) -> bool {
     applied
-        .pointer(&format!("/metadata/labels/{}", MANAGED_BY_LABEL.replace('/', "~1")))
+        .pointer(&format!(
+            "/metadata/labels/{}",
+            MANAGED_BY_LABEL.replace('/', "~1")
+        ))
         .and_then(Value::as_str)
         == Some(MANAGED_BY_VALUE)
 }
@@ -121,9 +140,17 @@ pub fn carry_over_allocations(desired: &mut Value, applied: &Value) {
     if desired.get("kind").and_then(Value::as_str) != Some("Service") {
         return;
     }
-    let Some(applied_spec) = applied.get("spec") else { return };
-    let Some(spec) = desired.get_mut("spec").and_then(Value::as_object_mut) else { return };
-    let desired_type = spec.get("type").and_then(Value::as_str).unwrap_or("ClusterIP").to_string();
+    let Some(applied_spec) = applied.get("spec") else {
+        return;
+    };
+    let Some(spec) = desired.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let desired_type = spec
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP")
+        .to_string();
     let applied_ip = applied_spec.get("clusterIP").and_then(Value::as_str);
     let headless = |ip: Option<&str>| ip == Some("None");
     if !spec.contains_key("clusterIP") && desired_type != "ExternalName" {
@@ -131,7 +158,10 @@ pub fn carry_over_allocations(desired: &mut Value, applied: &Value) {
             spec.insert("clusterIP".into(), ip.into());
             spec.insert("clusterIPs".into(), json!([ip]));
         }
-    } else if let (Some(ip), None) = (spec.get("clusterIP").and_then(Value::as_str), spec.get("clusterIPs")) {
+    } else if let (Some(ip), None) = (
+        spec.get("clusterIP").and_then(Value::as_str),
+        spec.get("clusterIPs"),
+    ) {
         let ip = ip.to_string();
         if applied_ip == Some(ip.as_str()) {
             spec.insert("clusterIPs".into(), json!([ip]));
@@ -140,7 +170,11 @@ pub fn carry_over_allocations(desired: &mut Value, applied: &Value) {
     if !matches!(desired_type.as_str(), "NodePort" | "LoadBalancer") {
         return;
     }
-    let applied_ports = applied_spec.get("ports").and_then(Value::as_array).cloned().unwrap_or_default();
+    let applied_ports = applied_spec
+        .get("ports")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     if let Some(Value::Array(ports)) = spec.get_mut("ports") {
         for port in ports.iter_mut() {
             if port.get("nodePort").is_some() {
@@ -158,11 +192,19 @@ pub fn carry_over_allocations(desired: &mut Value, applied: &Value) {
 
 /// Service ports are the same when name and protocol match, or (unnamed) port and protocol.
 fn same_service_port(a: &Value, b: &Value) -> bool {
-    let proto = |v: &Value| v.get("protocol").and_then(Value::as_str).unwrap_or("TCP").to_string();
+    let proto = |v: &Value| {
+        v.get("protocol")
+            .and_then(Value::as_str)
+            .unwrap_or("TCP")
+            .to_string()
+    };
     if proto(a) != proto(b) {
         return false;
     }
-    match (a.get("name").and_then(Value::as_str), b.get("name").and_then(Value::as_str)) {
+    match (
+        a.get("name").and_then(Value::as_str),
+        b.get("name").and_then(Value::as_str),
+    ) {
         (Some(x), Some(y)) if !x.is_empty() => x == y,
         _ => a.get("port") == b.get("port"),
     }
@@ -180,7 +222,11 @@ pub enum Scope {
 /// Compares desired bodies (already `managed_body` + `carry_over_allocations`) with applied
 /// objects. `desired` holds every desired object in scope; `applied` holds at least every
 /// applied object in scope (more is fine: out-of-scope objects are left alone).
-pub fn plan(desired: &BTreeMap<ObjectKey, Value>, applied: &BTreeMap<ObjectKey, Value>, scope: &Scope) -> Plan {
+pub fn plan(
+    desired: &BTreeMap<ObjectKey, Value>,
+    applied: &BTreeMap<ObjectKey, Value>,
+    scope: &Scope,
+) -> Plan {
     let mut actions = Vec::new();
     for (key, want) in desired {
         match applied.get(key) {
@@ -210,7 +256,10 @@ pub fn plan(desired: &BTreeMap<ObjectKey, Value>, applied: &BTreeMap<ObjectKey, 
         let in_scope = match scope {
             Scope::All => true,
             Scope::Files(files) => have
-                .pointer(&format!("/metadata/annotations/{}", SOURCE_FILE_ANNOTATION.replace('/', "~1")))
+                .pointer(&format!(
+                    "/metadata/annotations/{}",
+                    SOURCE_FILE_ANNOTATION.replace('/', "~1")
+                ))
                 .and_then(Value::as_str)
                 .is_some_and(|f| files.contains(f)),
         };
@@ -272,7 +321,9 @@ mod tests {
         ]);
         let p = plan(&d, &a, &Scope::All);
         assert_eq!(p.counts(), (1, 1, 1));
-        let Action::Update { patch, .. } = &p.actions[0] else { panic!("{:?}", p.actions[0]) };
+        let Action::Update { patch, .. } = &p.actions[0] else {
+            panic!("{:?}", p.actions[0])
+        };
         let ops = serde_json::to_value(patch).unwrap();
         assert_eq!(
             ops,
@@ -289,7 +340,11 @@ mod tests {
             (key("a"), applied(deployment("a", "web:v1", "a.yaml"))),
             (key("b"), applied(deployment("b", "web:v1", "b.yaml"))),
         ]);
-        let p = plan(&d, &a, &Scope::Files(BTreeSet::from(["b.yaml".to_string()])));
+        let p = plan(
+            &d,
+            &a,
+            &Scope::Files(BTreeSet::from(["b.yaml".to_string()])),
+        );
         assert_eq!(p.actions.len(), 1);
         assert_eq!(p.actions[0].key().name, "b");
     }

@@ -5,8 +5,8 @@
 
 pub mod dir;
 pub mod git;
-pub mod webhook;
 mod watch;
+pub mod webhook;
 
 use std::collections::BTreeMap;
 
@@ -76,7 +76,11 @@ pub trait Source: Send {
     /// The revisions after `since` (exclusive) up to `head` (inclusive), oldest first, following
     /// first parents. With `since` = `None`, or when `since` is not an ancestor of `head`
     /// (force push), only `head`.
-    fn revisions(&mut self, since: Option<&str>, head: &str) -> Result<Vec<RevisionInfo>, SourceError>;
+    fn revisions(
+        &mut self,
+        since: Option<&str>,
+        head: &str,
+    ) -> Result<Vec<RevisionInfo>, SourceError>;
     /// The YAML files at revision `id`: all of them when `base` is `None`, else only those that
     /// differ from revision `base` (a git tree diff, so cost follows the change).
     fn files(&mut self, id: &str, base: Option<&str>) -> Result<Files, SourceError>;

@@ -18,8 +18,14 @@ pub enum StoreError {
     AlreadyExists { key: String },
     #[error("{key} not found")]
     NotFound { key: String },
-    #[error("{key} was changed by someone else (expected resourceVersion {expected}, found {found})")]
-    Conflict { key: String, expected: u64, found: u64 },
+    #[error(
+        "{key} was changed by someone else (expected resourceVersion {expected}, found {found})"
+    )]
+    Conflict {
+        key: String,
+        expected: u64,
+        found: u64,
+    },
     #[error("resourceVersion {requested} is too old (oldest available is {oldest}); list again")]
     Gone { requested: u64, oldest: u64 },
     #[error("invalid object: {reason}")]
@@ -36,7 +42,10 @@ pub enum Op {
     /// Creates or replaces an object's metadata and spec. The stored `status` is kept (the
     /// body's status is ignored for an existing object); `generation` is bumped when `spec`
     /// differs; uid and creationTimestamp are kept. `expect_rv` guards against lost updates.
-    Put { object: Value, expect_rv: Option<u64> },
+    Put {
+        object: Value,
+        expect_rv: Option<u64>,
+    },
     /// Replaces only the `status` of an existing object; the generation is not bumped.
     PutStatus {
         key: ObjectKey,
@@ -44,7 +53,10 @@ pub enum Op {
         expect_rv: Option<u64>,
     },
     /// Deletes an object; deleting a missing object is `NotFound`.
-    Delete { key: ObjectKey, expect_rv: Option<u64> },
+    Delete {
+        key: ObjectKey,
+        expect_rv: Option<u64>,
+    },
 }
 
 /// The result of a committed transaction.

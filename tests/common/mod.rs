@@ -14,11 +14,22 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
         .arg("-C")
         .arg(dir)
-        .args(["-c", "user.name=Tester", "-c", "user.email=tester@example.com", "-c", "init.defaultBranch=main"])
+        .args([
+            "-c",
+            "user.name=Tester",
+            "-c",
+            "user.email=tester@example.com",
+            "-c",
+            "init.defaultBranch=main",
+        ])
         .args(args)
         .output()
         .expect("git runs");
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -34,8 +45,14 @@ impl Repos {
         let tmp = tempfile::tempdir().unwrap();
         let bare = tmp.path().join("origin.git");
         let work = tmp.path().join("work");
-        git(tmp.path(), &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()]);
-        git(tmp.path(), &["init", "-q", "-b", "main", work.to_str().unwrap()]);
+        git(
+            tmp.path(),
+            &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()],
+        );
+        git(
+            tmp.path(),
+            &["init", "-q", "-b", "main", work.to_str().unwrap()],
+        );
         git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
         Repos { tmp, bare, work }
     }
@@ -91,15 +108,40 @@ impl Serve {
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         stdout.read_line(&mut line).unwrap();
         std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-        let url = line.trim().rsplit(' ').next().unwrap_or_default().to_string();
-        assert!(url.starts_with("http://127.0.0.1:"), "serve printed {line:?}");
-        let token = std::fs::read_to_string(state.join("admin.token")).unwrap().trim().to_string();
-        let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
-        Serve { child, url, token, state: state.to_path_buf(), http }
+        let url = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            url.starts_with("http://127.0.0.1:"),
+            "serve printed {line:?}"
+        );
+        let token = std::fs::read_to_string(state.join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_string();
+        let http = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        Serve {
+            child,
+            url,
+            token,
+            state: state.to_path_buf(),
+            http,
+        }
     }
 
     pub fn get(&self, path: &str) -> (u16, Value) {
-        let resp = self.http.get(format!("{}{path}", self.url)).bearer_auth(&self.token).send().unwrap();
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .unwrap();
         let code = resp.status().as_u16();
         (code, resp.json().unwrap_or(Value::Null))
     }
@@ -115,10 +157,17 @@ impl Serve {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let (code, v) = self.get(&format!("/apis/tend.dev/v1/revisions/{id}"));
-            if code == 200 && v.pointer("/status/phase").and_then(Value::as_str).is_some_and(|p| p != "Pending") {
+            if code == 200
+                && v.pointer("/status/phase")
+                    .and_then(Value::as_str)
+                    .is_some_and(|p| p != "Pending")
+            {
                 return v;
             }
-            assert!(Instant::now() < deadline, "revision {id} not settled: {code} {v}");
+            assert!(
+                Instant::now() < deadline,
+                "revision {id} not settled: {code} {v}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -146,14 +195,21 @@ impl Drop for Serve {
 }
 
 pub fn phase(revision: &Value) -> &str {
-    revision.pointer("/status/phase").and_then(Value::as_str).unwrap_or("")
+    revision
+        .pointer("/status/phase")
+        .and_then(Value::as_str)
+        .unwrap_or("")
 }
 
 pub fn errors(revision: &Value) -> Vec<String> {
     revision
         .pointer("/status/errors")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|e| e.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
