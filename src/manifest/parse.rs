@@ -101,7 +101,7 @@ fn load_file_inner(file: &str, bytes: &[u8], limits: &Limits) -> ParsedFile {
     // A file that stopped early (syntax error, limit) is rejected as a whole: its one
     // clear error is not buried under complaints about the documents before it.
     if !read.fatal {
-        for doc in &read.documents {
+        for doc in read.documents {
             load_document(file, text, doc, &mut parsed);
         }
     }
@@ -125,9 +125,10 @@ fn describe(value: &Value) -> &'static str {
 /// Fields a Kubernetes object has at its top level.
 const TOP_LEVEL_FIELDS: [&str; 5] = ["apiVersion", "kind", "metadata", "spec", "status"];
 
-fn load_document(file: &str, text: &str, doc: &Document, parsed: &mut ParsedFile) {
+fn load_document(file: &str, text: &str, mut doc: Document, parsed: &mut ParsedFile) {
+    let value = std::mem::take(&mut doc.value);
     let mut report = Report::new(file, &doc.positions);
-    if let Some(object) = check_document(text, doc, &mut report) {
+    if let Some(object) = check_document(text, value, &mut report) {
         parsed.objects.push(DesiredObject {
             key: object.0,
             file: file.to_string(),
@@ -139,13 +140,13 @@ fn load_document(file: &str, text: &str, doc: &Document, parsed: &mut ParsedFile
     parsed.warnings.extend(report.warnings);
 }
 
-fn check_document(text: &str, doc: &Document, report: &mut Report) -> Option<(ObjectKey, Value)> {
-    let Value::Object(top) = &doc.value else {
+fn check_document(text: &str, value: Value, report: &mut Report) -> Option<(ObjectKey, Value)> {
+    let Value::Object(top) = &value else {
         report.error(
             "",
             format!(
                 "a document must be a mapping with `apiVersion` and `kind`, found {}",
-                describe(&doc.value)
+                describe(&value)
             ),
         );
         return None;
@@ -168,9 +169,10 @@ fn check_document(text: &str, doc: &Document, report: &mut Report) -> Option<(Ob
     if report.errors.len() > errors_before {
         return None;
     }
-    let (api_version, kind) = (api_version?, kind?);
-    let mut object = doc.value.clone();
-    let kind = match kind {
+    let (api_version, kind) = (api_version?.to_string(), kind?.to_string());
+    let api_version = api_version.as_str();
+    let mut object = value;
+    let kind = match kind.as_str() {
         "Deployment" => {
             if LEGACY_DEPLOYMENT_VERSIONS.contains(&api_version) {
                 convert_legacy_deployment(&mut object, api_version, report);
@@ -430,4 +432,31 @@ fn keep_desired_fields(typed: Value) -> Value {
         out.insert("spec".to_string(), spec);
     }
     Value::Object(out)
+}
+
+#[cfg(test)]
+mod timing_probe {
+    #[test]
+    fn probe() {
+        let text = std::fs::read_to_string("tests/fixtures/seeds/004-00-nginx-deployment-demo.yaml").unwrap();
+        let limits = super::Limits::default();
+        let n = 2000;
+        let t = std::time::Instant::now();
+        for _ in 0..n { let _ = super::yaml::read(&text, &limits); }
+        eprintln!("read {:?}", t.elapsed());
+        let t = std::time::Instant::now();
+        for _ in 0..n { let mut p = yaml_rust2::parser::Parser::new_from_str(&text); while let Ok((e, _)) = p.next_token() { if e == yaml_rust2::parser::Event::StreamEnd { break } } }
+        eprintln!("parser only {:?}", t.elapsed());
+        let docs = super::yaml::read(&text, &limits);
+        let v = &docs.documents[0].value;
+        let t = std::time::Instant::now();
+        for _ in 0..n { let _: k8s_openapi::api::apps::v1::Deployment = serde_path_to_error::deserialize(v).unwrap(); }
+        eprintln!("typed {:?}", t.elapsed());
+        let t = std::time::Instant::now();
+        for _ in 0..n { let _: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(v.clone()).unwrap(); }
+        eprintln!("typed plain {:?}", t.elapsed());
+        let t = std::time::Instant::now();
+        for _ in 0..n { let _ = super::load_file("a", text.as_bytes(), &limits); }
+        eprintln!("all {:?}", t.elapsed());
+    }
 }

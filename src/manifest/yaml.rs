@@ -5,7 +5,7 @@
 //! duplicate keys) are enforced while reading, before anything is expanded.
 
 use super::Limits;
-use super::positions::{Pos, Positions, field, item};
+use super::positions::{PathHash, Pos, Positions, field, item};
 use serde_json::{Map, Number, Value};
 use std::collections::HashMap;
 use yaml_rust2::parser::{Event, Parser, Tag};
@@ -51,19 +51,20 @@ enum Frame {
         items: Vec<Value>,
         anchor: usize,
         path: String,
+        hash: PathHash,
         weight: Weight,
     },
     Map {
         map: Map<String, Value>,
-        /// Where each key was written, to name the first place of a duplicate.
-        key_pos: HashMap<String, Pos>,
         pending_key: Option<String>,
+        pending_hash: PathHash,
         merges: Vec<Value>,
         /// The mapping's own position came from its start event, which yaml-rust2 places
         /// after the first key; the first key's position replaces it.
         take_first_key_pos: bool,
         anchor: usize,
         path: String,
+        hash: PathHash,
         weight: Weight,
     },
 }
@@ -269,6 +270,24 @@ impl Reader<'_> {
         }
     }
 
+    /// The hash of the path the next node gets.
+    fn next_hash(&self) -> PathHash {
+        match self.stack.last() {
+            None => PathHash::ROOT,
+            Some(Frame::Seq { items, hash, .. }) => hash.item(items.len()),
+            Some(Frame::Map { pending_hash, .. }) => *pending_hash,
+        }
+    }
+
+    /// Records where a leaf value was written; values of mapping keys are placed by
+    /// their key, which `set_key` recorded.
+    fn record_leaf(&mut self, pos: Pos) {
+        if !matches!(self.stack.last(), Some(Frame::Map { .. })) {
+            let hash = self.next_hash();
+            self.positions.insert_hash(hash, pos);
+        }
+    }
+
     fn in_key_position(&self) -> bool {
         matches!(
             self.stack.last(),
@@ -321,10 +340,7 @@ impl Reader<'_> {
                     self.set_key(value, pos)?;
                     return Ok(());
                 }
-                let (path, record) = self.next_path();
-                if record {
-                    self.positions.insert(path, pos);
-                }
+                self.record_leaf(pos);
                 let weight = Weight {
                     aliases: 0,
                     nodes: 1,
@@ -360,10 +376,7 @@ impl Reader<'_> {
                     self.set_key(value, pos)?;
                     return Ok(());
                 }
-                let (path, record) = self.next_path();
-                if record {
-                    self.positions.insert(path, pos);
-                }
+                self.record_leaf(pos);
                 self.complete(value, 0, cost, pos)?;
             }
             Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
@@ -379,11 +392,12 @@ impl Reader<'_> {
                     });
                 }
                 let (path, record) = self.next_path();
+                let hash = self.next_hash();
                 if self.stack.len() >= self.limits.max_depth {
                     return Err(self.depth_error(pos, &path));
                 }
                 if record {
-                    self.positions.insert(path.clone(), pos);
+                    self.positions.insert_hash(hash, pos);
                 }
                 let weight = Weight {
                     aliases: 0,
@@ -394,17 +408,19 @@ impl Reader<'_> {
                         items: Vec::new(),
                         anchor,
                         path,
+                        hash,
                         weight,
                     }
                 } else {
                     Frame::Map {
                         map: Map::new(),
-                        key_pos: HashMap::new(),
                         pending_key: None,
+                        pending_hash: hash,
                         merges: Vec::new(),
                         take_first_key_pos: record,
                         anchor,
                         path,
+                        hash,
                         weight,
                     }
                 };
@@ -447,9 +463,11 @@ impl Reader<'_> {
         };
         let depth = self.stack.len();
         let Some(Frame::Map {
-            key_pos,
+            map,
             pending_key,
+            pending_hash,
             path,
+            hash,
             take_first_key_pos,
             ..
         }) = self.stack.last_mut()
@@ -457,24 +475,23 @@ impl Reader<'_> {
             return Ok(());
         };
         if std::mem::take(take_first_key_pos) {
-            self.positions.replace(path.clone(), pos);
+            self.positions.replace_hash(*hash, pos);
             if depth == 1 {
                 self.doc_start = Some(pos);
             }
         }
-        let key_path = field(path, &key);
-        if key != "<<"
-            && let Some(first) = key_pos.get(&key)
-        {
+        let key_hash = hash.field(&key);
+        if key != "<<" && map.contains_key(&key) {
+            let first = self.positions.get_hash(key_hash).unwrap_or_default();
             self.out.errors.push(YamlError {
                 pos,
-                path: key_path.clone(),
+                path: field(path, &key),
                 message: format!("duplicate key `{key}` (first given at line {})", first.line),
             });
         }
-        key_pos.entry(key.clone()).or_insert(pos);
         *pending_key = Some(key);
-        self.positions.insert(key_path, pos);
+        *pending_hash = key_hash;
+        self.positions.insert_hash(key_hash, pos);
         Ok(())
     }
 
