@@ -59,7 +59,9 @@ fn seed_000_legacy_deployment_is_converted_with_selector_from_labels() {
     assert_eq!(c["imagePullPolicy"], "IfNotPresent");
     assert_eq!(
         warnings(&parsed),
-        ["seeds/000-00-xgp-web.yaml:2:1: apiVersion: converted extensions/v1beta1 Deployment to apps/v1"]
+        [
+            "seeds/000-00-xgp-web.yaml:2:1: apiVersion: converted extensions/v1beta1 Deployment to apps/v1"
+        ]
     );
     assert_eq!(parsed.objects[0].line, 1);
     assert_eq!(
@@ -99,7 +101,10 @@ fn seed_000_container_port_with_comment() {
 
 #[test]
 fn seed_000_node_port_services() {
-    for file in ["seeds/000-04-xgp-svc-nodeport.yaml", "seeds/000-08-xgp-svc-nodeport-again.yaml"] {
+    for file in [
+        "seeds/000-04-xgp-svc-nodeport.yaml",
+        "seeds/000-08-xgp-svc-nodeport-again.yaml",
+    ] {
         let parsed = load_fixture(file);
         let s = one_object(&parsed);
         assert_eq!(s["spec"]["type"], "NodePort");
@@ -152,7 +157,10 @@ fn seed_001_serve_deployment() {
     assert_eq!(c["imagePullPolicy"], "Never");
     assert_eq!(d["spec"]["strategy"]["type"], "RollingUpdate");
     assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
-    assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], "25%");
+    assert_eq!(
+        d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"],
+        "25%"
+    );
     assert_eq!(d["spec"]["revisionHistoryLimit"], 10);
     assert_eq!(d["spec"]["progressDeadlineSeconds"], 600);
     let pod = &d["spec"]["template"]["spec"];
@@ -165,7 +173,10 @@ fn seed_001_serve_deployment() {
 #[test]
 fn seed_002_flattened_with_comments_says_so() {
     let parsed = load_fixture("seeds/002-00-deployment-user-v1.yaml");
-    assert_error(&parsed, "seeds/002-00-deployment-user-v1.yaml:1:1: the document has no `kind`");
+    assert_error(
+        &parsed,
+        "seeds/002-00-deployment-user-v1.yaml:1:1: the document has no `kind`",
+    );
     assert_error(&parsed, "flattened onto one line");
 }
 
@@ -182,13 +193,19 @@ fn seed_002_flattened_without_comments_is_a_syntax_error_with_position() {
         assert_error(&parsed, "flattened onto one line");
     }
     let parsed = load_fixture("seeds/002-01-user-service-v1.yaml");
-    assert_eq!(errors(&parsed)[0].split(": ").next(), Some("seeds/002-01-user-service-v1.yaml:1:20"));
+    assert_eq!(
+        errors(&parsed)[0].split(": ").next(),
+        Some("seeds/002-01-user-service-v1.yaml:1:20")
+    );
 }
 
 #[test]
 fn seed_003_unindented_deployment_points_at_the_indentation() {
     let parsed = load_fixture("seeds/003-07-nginx-deployment.yaml");
-    assert_error(&parsed, "seeds/003-07-nginx-deployment.yaml:9:1: YAML syntax error");
+    assert_error(
+        &parsed,
+        "seeds/003-07-nginx-deployment.yaml:9:1: YAML syntax error",
+    );
     assert_error(&parsed, "`metadata:` at line 3 has no fields");
     assert_error(&parsed, "looks unindented");
     assert_error(&parsed, "line 8 `replicas:3` has no space after ':'");
@@ -223,7 +240,10 @@ fn seed_003_every_snippet_is_an_error_or_a_skipped_pod() {
 #[test]
 fn seed_003_backtick_line() {
     let parsed = load_fixture("seeds/003-00-nginx-pod.yaml");
-    assert_error(&parsed, "seeds/003-00-nginx-pod.yaml:10:1: YAML syntax error");
+    assert_error(
+        &parsed,
+        "seeds/003-00-nginx-pod.yaml:10:1: YAML syntax error",
+    );
     assert_error(&parsed, "a line cannot start with '`'");
 }
 
@@ -262,10 +282,16 @@ fn seed_004_services() {
 #[test]
 fn seeds_as_one_repository_report_the_shared_node_port() {
     let mut objects: Vec<DesiredObject> = Vec::new();
-    for file in ["seeds/000-04-xgp-svc-nodeport.yaml", "seeds/000-08-xgp-svc-nodeport-again.yaml"] {
+    for file in [
+        "seeds/000-04-xgp-svc-nodeport.yaml",
+        "seeds/000-08-xgp-svc-nodeport-again.yaml",
+    ] {
         objects.extend(load_fixture(file).objects);
     }
-    let errors: Vec<String> = validate_set(&objects).iter().map(ToString::to_string).collect();
+    let errors: Vec<String> = validate_set(&objects)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     // The same Service twice: a duplicate, naming both files.
     assert_eq!(errors.len(), 1, "{errors:#?}");
     assert!(errors[0].contains("is defined twice"));
@@ -291,7 +317,9 @@ fn assert_fails_fast(bytes: &[u8], expected: &str) -> ParsedFile {
 
 #[test]
 fn billion_laughs_is_refused() {
-    let mut text = String::from("a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+    let mut text = String::from(
+        "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+    );
     let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
     for pair in names.windows(2) {
         let refs = vec![format!("*{}", pair[0]); 9].join(",");
@@ -303,9 +331,15 @@ fn billion_laughs_is_refused() {
 #[test]
 fn deep_nesting_is_refused() {
     let text = "[".repeat(20_000);
-    let parsed = assert_fails_fast(text.as_bytes(), "nesting is deeper than the limit of 64 levels");
+    let parsed = assert_fails_fast(
+        text.as_bytes(),
+        "nesting is deeper than the limit of 64 levels",
+    );
     assert_eq!(parsed.errors[0].line, 1);
-    let text = "a:\n".to_string() + &(1..100).map(|i| format!("{}b{i}:\n", " ".repeat(i))).collect::<String>();
+    let text = "a:\n".to_string()
+        + &(1..100)
+            .map(|i| format!("{}b{i}:\n", " ".repeat(i)))
+            .collect::<String>();
     assert_fails_fast(text.as_bytes(), "nesting is deeper");
 }
 
@@ -341,7 +375,9 @@ fn binary_and_utf16_are_refused() {
 
 #[test]
 fn random_text_never_panics() {
-    let alphabet: Vec<char> = "ab:- \n\t[]{}&*!|>'\"#%@`,?.0123456789ü\u{feff}".chars().collect();
+    let alphabet: Vec<char> = "ab:- \n\t[]{}&*!|>'\"#%@`,?.0123456789ü\u{feff}"
+        .chars()
+        .collect();
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     for _ in 0..2000 {
         let len = (seed % 200) as usize;
@@ -379,7 +415,10 @@ fn duplicate_keys_are_errors_with_both_lines() {
 
 #[test]
 fn limits_are_configurable() {
-    let limits = Limits { max_depth: 3, ..Limits::default() };
+    let limits = Limits {
+        max_depth: 3,
+        ..Limits::default()
+    };
     let parsed = load_file("x.yaml", b"a:\n  b:\n    c:\n      d: 1\n", &limits);
     let errors = errors(&parsed);
     assert_eq!(errors.len(), 1);
@@ -432,7 +471,8 @@ spec:
 
 #[test]
 fn multi_document_files_skip_empty_and_comment_documents() {
-    let text = format!("# header\n---\n{DEPLOYMENT}---\n# only a comment\n---\n---\n{SERVICE}...\n");
+    let text =
+        format!("# header\n---\n{DEPLOYMENT}---\n# only a comment\n---\n---\n{SERVICE}...\n");
     let parsed = load(&text);
     assert!(parsed.errors.is_empty(), "{:#?}", parsed.errors);
     assert_eq!(parsed.objects.len(), 2);
@@ -445,19 +485,33 @@ fn multi_document_files_skip_empty_and_comment_documents() {
 
 #[test]
 fn a_document_must_be_a_mapping_with_api_version_and_kind() {
-    assert_error(&load("- a\n- b\n"), "test.yaml:1:1: a document must be a mapping");
-    assert_error(&load("kind: Service\nmetadata:\n  name: a\n"), "test.yaml:1:1: the document has no `apiVersion`");
-    assert_error(&load("apiVersion: v1\nmetadata:\n  name: a\n"), "the document has no `kind`");
+    assert_error(
+        &load("- a\n- b\n"),
+        "test.yaml:1:1: a document must be a mapping",
+    );
+    assert_error(
+        &load("kind: Service\nmetadata:\n  name: a\n"),
+        "test.yaml:1:1: the document has no `apiVersion`",
+    );
+    assert_error(
+        &load("apiVersion: v1\nmetadata:\n  name: a\n"),
+        "the document has no `kind`",
+    );
     assert_error(
         &load("apiversion: v1\nkind: Service\n"),
         "found `apiversion`: field names are case-sensitive",
     );
-    assert_error(&load("apiVersion: v1\nkind: service\n"), "test.yaml:2:1: kind: unknown kind service: did you mean Service?");
+    assert_error(
+        &load("apiVersion: v1\nkind: service\n"),
+        "test.yaml:2:1: kind: unknown kind service: did you mean Service?",
+    );
 }
 
 #[test]
 fn other_kinds_are_skipped_with_a_warning() {
-    let parsed = load("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n---\napiVersion: v1\nkind: Pod\n");
+    let parsed = load(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n---\napiVersion: v1\nkind: Pod\n",
+    );
     assert!(parsed.errors.is_empty());
     assert!(parsed.objects.is_empty());
     assert_eq!(
@@ -472,7 +526,10 @@ fn other_kinds_are_skipped_with_a_warning() {
 #[test]
 fn known_kind_with_wrong_api_version_is_an_error() {
     let text = DEPLOYMENT.replace("apps/v1", "v1");
-    assert_error(&load(&text), "test.yaml:1:1: apiVersion: Deployment needs apiVersion apps/v1");
+    assert_error(
+        &load(&text),
+        "test.yaml:1:1: apiVersion: Deployment needs apiVersion apps/v1",
+    );
     let text = SERVICE.replace("apiVersion: v1", "apiVersion: apps/v1");
     assert_error(&load(&text), "Service needs apiVersion v1, not apps/v1");
 }
@@ -485,7 +542,9 @@ fn every_legacy_version_converts() {
         assert_eq!(one_object(&parsed)["apiVersion"], "apps/v1");
         assert_eq!(
             warnings(&parsed),
-            [format!("test.yaml:1:1: apiVersion: converted {version} Deployment to apps/v1")]
+            [format!(
+                "test.yaml:1:1: apiVersion: converted {version} Deployment to apps/v1"
+            )]
         );
     }
 }
@@ -528,7 +587,10 @@ fn integer_overflow_is_a_clear_error() {
 
 #[test]
 fn unknown_fields_are_warnings_with_path_and_position() {
-    let text = DEPLOYMENT.replace("image: nginx", "image: nginx\n        imagePullpolicy: Always");
+    let text = DEPLOYMENT.replace(
+        "image: nginx",
+        "image: nginx\n        imagePullpolicy: Always",
+    );
     let parsed = load(&text);
     one_object(&parsed);
     assert_eq!(
@@ -536,7 +598,11 @@ fn unknown_fields_are_warnings_with_path_and_position() {
         ["test.yaml:22:9: spec.template.spec.containers[0].imagePullpolicy: unknown field"]
     );
     let object = &parsed.objects[0].object;
-    assert!(object["spec"]["template"]["spec"]["containers"][0].get("imagePullpolicy").is_none());
+    assert!(
+        object["spec"]["template"]["spec"]["containers"][0]
+            .get("imagePullpolicy")
+            .is_none()
+    );
 }
 
 #[test]
@@ -569,28 +635,80 @@ fn service_error(from: &str, to: &str, expected: &str) {
 
 #[test]
 fn names_must_be_dns() {
-    deployment_error("name: web\n", "name: Web_App\n", "test.yaml:4:3: metadata.name: invalid name \"Web_App\"");
-    deployment_error("name: web\n", &format!("name: {}\n", "a".repeat(254)), "at most 253 characters");
-    service_error("name: web\n", &format!("name: {}\n", "a".repeat(64)), "at most 63 characters");
-    service_error("name: web\n", "name: 1web\n", "must start with a lowercase letter");
-    deployment_error("namespace: shop", "namespace: shop.eu", "metadata.namespace: invalid namespace \"shop.eu\"");
-    deployment_error("  name: web\n  namespace", "  namespace", "metadata.name is required");
+    deployment_error(
+        "name: web\n",
+        "name: Web_App\n",
+        "test.yaml:4:3: metadata.name: invalid name \"Web_App\"",
+    );
+    deployment_error(
+        "name: web\n",
+        &format!("name: {}\n", "a".repeat(254)),
+        "at most 253 characters",
+    );
+    service_error(
+        "name: web\n",
+        &format!("name: {}\n", "a".repeat(64)),
+        "at most 63 characters",
+    );
+    service_error(
+        "name: web\n",
+        "name: 1web\n",
+        "must start with a lowercase letter",
+    );
+    deployment_error(
+        "namespace: shop",
+        "namespace: shop.eu",
+        "metadata.namespace: invalid namespace \"shop.eu\"",
+    );
+    deployment_error(
+        "  name: web\n  namespace",
+        "  namespace",
+        "metadata.name is required",
+    );
     deployment_error("name: web\n", "name: \"we\\nb\"\n", "invalid name");
 }
 
 #[test]
 fn labels_follow_kubernetes_rules() {
-    deployment_error("    app: web\nspec", "    app: web\n    bad key: x\nspec", "metadata.labels.bad key: invalid label key");
-    deployment_error("    app: web\nspec", &format!("    app: {}\nspec", "v".repeat(64)), "invalid label value");
-    deployment_error("    app: web\nspec", "    example.com/app: -web\nspec", "invalid label value \"-web\"");
-    deployment_error("        tier: front", "        UPPER.example.com/x: y", "invalid label key");
+    deployment_error(
+        "    app: web\nspec",
+        "    app: web\n    bad key: x\nspec",
+        "metadata.labels.bad key: invalid label key",
+    );
+    deployment_error(
+        "    app: web\nspec",
+        &format!("    app: {}\nspec", "v".repeat(64)),
+        "invalid label value",
+    );
+    deployment_error(
+        "    app: web\nspec",
+        "    example.com/app: -web\nspec",
+        "invalid label value \"-web\"",
+    );
+    deployment_error(
+        "        tier: front",
+        "        UPPER.example.com/x: y",
+        "invalid label key",
+    );
 }
 
 #[test]
 fn selector_rules() {
-    deployment_error("      app: web\n  template", "      app: api\n  template", "test.yaml:10:3: spec.selector: spec.selector does not match template labels");
-    deployment_error("  selector:\n    matchLabels:\n      app: web\n", "", "a Deployment needs spec.selector");
-    deployment_error("    matchLabels:\n      app: web\n", "    matchLabels: {}\n", "test.yaml:10:3: spec.selector: a Deployment needs spec.selector, not empty");
+    deployment_error(
+        "      app: web\n  template",
+        "      app: api\n  template",
+        "test.yaml:10:3: spec.selector: spec.selector does not match template labels",
+    );
+    deployment_error(
+        "  selector:\n    matchLabels:\n      app: web\n",
+        "",
+        "a Deployment needs spec.selector",
+    );
+    deployment_error(
+        "    matchLabels:\n      app: web\n",
+        "    matchLabels: {}\n",
+        "test.yaml:10:3: spec.selector: a Deployment needs spec.selector, not empty",
+    );
     deployment_error(
         "    matchLabels:\n      app: web\n",
         "    matchExpressions:\n    - {key: tier, operator: In, values: [back]}\n",
@@ -606,16 +724,32 @@ fn selector_rules() {
 
 #[test]
 fn replicas_containers_and_images() {
-    deployment_error("replicas: 2", "replicas: -1", "test.yaml:9:3: spec.replicas: replicas must be at least 0, not -1");
+    deployment_error(
+        "replicas: 2",
+        "replicas: -1",
+        "test.yaml:9:3: spec.replicas: replicas must be at least 0, not -1",
+    );
     deployment_error(
         "      containers:\n      - name: web\n        image: nginx\n        ports:\n        - containerPort: 80\n          name: http\n",
         "      containers: []\n",
         "spec.template.spec.containers: a pod needs at least one container",
     );
-    deployment_error("image: nginx", "image: \"\"", "every container needs an image");
+    deployment_error(
+        "image: nginx",
+        "image: \"\"",
+        "every container needs an image",
+    );
     deployment_error("image: nginx", "image: \"nginx\\t1\"", "invalid image");
-    deployment_error("- name: web\n", "- name: Web\n", "invalid container name \"Web\"");
-    deployment_error("      - name: web\n        image: nginx", "      - image: nginx", "every container needs a name");
+    deployment_error(
+        "- name: web\n",
+        "- name: Web\n",
+        "invalid container name \"Web\"",
+    );
+    deployment_error(
+        "      - name: web\n        image: nginx",
+        "      - image: nginx",
+        "every container needs a name",
+    );
     deployment_error(
         "          name: http\n",
         "          name: http\n      - name: web\n        image: busybox\n",
@@ -630,29 +764,61 @@ fn replicas_containers_and_images() {
 
 #[test]
 fn container_ports() {
-    deployment_error("containerPort: 80", "containerPort: 0", "containerPort: port 0 is out of range 1-65535");
-    deployment_error("containerPort: 80", "containerPort: 70000", "port 70000 is out of range");
+    deployment_error(
+        "containerPort: 80",
+        "containerPort: 0",
+        "containerPort: port 0 is out of range 1-65535",
+    );
+    deployment_error(
+        "containerPort: 80",
+        "containerPort: 70000",
+        "port 70000 is out of range",
+    );
     deployment_error("name: http", "name: HTTP", "invalid port name");
 }
 
 #[test]
 fn strategy_rules() {
-    let strategy = "  strategy:\n    rollingUpdate:\n      maxSurge: 0\n      maxUnavailable: 0%\n  template";
-    deployment_error("  template", strategy, "maxSurge and maxUnavailable must not both be 0");
+    let strategy =
+        "  strategy:\n    rollingUpdate:\n      maxSurge: 0\n      maxUnavailable: 0%\n  template";
+    deployment_error(
+        "  template",
+        strategy,
+        "maxSurge and maxUnavailable must not both be 0",
+    );
     let strategy = "  strategy:\n    rollingUpdate:\n      maxSurge: -1\n  template";
-    deployment_error("  template", strategy, "must be an integer ≥ 0 or a percentage");
+    deployment_error(
+        "  template",
+        strategy,
+        "must be an integer ≥ 0 or a percentage",
+    );
     let strategy = "  strategy:\n    rollingUpdate:\n      maxSurge: lots\n  template";
     deployment_error("  template", strategy, "not \"lots\"");
     let strategy = "  strategy:\n    type: Sometimes\n  template";
-    deployment_error("  template", strategy, "strategy type must be RollingUpdate or Recreate");
-    let recreate = DEPLOYMENT.replacen("  template", "  strategy:\n    type: Recreate\n  template", 1);
+    deployment_error(
+        "  template",
+        strategy,
+        "strategy type must be RollingUpdate or Recreate",
+    );
+    let recreate = DEPLOYMENT.replacen(
+        "  template",
+        "  strategy:\n    type: Recreate\n  template",
+        1,
+    );
     let parsed = load(&recreate);
-    assert_eq!(one_object(&parsed)["spec"]["strategy"], serde_json::json!({"type": "Recreate"}));
+    assert_eq!(
+        one_object(&parsed)["spec"]["strategy"],
+        serde_json::json!({"type": "Recreate"})
+    );
 }
 
 #[test]
 fn service_rules() {
-    service_error("port: 80", "port: 0", "test.yaml:10:5: spec.ports[0].port: port 0 is out of range 1-65535");
+    service_error(
+        "port: 80",
+        "port: 0",
+        "test.yaml:10:5: spec.ports[0].port: port 0 is out of range 1-65535",
+    );
     service_error("port: 80", "port: 65536", "out of range");
     service_error(
         "  - port: 80\n    targetPort: http\n",
@@ -669,16 +835,51 @@ fn service_rules() {
         "  - port: 80\n    name: a\n  - port: 81\n    name: a\n",
         "port name \"a\" is used twice",
     );
-    service_error("targetPort: http", "targetPort: 0", "targetPort: port 0 is out of range");
-    service_error("targetPort: http", "targetPort: not_a_name", "is neither a number nor a port name");
-    service_error("targetPort: http", "nodePort: 30080", "nodePort may only be given for type NodePort or LoadBalancer");
+    service_error(
+        "targetPort: http",
+        "targetPort: 0",
+        "targetPort: port 0 is out of range",
+    );
+    service_error(
+        "targetPort: http",
+        "targetPort: not_a_name",
+        "is neither a number nor a port name",
+    );
+    service_error(
+        "targetPort: http",
+        "nodePort: 30080",
+        "nodePort may only be given for type NodePort or LoadBalancer",
+    );
     let node_port = SERVICE.replacen("spec:\n", "spec:\n  type: NodePort\n", 1);
-    assert_error(&load(&node_port.replacen("targetPort: http", "nodePort: 29999", 1)), "nodePort 29999 is outside the range 30000-32767");
-    one_object(&load(&node_port.replacen("targetPort: http", "nodePort: 32767", 1)));
-    service_error("spec:\n", "spec:\n  type: Magic\n", "type must be ClusterIP, NodePort, LoadBalancer or ExternalName");
-    service_error("spec:\n", "spec:\n  clusterIP: 10.0.0.300\n", "clusterIP must be None or an IPv4 address");
-    one_object(&load(&SERVICE.replacen("spec:\n", "spec:\n  clusterIP: None\n", 1)));
-    one_object(&load(&SERVICE.replacen("spec:\n", "spec:\n  clusterIP: 10.96.0.10\n", 1)));
+    assert_error(
+        &load(&node_port.replacen("targetPort: http", "nodePort: 29999", 1)),
+        "nodePort 29999 is outside the range 30000-32767",
+    );
+    one_object(&load(&node_port.replacen(
+        "targetPort: http",
+        "nodePort: 32767",
+        1,
+    )));
+    service_error(
+        "spec:\n",
+        "spec:\n  type: Magic\n",
+        "type must be ClusterIP, NodePort, LoadBalancer or ExternalName",
+    );
+    service_error(
+        "spec:\n",
+        "spec:\n  clusterIP: 10.0.0.300\n",
+        "clusterIP must be None or an IPv4 address",
+    );
+    one_object(&load(&SERVICE.replacen(
+        "spec:\n",
+        "spec:\n  clusterIP: None\n",
+        1,
+    )));
+    one_object(&load(&SERVICE.replacen(
+        "spec:\n",
+        "spec:\n  clusterIP: 10.96.0.10\n",
+        1,
+    )));
 }
 
 #[test]
@@ -697,7 +898,11 @@ fn service_port_protocols_make_ports_distinct() {
 #[test]
 fn validate_set_reports_duplicates_and_shared_node_ports() {
     let a = load_file("a.yaml", DEPLOYMENT.as_bytes(), &Limits::default());
-    let b = load_file("dir/b.yaml", format!("# x\n---\n{DEPLOYMENT}").as_bytes(), &Limits::default());
+    let b = load_file(
+        "dir/b.yaml",
+        format!("# x\n---\n{DEPLOYMENT}").as_bytes(),
+        &Limits::default(),
+    );
     let node_port = |name: &str| {
         SERVICE
             .replacen("name: web", &format!("name: {name}"), 1)
@@ -705,7 +910,11 @@ fn validate_set_reports_duplicates_and_shared_node_ports() {
             .replacen("targetPort: http", "nodePort: 30123", 1)
     };
     let c = load_file("c.yaml", node_port("one").as_bytes(), &Limits::default());
-    let d = load_file("d.yaml", format!("\n{}", node_port("two")).as_bytes(), &Limits::default());
+    let d = load_file(
+        "d.yaml",
+        format!("\n{}", node_port("two")).as_bytes(),
+        &Limits::default(),
+    );
     let all: Vec<&DesiredObject> = [&a, &b, &c, &d].iter().flat_map(|p| &p.objects).collect();
     assert_eq!(all.len(), 4);
     let errors: Vec<String> = validate_set(all).iter().map(ToString::to_string).collect();

@@ -171,7 +171,11 @@ mod tests {
 
     #[test]
     fn hashes_extend_like_the_text() {
-        let h = PathHash::ROOT.field("spec").field("containers").item(12).field("image");
+        let h = PathHash::ROOT
+            .field("spec")
+            .field("containers")
+            .item(12)
+            .field("image");
         assert_eq!(h, PathHash::of("spec.containers[12].image"));
         assert_eq!(PathHash::ROOT.item(0), PathHash::of("[0]"));
         assert_eq!(parent("a.b[0].c"), "a.b[0]");

@@ -187,15 +187,17 @@ fn lines_upto(text: &str, line: usize) -> impl Iterator<Item = (usize, &str)> {
 
 /// `replicas:3` is one plain string, not a field: YAML needs a space after the colon.
 fn missing_space_hint(text: &str, line: usize) -> Option<String> {
-    let (number, found) = lines_upto(text, line).filter(|(n, _)| *n + 2 >= line).find(|(_, l)| {
-        let body = l.trim_start().trim_start_matches('-').trim_start();
-        body.split_once(':').is_some_and(|(key, value)| {
-            !key.is_empty()
-                && key.chars().all(|c| c.is_ascii_alphanumeric())
-                && value.starts_with(|c: char| !c.is_whitespace() && c != ':')
-                && !body.starts_with("http")
-        })
-    })?;
+    let (number, found) = lines_upto(text, line)
+        .filter(|(n, _)| *n + 2 >= line)
+        .find(|(_, l)| {
+            let body = l.trim_start().trim_start_matches('-').trim_start();
+            body.split_once(':').is_some_and(|(key, value)| {
+                !key.is_empty()
+                    && key.chars().all(|c| c.is_ascii_alphanumeric())
+                    && value.starts_with(|c: char| !c.is_whitespace() && c != ':')
+                    && !body.starts_with("http")
+            })
+        })?;
     Some(format!(
         "; line {number} `{}` has no space after ':', so it is a plain string, not a field \
          (write `key: value`)",
@@ -331,8 +333,7 @@ impl Reader<'_> {
                 }
             }
             Event::Scalar(text, style, anchor, tag) => {
-                if self.doc_start.is_none() && !(text.is_empty() && style == TScalarStyle::Plain)
-                {
+                if self.doc_start.is_none() && !(text.is_empty() && style == TScalarStyle::Plain) {
                     self.doc_start = Some(pos);
                 }
                 let value = resolve_scalar(text, style, tag.as_ref());
@@ -702,7 +703,10 @@ mod tests {
 
     #[test]
     fn empty_and_comment_documents_are_skipped() {
-        let docs = read("---\n# only a comment\n---\n---\na: 1\n...\n", &Limits::default());
+        let docs = read(
+            "---\n# only a comment\n---\n---\na: 1\n...\n",
+            &Limits::default(),
+        );
         assert!(docs.errors.is_empty());
         assert_eq!(docs.documents.len(), 1);
         assert_eq!(docs.documents[0].start.line, 5);
