@@ -22,7 +22,10 @@ pub fn apply(kind: Kind, object: &mut Value) {
 
 /// `map[key]` as a mapping, created when absent or null; `None` when it is something
 /// else (validation reports that).
-fn object_field<'m>(map: &'m mut Map<String, Value>, key: &str) -> Option<&'m mut Map<String, Value>> {
+fn object_field<'m>(
+    map: &'m mut Map<String, Value>,
+    key: &str,
+) -> Option<&'m mut Map<String, Value>> {
     let slot = map.entry(key).or_insert(Value::Null);
     if slot.is_null() {
         *slot = Value::Object(Map::new());
@@ -138,7 +141,10 @@ mod tests {
         let mut d = json!({"spec": {"strategy": {"rollingUpdate": {"maxSurge": 1}}}});
         apply(Kind::Deployment, &mut d);
         assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxSurge"], 1);
-        assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], "25%");
+        assert_eq!(
+            d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"],
+            "25%"
+        );
     }
 
     #[test]

@@ -101,7 +101,7 @@ fn load_file_inner(file: &str, bytes: &[u8], limits: &Limits) -> ParsedFile {
     // A file that stopped early (syntax error, limit) is rejected as a whole: its one
     // clear error is not buried under complaints about the documents before it.
     if !read.fatal {
-        for doc in &read.documents {
+        for doc in read.documents {
             load_document(file, text, doc, &mut parsed);
         }
     }
@@ -125,9 +125,10 @@ fn describe(value: &Value) -> &'static str {
 /// Fields a Kubernetes object has at its top level.
 const TOP_LEVEL_FIELDS: [&str; 5] = ["apiVersion", "kind", "metadata", "spec", "status"];
 
-fn load_document(file: &str, text: &str, doc: &Document, parsed: &mut ParsedFile) {
+fn load_document(file: &str, text: &str, mut doc: Document, parsed: &mut ParsedFile) {
+    let value = std::mem::take(&mut doc.value);
     let mut report = Report::new(file, &doc.positions);
-    if let Some(object) = check_document(text, doc, &mut report) {
+    if let Some(object) = check_document(text, value, &mut report) {
         parsed.objects.push(DesiredObject {
             key: object.0,
             file: file.to_string(),
@@ -139,13 +140,13 @@ fn load_document(file: &str, text: &str, doc: &Document, parsed: &mut ParsedFile
     parsed.warnings.extend(report.warnings);
 }
 
-fn check_document(text: &str, doc: &Document, report: &mut Report) -> Option<(ObjectKey, Value)> {
-    let Value::Object(top) = &doc.value else {
+fn check_document(text: &str, value: Value, report: &mut Report) -> Option<(ObjectKey, Value)> {
+    let Value::Object(top) = &value else {
         report.error(
             "",
             format!(
                 "a document must be a mapping with `apiVersion` and `kind`, found {}",
-                describe(&doc.value)
+                describe(&value)
             ),
         );
         return None;
@@ -168,9 +169,10 @@ fn check_document(text: &str, doc: &Document, report: &mut Report) -> Option<(Ob
     if report.errors.len() > errors_before {
         return None;
     }
-    let (api_version, kind) = (api_version?, kind?);
-    let mut object = doc.value.clone();
-    let kind = match kind {
+    let (api_version, kind) = (api_version?.to_string(), kind?.to_string());
+    let api_version = api_version.as_str();
+    let mut object = value;
+    let kind = match kind.as_str() {
         "Deployment" => {
             if LEGACY_DEPLOYMENT_VERSIONS.contains(&api_version) {
                 convert_legacy_deployment(&mut object, api_version, report);
@@ -204,7 +206,9 @@ fn check_document(text: &str, doc: &Document, report: &mut Report) -> Option<(Ob
             };
             report.error(
                 "kind",
-                format!("unknown kind {other}: did you mean {suggestion}? (kinds are case-sensitive)"),
+                format!(
+                    "unknown kind {other}: did you mean {suggestion}? (kinds are case-sensitive)"
+                ),
             );
             return None;
         }
@@ -237,7 +241,10 @@ fn required_string<'v>(
         Some(other) => {
             report.error(
                 name,
-                format!("`{name}` must be a non-empty string, found {}", describe(other)),
+                format!(
+                    "`{name}` must be a non-empty string, found {}",
+                    describe(other)
+                ),
             );
             return None;
         }
@@ -326,7 +333,13 @@ fn typed_round_trip<T>(object: &Value, report: &mut Report) -> Option<Value>
 where
     T: serde::de::DeserializeOwned + serde::Serialize,
 {
-    match serde_path_to_error::deserialize::<_, T>(object) {
+    // The plain deserializer is twice as fast; the path-tracking one runs only to
+    // explain an error.
+    let typed = match T::deserialize(object) {
+        Ok(typed) => Ok(typed),
+        Err(_) => serde_path_to_error::deserialize::<_, T>(object),
+    };
+    match typed {
         Ok(typed) => match serde_json::to_value(&typed) {
             Ok(value) => Some(value),
             Err(e) => {

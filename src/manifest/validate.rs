@@ -157,7 +157,9 @@ fn metadata(kind: Kind, object: &Value, report: &mut Report) {
             }
         }
     }
-    if let Some(ns) = meta.and_then(|m| m.get("namespace")).and_then(Value::as_str)
+    if let Some(ns) = meta
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str)
         && let Some(problem) = dns_label_problem(ns)
     {
         report.error(
@@ -165,7 +167,11 @@ fn metadata(kind: Kind, object: &Value, report: &mut Report) {
             format!("invalid namespace {ns:?}: a namespace (DNS-1123 label) {problem}"),
         );
     }
-    labels(meta.and_then(|m| m.get("labels")), "metadata.labels", report);
+    labels(
+        meta.and_then(|m| m.get("labels")),
+        "metadata.labels",
+        report,
+    );
     if let Some(Value::Object(annotations)) = meta.and_then(|m| m.get("annotations")) {
         for key in annotations.keys() {
             if let Some(problem) = label_key_problem(key) {
@@ -241,7 +247,10 @@ fn int_or_percent(value: &Value, path: &str, report: &mut Report) -> Option<bool
         Value::Number(n) => match n.as_i64() {
             Some(n) if n >= 0 => Some(n == 0),
             _ => {
-                report.error(path, format!("must be an integer ≥ 0 or a percentage, not {n}"));
+                report.error(
+                    path,
+                    format!("must be an integer ≥ 0 or a percentage, not {n}"),
+                );
                 None
             }
         },
@@ -323,7 +332,11 @@ fn selector(selector: Option<&Value>, template: Option<&Map<String, Value>>, rep
         report.error(path, missing);
         return;
     }
-    labels(selector.get("matchLabels"), "spec.selector.matchLabels", report);
+    labels(
+        selector.get("matchLabels"),
+        "spec.selector.matchLabels",
+        report,
+    );
     let empty = Map::new();
     let template = template.unwrap_or(&empty);
     let mut matches = true;
@@ -341,7 +354,10 @@ fn selector(selector: Option<&Value>, template: Option<&Map<String, Value>>, rep
             .map(|v| v.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
         let actual = template.get(key).and_then(Value::as_str);
-        let operator = expression.get("operator").and_then(Value::as_str).unwrap_or("");
+        let operator = expression
+            .get("operator")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let ok = match operator {
             "In" => actual.is_some_and(|a| values.contains(&a)),
             "NotIn" => actual.is_none_or(|a| !values.contains(&a)),
@@ -382,7 +398,11 @@ fn pod_spec(pod: &Map<String, Value>, path: &str, report: &mut Report) {
             format!("unknown dnsPolicy {policy:?}"),
         );
     }
-    labels(pod.get("nodeSelector"), &field(path, "nodeSelector"), report);
+    labels(
+        pod.get("nodeSelector"),
+        &field(path, "nodeSelector"),
+        report,
+    );
     let containers = pod.get("containers").and_then(Value::as_array);
     if containers.is_none_or(Vec::is_empty) {
         report.error(
@@ -413,7 +433,11 @@ fn container(
     names: &mut HashMap<String, String>,
     report: &mut Report,
 ) {
-    match c.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+    match c
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+    {
         None => report.error(&field(path, "name"), "every container needs a name"),
         Some(name) => {
             let at = field(path, "name");
@@ -433,14 +457,19 @@ fn container(
     let image_path = field(path, "image");
     match c.get("image").and_then(Value::as_str) {
         None | Some("") => report.error(&image_path, "every container needs an image"),
-        Some(image) if image.chars().any(|ch| ch.is_whitespace() || ch.is_control()) => report
-            .error(
+        Some(image)
+            if image
+                .chars()
+                .any(|ch| ch.is_whitespace() || ch.is_control()) =>
+        {
+            report.error(
                 &image_path,
                 format!(
                     "invalid image {image:?}: an image reference has no spaces or control \
                      characters (is a comment missing its `#`?)"
                 ),
-            ),
+            )
+        }
         Some(_) => {}
     }
     if let Some(policy) = c.get("imagePullPolicy").and_then(Value::as_str)
@@ -461,16 +490,31 @@ fn container(
         .enumerate()
     {
         let at = item(&ports_path, i);
-        port_number(port.get("containerPort"), &field(&at, "containerPort"), true, report);
-        if port.get("hostPort").and_then(Value::as_i64).is_some_and(|p| p != 0) {
+        port_number(
+            port.get("containerPort"),
+            &field(&at, "containerPort"),
+            true,
+            report,
+        );
+        if port
+            .get("hostPort")
+            .and_then(Value::as_i64)
+            .is_some_and(|p| p != 0)
+        {
             port_number(port.get("hostPort"), &field(&at, "hostPort"), true, report);
         }
         protocol(port.get("protocol"), &field(&at, "protocol"), report);
         if let Some(name) = port.get("name").and_then(Value::as_str) {
             if let Some(problem) = port_name_problem(name) {
-                report.error(&field(&at, "name"), format!("invalid port name {name:?}: {problem}"));
+                report.error(
+                    &field(&at, "name"),
+                    format!("invalid port name {name:?}: {problem}"),
+                );
             } else if !port_names.insert(name.to_string()) {
-                report.error(&field(&at, "name"), format!("port name {name:?} is used twice"));
+                report.error(
+                    &field(&at, "name"),
+                    format!("port name {name:?} is used twice"),
+                );
             }
         }
     }
@@ -511,7 +555,10 @@ fn protocol(value: Option<&Value>, path: &str, report: &mut Report) {
     if let Some(p) = value.and_then(Value::as_str)
         && !["TCP", "UDP", "SCTP"].contains(&p)
     {
-        report.error(path, format!("protocol must be TCP, UDP or SCTP, not {p:?}"));
+        report.error(
+            path,
+            format!("protocol must be TCP, UDP or SCTP, not {p:?}"),
+        );
     }
 }
 
@@ -519,7 +566,10 @@ const SERVICE_TYPES: [&str; 4] = ["ClusterIP", "NodePort", "LoadBalancer", "Exte
 pub const NODE_PORT_RANGE: std::ops::RangeInclusive<i64> = 30000..=32767;
 
 fn service(spec: &Map<String, Value>, report: &mut Report) {
-    let kind = spec.get("type").and_then(Value::as_str).unwrap_or("ClusterIP");
+    let kind = spec
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP");
     if !SERVICE_TYPES.contains(&kind) {
         report.error(
             "spec.type",
@@ -567,7 +617,10 @@ fn service(spec: &Map<String, Value>, report: &mut Report) {
     for (i, port) in ports.iter().enumerate() {
         let at = item("spec.ports", i);
         port_number(port.get("port"), &field(&at, "port"), true, report);
-        let protocol_name = port.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
+        let protocol_name = port
+            .get("protocol")
+            .and_then(Value::as_str)
+            .unwrap_or("TCP");
         protocol(port.get("protocol"), &field(&at, "protocol"), report);
         if let Some(number) = port.get("port").and_then(Value::as_i64)
             && let Some(first) = seen.insert((number, protocol_name.to_string()), i)
@@ -580,9 +633,15 @@ fn service(spec: &Map<String, Value>, report: &mut Report) {
         match port.get("name").and_then(Value::as_str) {
             Some(name) => {
                 if let Some(problem) = dns_label_problem(name) {
-                    report.error(&field(&at, "name"), format!("invalid port name {name:?}: {problem}"));
+                    report.error(
+                        &field(&at, "name"),
+                        format!("invalid port name {name:?}: {problem}"),
+                    );
                 } else if !names.insert(name.to_string()) {
-                    report.error(&field(&at, "name"), format!("port name {name:?} is used twice"));
+                    report.error(
+                        &field(&at, "name"),
+                        format!("port name {name:?} is used twice"),
+                    );
                 }
             }
             None if ports.len() > 1 => report.error(
@@ -592,14 +651,19 @@ fn service(spec: &Map<String, Value>, report: &mut Report) {
             None => {}
         }
         match port.get("targetPort") {
-            Some(Value::Number(_)) => {
-                port_number(port.get("targetPort"), &field(&at, "targetPort"), true, report)
-            }
+            Some(Value::Number(_)) => port_number(
+                port.get("targetPort"),
+                &field(&at, "targetPort"),
+                true,
+                report,
+            ),
             Some(Value::String(name)) => {
                 if let Some(problem) = port_name_problem(name) {
                     report.error(
                         &field(&at, "targetPort"),
-                        format!("targetPort {name:?} is neither a number nor a port name: {problem}"),
+                        format!(
+                            "targetPort {name:?} is neither a number nor a port name: {problem}"
+                        ),
                     );
                 }
             }
@@ -612,7 +676,9 @@ fn service(spec: &Map<String, Value>, report: &mut Report) {
             if kind != "NodePort" && kind != "LoadBalancer" {
                 report.error(
                     &at,
-                    format!("nodePort may only be given for type NodePort or LoadBalancer, not {kind}"),
+                    format!(
+                        "nodePort may only be given for type NodePort or LoadBalancer, not {kind}"
+                    ),
                 );
             } else if !NODE_PORT_RANGE.contains(&node_port) {
                 report.error(

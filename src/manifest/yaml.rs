@@ -5,7 +5,7 @@
 //! duplicate keys) are enforced while reading, before anything is expanded.
 
 use super::Limits;
-use super::positions::{Pos, Positions, field, item};
+use super::positions::{PathHash, Pos, Positions, field, item};
 use serde_json::{Map, Number, Value};
 use std::collections::HashMap;
 use yaml_rust2::parser::{Event, Parser, Tag};
@@ -51,19 +51,20 @@ enum Frame {
         items: Vec<Value>,
         anchor: usize,
         path: String,
+        hash: PathHash,
         weight: Weight,
     },
     Map {
         map: Map<String, Value>,
-        /// Where each key was written, to name the first place of a duplicate.
-        key_pos: HashMap<String, Pos>,
         pending_key: Option<String>,
+        pending_hash: PathHash,
         merges: Vec<Value>,
         /// The mapping's own position came from its start event, which yaml-rust2 places
         /// after the first key; the first key's position replaces it.
         take_first_key_pos: bool,
         anchor: usize,
         path: String,
+        hash: PathHash,
         weight: Weight,
     },
 }
@@ -186,15 +187,17 @@ fn lines_upto(text: &str, line: usize) -> impl Iterator<Item = (usize, &str)> {
 
 /// `replicas:3` is one plain string, not a field: YAML needs a space after the colon.
 fn missing_space_hint(text: &str, line: usize) -> Option<String> {
-    let (number, found) = lines_upto(text, line).filter(|(n, _)| *n + 2 >= line).find(|(_, l)| {
-        let body = l.trim_start().trim_start_matches('-').trim_start();
-        body.split_once(':').is_some_and(|(key, value)| {
-            !key.is_empty()
-                && key.chars().all(|c| c.is_ascii_alphanumeric())
-                && value.starts_with(|c: char| !c.is_whitespace() && c != ':')
-                && !body.starts_with("http")
-        })
-    })?;
+    let (number, found) = lines_upto(text, line)
+        .filter(|(n, _)| *n + 2 >= line)
+        .find(|(_, l)| {
+            let body = l.trim_start().trim_start_matches('-').trim_start();
+            body.split_once(':').is_some_and(|(key, value)| {
+                !key.is_empty()
+                    && key.chars().all(|c| c.is_ascii_alphanumeric())
+                    && value.starts_with(|c: char| !c.is_whitespace() && c != ':')
+                    && !body.starts_with("http")
+            })
+        })?;
     Some(format!(
         "; line {number} `{}` has no space after ':', so it is a plain string, not a field \
          (write `key: value`)",
@@ -269,6 +272,24 @@ impl Reader<'_> {
         }
     }
 
+    /// The hash of the path the next node gets.
+    fn next_hash(&self) -> PathHash {
+        match self.stack.last() {
+            None => PathHash::ROOT,
+            Some(Frame::Seq { items, hash, .. }) => hash.item(items.len()),
+            Some(Frame::Map { pending_hash, .. }) => *pending_hash,
+        }
+    }
+
+    /// Records where a leaf value was written; values of mapping keys are placed by
+    /// their key, which `set_key` recorded.
+    fn record_leaf(&mut self, pos: Pos) {
+        if !matches!(self.stack.last(), Some(Frame::Map { .. })) {
+            let hash = self.next_hash();
+            self.positions.insert_hash(hash, pos);
+        }
+    }
+
     fn in_key_position(&self) -> bool {
         matches!(
             self.stack.last(),
@@ -312,8 +333,7 @@ impl Reader<'_> {
                 }
             }
             Event::Scalar(text, style, anchor, tag) => {
-                if self.doc_start.is_none() && !(text.is_empty() && style == TScalarStyle::Plain)
-                {
+                if self.doc_start.is_none() && !(text.is_empty() && style == TScalarStyle::Plain) {
                     self.doc_start = Some(pos);
                 }
                 let value = resolve_scalar(text, style, tag.as_ref());
@@ -321,10 +341,7 @@ impl Reader<'_> {
                     self.set_key(value, pos)?;
                     return Ok(());
                 }
-                let (path, record) = self.next_path();
-                if record {
-                    self.positions.insert(path, pos);
-                }
+                self.record_leaf(pos);
                 let weight = Weight {
                     aliases: 0,
                     nodes: 1,
@@ -360,10 +377,7 @@ impl Reader<'_> {
                     self.set_key(value, pos)?;
                     return Ok(());
                 }
-                let (path, record) = self.next_path();
-                if record {
-                    self.positions.insert(path, pos);
-                }
+                self.record_leaf(pos);
                 self.complete(value, 0, cost, pos)?;
             }
             Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
@@ -379,11 +393,12 @@ impl Reader<'_> {
                     });
                 }
                 let (path, record) = self.next_path();
+                let hash = self.next_hash();
                 if self.stack.len() >= self.limits.max_depth {
                     return Err(self.depth_error(pos, &path));
                 }
                 if record {
-                    self.positions.insert(path.clone(), pos);
+                    self.positions.insert_hash(hash, pos);
                 }
                 let weight = Weight {
                     aliases: 0,
@@ -394,17 +409,19 @@ impl Reader<'_> {
                         items: Vec::new(),
                         anchor,
                         path,
+                        hash,
                         weight,
                     }
                 } else {
                     Frame::Map {
                         map: Map::new(),
-                        key_pos: HashMap::new(),
                         pending_key: None,
+                        pending_hash: hash,
                         merges: Vec::new(),
                         take_first_key_pos: record,
                         anchor,
                         path,
+                        hash,
                         weight,
                     }
                 };
@@ -447,9 +464,11 @@ impl Reader<'_> {
         };
         let depth = self.stack.len();
         let Some(Frame::Map {
-            key_pos,
+            map,
             pending_key,
+            pending_hash,
             path,
+            hash,
             take_first_key_pos,
             ..
         }) = self.stack.last_mut()
@@ -457,24 +476,23 @@ impl Reader<'_> {
             return Ok(());
         };
         if std::mem::take(take_first_key_pos) {
-            self.positions.replace(path.clone(), pos);
+            self.positions.replace_hash(*hash, pos);
             if depth == 1 {
                 self.doc_start = Some(pos);
             }
         }
-        let key_path = field(path, &key);
-        if key != "<<"
-            && let Some(first) = key_pos.get(&key)
-        {
+        let key_hash = hash.field(&key);
+        if key != "<<" && map.contains_key(&key) {
+            let first = self.positions.get_hash(key_hash).unwrap_or_default();
             self.out.errors.push(YamlError {
                 pos,
-                path: key_path.clone(),
+                path: field(path, &key),
                 message: format!("duplicate key `{key}` (first given at line {})", first.line),
             });
         }
-        key_pos.entry(key.clone()).or_insert(pos);
         *pending_key = Some(key);
-        self.positions.insert(key_path, pos);
+        *pending_hash = key_hash;
+        self.positions.insert_hash(key_hash, pos);
         Ok(())
     }
 
@@ -685,7 +703,10 @@ mod tests {
 
     #[test]
     fn empty_and_comment_documents_are_skipped() {
-        let docs = read("---\n# only a comment\n---\n---\na: 1\n...\n", &Limits::default());
+        let docs = read(
+            "---\n# only a comment\n---\n---\na: 1\n...\n",
+            &Limits::default(),
+        );
         assert!(docs.errors.is_empty());
         assert_eq!(docs.documents.len(), 1);
         assert_eq!(docs.documents[0].start.line, 5);
