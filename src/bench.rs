@@ -32,18 +32,75 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The YAML of app `i`: a Deployment and a NodePort-less Service, ~50 lines.
+/// The YAML of app `i`: a Deployment and a Service, ~50 lines.
 pub fn app_yaml(i: usize, image_tag: &str) -> String {
-    format!(
-        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: app-{i}\n  labels:\n    app: app-{i}\n    team: bench\n\
-spec:\n  replicas: 3\n  revisionHistoryLimit: 5\n  selector:\n    matchLabels:\n      app: app-{i}\n  strategy:\n    type: RollingUpdate\n\
-    rollingUpdate:\n      maxSurge: 1\n      maxUnavailable: 0\n  template:\n    metadata:\n      labels:\n        app: app-{i}\n\
-    spec:\n      nodeSelector:\n        disk: ssd\n      containers:\n      - name: web\n        image: registry.local:5000/app-{i}:{image_tag}\n\
-        ports:\n        - containerPort: 8080\n          name: http\n        env:\n        - name: MODE\n          value: bench\n\
-        resources:\n          requests:\n            cpu: 100m\n            memory: 64Mi\n        readinessProbe:\n          httpGet:\n\
-            path: /healthz\n            port: http\n          periodSeconds: 5\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: app-{i}\n\
-spec:\n  selector:\n    app: app-{i}\n  ports:\n  - name: http\n    port: 80\n    targetPort: http\n"
-    )
+    let lines = [
+        "apiVersion: apps/v1",
+        "kind: Deployment",
+        "metadata:",
+        "  name: app-{i}",
+        "  labels:",
+        "    app: app-{i}",
+        "    team: bench",
+        "spec:",
+        "  replicas: 3",
+        "  revisionHistoryLimit: 5",
+        "  selector:",
+        "    matchLabels:",
+        "      app: app-{i}",
+        "  strategy:",
+        "    type: RollingUpdate",
+        "    rollingUpdate:",
+        "      maxSurge: 1",
+        "      maxUnavailable: 0",
+        "  template:",
+        "    metadata:",
+        "      labels:",
+        "        app: app-{i}",
+        "    spec:",
+        "      nodeSelector:",
+        "        disk: ssd",
+        "      containers:",
+        "      - name: web",
+        "        image: registry.local:5000/app-{i}:{tag}",
+        "        ports:",
+        "        - containerPort: 8080",
+        "          name: http",
+        "        env:",
+        "        - name: MODE",
+        "          value: bench",
+        "        resources:",
+        "          requests:",
+        "            cpu: 100m",
+        "            memory: 64Mi",
+        "        readinessProbe:",
+        "          httpGet:",
+        "            path: /healthz",
+        "            port: http",
+        "          periodSeconds: 5",
+        "---",
+        "apiVersion: v1",
+        "kind: Service",
+        "metadata:",
+        "  name: app-{i}",
+        "spec:",
+        "  selector:",
+        "    app: app-{i}",
+        "  ports:",
+        "  - name: http",
+        "    port: 80",
+        "    targetPort: http",
+    ];
+    let mut out = String::new();
+    for line in lines {
+        out.push_str(
+            &line
+                .replace("{i}", &i.to_string())
+                .replace("{tag}", image_tag),
+        );
+        out.push('\n');
+    }
+    out
 }
 
 fn git(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
@@ -247,4 +304,21 @@ fn apply(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         "serve resident memory, all loaded", rss
     );
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_apps_are_valid() {
+        let parsed =
+            manifest::load_file("app.yaml", app_yaml(7, "v2").as_bytes(), &Limits::default());
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        assert_eq!(parsed.objects.len(), 2);
+        assert_eq!(
+            parsed.objects[0].object["spec"]["template"]["spec"]["containers"][0]["image"],
+            "registry.local:5000/app-7:v2"
+        );
+    }
 }

@@ -156,8 +156,18 @@ impl SourceController {
             outcome.phase.to_lowercase(),
             head_info.subject()
         );
-        for e in &outcome.errors {
+        // The record keeps every error; the log shows the first ones.
+        const LOGGED: usize = 20;
+        for e in outcome.errors.iter().take(LOGGED) {
             tracing::warn!(revision = %head_info.short_id(), "{e}");
+        }
+        if outcome.errors.len() > LOGGED {
+            tracing::warn!(
+                revision = %head_info.short_id(),
+                "... and {} more errors (tend describe revision {})",
+                outcome.errors.len() - LOGGED,
+                head_info.short_id()
+            );
         }
         Ok(Some(outcome))
     }

@@ -29,6 +29,9 @@ pub struct RedbStore {
     commit_order: Mutex<()>,
 }
 
+/// The page cache of the redb file.
+const CACHE_BYTES: usize = 16 << 20;
+
 impl RedbStore {
     /// Opens the store file at `path`, creating it (and its directory) when missing.
     pub fn open(path: &Path) -> Result<RedbStore, StoreError> {
@@ -44,7 +47,12 @@ impl RedbStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| fail(&e))?;
         }
-        let db = Database::create(path).map_err(|e| fail(&e))?;
+        // redb's default page cache is 1 GiB; objects are small and mostly read through
+        // lists, so a small cache keeps serve's memory bounded at no visible cost.
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| fail(&e))?;
         // Create the tables up front so that readers never meet a missing table.
         let tx = db.begin_write().map_err(|e| fail(&e))?;
         let rv = {
