@@ -263,11 +263,11 @@ impl SourceController {
                 warnings.extend(parsed.warnings.iter().map(Diagnostic::to_string));
             }
         }
-        errors.extend(
-            manifest::validate_set(self.files.values().flat_map(|f| f.objects.iter()))
-                .iter()
-                .map(Diagnostic::to_string),
-        );
+        let set_errors = manifest::validate_set(self.files.values().flat_map(|f| f.objects.iter()));
+        // A clash inside the source is already named by the set check; allocating would only
+        // report it a second time.
+        let allocate = set_errors.is_empty();
+        errors.extend(set_errors.iter().map(Diagnostic::to_string));
 
         // Desired objects in scope, and the applied objects they are compared with.
         let scope = if self.full {
@@ -306,6 +306,9 @@ impl SourceController {
             }
             if let Some(have) = applied.get(key) {
                 plan::carry_over_allocations(body, have);
+            }
+            if !allocate {
+                continue;
             }
             for e in allocator.assign(key, body) {
                 errors.push(format!("{file}:{line}: {}: {}", e.path, e.message));
