@@ -440,3 +440,29 @@ fn directory_source_applies_settled_changes() {
             .starts_with("sha256:")
     }));
 }
+
+#[test]
+fn a_repository_with_a_work_tree_deploys_its_commits_not_its_edits() {
+    let repos = Repos::new();
+    repos.write("xgp.yaml", &xgp_web(3, "web:v1"));
+    let first = repos.commit("v1");
+    let serve = Serve::start(&["--repo", repos.work.to_str().unwrap()], &repos.state());
+    assert_eq!(phase(&serve.wait_revision(&first)), "Applied");
+
+    // An uncommitted edit is not deployed; committing it is.
+    repos.write("xgp.yaml", &xgp_web(3, "web:v2"));
+    std::thread::sleep(Duration::from_millis(300));
+    let d = serve.get_ok("/apis/apps/v1/namespaces/default/deployments/xgp-web");
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "web:v1"
+    );
+    let second = repos.commit("v2");
+    assert_eq!(phase(&serve.wait_revision(&second)), "Applied");
+    let d = serve.get_ok("/apis/apps/v1/namespaces/default/deployments/xgp-web");
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "web:v2"
+    );
+    assert_eq!(d["metadata"]["generation"], 2);
+}
