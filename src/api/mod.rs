@@ -1,5 +1,6 @@
 //! The object model: kinds, keys, metadata helpers and label selectors, shared by every stage.
 
+pub mod pod;
 pub mod selector;
 
 use serde_json::Value;

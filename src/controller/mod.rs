@@ -1,6 +1,7 @@
-//! Controllers: the source controller (source revisions -> store), with allocation of
-//! ClusterIPs and NodePorts. Workload controllers (deployments, replicasets, endpoints, nodes)
-//! come next, one module each.
+//! Controllers, one module each, on a shared loop (`runtime`): the source controller (source
+//! revisions -> store, with ClusterIP/NodePort allocation), and the workload controllers.
 
 pub mod alloc;
+pub mod events;
+pub mod runtime;
 pub mod source;

@@ -7,6 +7,7 @@ pub mod dir;
 pub mod git;
 mod watch;
 pub mod webhook;
+pub mod write;
 
 use std::collections::BTreeMap;
 

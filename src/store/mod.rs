@@ -4,6 +4,7 @@
 //! (bumped only when `spec` changes), and keeps `status` apart from the rest.
 
 pub mod memory;
+pub mod recording;
 pub mod redb;
 pub mod watch;
 
