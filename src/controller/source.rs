@@ -369,10 +369,24 @@ impl SourceController {
             match action {
                 Action::Create { object, .. } | Action::Update { after: object, .. } => {
                     let mut object = object.clone();
+                    // The change cause names the commit that last changed the pod template
+                    // (what `rollout history` shows); a scale or pause keeps the old one.
+                    let cause = match action {
+                        Action::Update { before, after, .. }
+                            if before.pointer("/spec/template")
+                                == after.pointer("/spec/template") =>
+                        {
+                            before
+                                .annotation(CHANGE_CAUSE_ANNOTATION)
+                                .map(str::to_string)
+                        }
+                        _ => None,
+                    }
+                    .unwrap_or_else(|| change_cause.clone());
                     if let Some(Value::Object(ann)) = object.pointer_mut("/metadata/annotations") {
                         ann.insert(SOURCE_REVISION_ANNOTATION.into(), info.id.clone().into());
                         if action.key().kind == Kind::Deployment {
-                            ann.insert(CHANGE_CAUSE_ANNOTATION.into(), change_cause.clone().into());
+                            ann.insert(CHANGE_CAUSE_ANNOTATION.into(), cause.into());
                         }
                     }
                     ops.push(Op::Put {
@@ -659,6 +673,46 @@ mod tests {
         assert_eq!(calls.len(), 2);
         assert_eq!(calls[1], (second, Some(format!("{:040x}", 1))));
         assert!(c.sync(&mut src).unwrap().is_none(), "nothing new");
+    }
+
+    #[test]
+    fn the_change_cause_follows_template_changes_only() {
+        let (store, mut c, mut src) = setup();
+        let with_replicas = |image: &str, n: u32| {
+            deployment("a", image).replacen("spec:\n", &format!("spec:\n  replicas: {n}\n"), 1)
+        };
+        let v1 = src.commit("v1", &[("a.yaml", &with_replicas("a:v1", 3))]);
+        src.publish();
+        assert_eq!(c.sync(&mut src).unwrap().unwrap().phase, APPLIED);
+        src.commit("scale to 4", &[("a.yaml", &with_replicas("a:v1", 4))]);
+        src.publish();
+        let out = c.sync(&mut src).unwrap().unwrap();
+        assert_eq!((out.phase, out.updated), (APPLIED, 1), "{out:?}");
+        let deployment_now = |store: &Arc<dyn Store>| {
+            store
+                .get(&ObjectKey::new(Kind::Deployment, "default", "a"))
+                .unwrap()
+                .unwrap()
+        };
+        let d = deployment_now(&store);
+        assert_eq!(d["spec"]["replicas"], 4);
+        assert_eq!(
+            d.annotation(CHANGE_CAUSE_ANNOTATION),
+            Some(format!("{} v1", &v1[..7])).as_deref()
+        );
+        assert_eq!(
+            d.annotation(SOURCE_REVISION_ANNOTATION),
+            Some(format!("{:040x}", 2)).as_deref()
+        );
+        src.commit("v2", &[("a.yaml", &with_replicas("a:v2", 4))]);
+        src.publish();
+        let out = c.sync(&mut src).unwrap().unwrap();
+        assert_eq!((out.phase, out.updated), (APPLIED, 1), "{out:?}");
+        let d = deployment_now(&store);
+        assert_eq!(
+            d.annotation(CHANGE_CAUSE_ANNOTATION),
+            Some(format!("{} v2", &v1[..7])).as_deref()
+        );
     }
 
     #[test]

@@ -14,6 +14,22 @@ pub const VOLATILE_ANNOTATIONS: [&str; 2] = [
     crate::api::SOURCE_REVISION_ANNOTATION,
     CHANGE_CAUSE_ANNOTATION,
 ];
+/// Annotation prefixes owned by controllers (the Deployment controller's revision
+/// bookkeeping): ignored when comparing, and kept when the source updates the object.
+pub const CONTROLLER_ANNOTATION_PREFIXES: [&str; 1] = ["deployment.kubernetes.io/"];
+
+/// Whether the control plane, not the source, owns this annotation.
+pub fn is_volatile_annotation(key: &str) -> bool {
+    VOLATILE_ANNOTATIONS.contains(&key) || is_controller_annotation(key)
+}
+
+/// Whether a controller owns this annotation (kept across source updates).
+pub fn is_controller_annotation(key: &str) -> bool {
+    CONTROLLER_ANNOTATION_PREFIXES
+        .iter()
+        .any(|p| key.starts_with(p))
+}
+
 /// The change cause of the revision that last changed the object (`<short id> <subject>`).
 pub const CHANGE_CAUSE_ANNOTATION: &str = "kubernetes.io/change-cause";
 
@@ -118,7 +134,7 @@ pub fn projection(object: &Value) -> Value {
         if let Some(Value::Object(ann)) = m.get("annotations") {
             let kept: Map<String, Value> = ann
                 .iter()
-                .filter(|(k, _)| !VOLATILE_ANNOTATIONS.contains(&k.as_str()))
+                .filter(|(k, _)| !is_volatile_annotation(k))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             if !kept.is_empty() {
@@ -210,6 +226,24 @@ fn same_service_port(a: &Value, b: &Value) -> bool {
     }
 }
 
+/// `want` with the controller-owned annotations of `have` added, so that a source update does
+/// not erase, say, the Deployment controller's revision number.
+fn keep_controller_annotations(want: &Value, have: &Value) -> Value {
+    let mut out = want.clone();
+    let Some(Value::Object(kept)) = have.pointer("/metadata/annotations") else {
+        return out;
+    };
+    if let Some(Value::Object(meta)) = out.get_mut("metadata") {
+        let ann = meta.entry("annotations").or_insert_with(|| json!({}));
+        if let Value::Object(ann) = ann {
+            for (k, v) in kept.iter().filter(|(k, _)| is_controller_annotation(k)) {
+                ann.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+    }
+    out
+}
+
 /// Which applied objects a plan may prune.
 #[derive(Debug, Clone)]
 pub enum Scope {
@@ -242,7 +276,7 @@ pub fn plan(
                     actions.push(Action::Update {
                         key: key.clone(),
                         before: have.clone(),
-                        after: want.clone(),
+                        after: keep_controller_annotations(want, have),
                         patch,
                     });
                 }
@@ -300,6 +334,24 @@ mod tests {
         v["metadata"]["annotations"]["tend.dev/source-revision"] = json!("abc");
         v["status"] = json!({"replicas": 3});
         v
+    }
+
+    #[test]
+    fn controller_annotations_are_neither_changes_nor_lost() {
+        let mut have = applied(deployment("a", "web:v1", "a.yaml"));
+        have["metadata"]["annotations"]["deployment.kubernetes.io/revision"] = json!("3");
+        let a = BTreeMap::from([(key("a"), have)]);
+        let same = BTreeMap::from([(key("a"), deployment("a", "web:v1", "a.yaml"))]);
+        assert!(plan(&same, &a, &Scope::All).is_empty());
+        let changed = BTreeMap::from([(key("a"), deployment("a", "web:v2", "a.yaml"))]);
+        let p = plan(&changed, &a, &Scope::All);
+        let Action::Update { after, .. } = &p.actions[0] else {
+            panic!("{p:?}")
+        };
+        assert_eq!(
+            after["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
+            "3"
+        );
     }
 
     #[test]
