@@ -221,3 +221,69 @@ pub fn xgp_web(replicas: u32, image: &str) -> String {
 }
 
 pub const XGP_SVC: &str = "kind: Service\napiVersion: v1\nmetadata:\n  name: xgp-svc\nspec:\n  type: NodePort\n  selector:\n    app: xgp-server\n  ports:\n    - protocol: TCP\n      port: 80\n      targetPort: 80\n      nodePort: 30123\n";
+
+/// A `tend sim-node` process, stopped when dropped.
+pub struct SimNode {
+    pub child: Child,
+    pub name: String,
+}
+
+impl SimNode {
+    pub fn start(serve: &Serve, name: &str, labels: &str) -> SimNode {
+        let mut cmd = Command::new(TEND);
+        cmd.args(["sim-node", "--server", &serve.url, "--token-file"])
+            .arg(serve.state.join("join.token"))
+            .args(["--name", name, "--heartbeat", "500ms"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if !labels.is_empty() {
+            cmd.args(["--labels", labels]);
+        }
+        SimNode { child: cmd.spawn().expect("tend sim-node starts"), name: name.to_string() }
+    }
+
+    pub fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for SimNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Serve {
+    /// Polls `path` until `check` holds on the object (or list); panics after 30 s.
+    pub fn wait_for(&self, path: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (code, v) = self.get(path);
+            if code == 200 && check(&v) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}: {v}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs the CLI, asserting success; returns stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "tend {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+}
+
+/// The items of a list response.
+pub fn items(list: &Value) -> Vec<Value> {
+    list.get("items").and_then(Value::as_array).cloned().unwrap_or_default()
+}
