@@ -385,6 +385,7 @@ pub fn pods_to_delete<'a>(
 /// 6. both ready: ready for a shorter time first;
 /// 7. more container restarts first;
 /// 8. newer first;
+///
 /// then by name, so that the choice is the same on every run.
 ///
 /// Kubernetes compares the times of rules 6 and 8 on a logarithmic scale when its
