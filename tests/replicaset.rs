@@ -554,3 +554,193 @@ fn garbage_collector_deletes_pods_whose_replica_set_was_replaced() {
     h.run(&gc, &keys);
     assert_eq!(h.actions(), [format!("delete Pod {}", p[0])]);
 }
+
+/// A store that refuses to create pods while `refuse` is set (a full quota, a broken disk),
+/// counting the attempts.
+struct RefusingStore {
+    inner: MemoryStore,
+    refuse: std::sync::atomic::AtomicBool,
+    attempts: std::sync::atomic::AtomicUsize,
+}
+
+impl Store for RefusingStore {
+    fn get(&self, key: &ObjectKey) -> Result<Option<Value>, tend::store::StoreError> {
+        self.inner.get(key)
+    }
+    fn list(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+    ) -> Result<(Vec<Value>, u64), tend::store::StoreError> {
+        self.inner.list(kind, namespace)
+    }
+    fn commit(&self, ops: Vec<Op>) -> Result<tend::store::Committed, tend::store::StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let creates_pods = ops
+            .iter()
+            .any(|op| matches!(op, Op::Create(o) if o["kind"] == "Pod"));
+        if creates_pods && self.refuse.load(SeqCst) {
+            self.attempts.fetch_add(1, SeqCst);
+            return Err(tend::store::StoreError::Invalid {
+                reason: "pods quota exceeded".into(),
+            });
+        }
+        self.inner.commit(ops)
+    }
+    fn watch(&self, from_rv: u64) -> Result<tend::store::Watch, tend::store::StoreError> {
+        self.inner.watch(from_rv)
+    }
+    fn current_rv(&self) -> u64 {
+        self.inner.current_rv()
+    }
+}
+
+#[test]
+fn failed_creation_sets_replica_failure_until_pods_can_be_created() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let store = Arc::new(RefusingStore {
+        inner: MemoryStore::new(),
+        refuse: true.into(),
+        attempts: 0.into(),
+    });
+    let clock = Arc::new(FakeClock::new("2026-03-01T12:00:00Z".parse().expect("t")));
+    let ctx = Context::new(store.clone(), clock);
+    store
+        .commit(vec![Op::Create(replica_set(RS, 8, None))])
+        .expect("rs");
+    let controller = ReplicaSetController::new();
+
+    let result = controller.reconcile(&rs_key(RS), &ctx);
+    assert!(
+        result.is_err(),
+        "a failed creation backs off and retries: {result:?}"
+    );
+    assert_eq!(
+        store.attempts.load(SeqCst),
+        1,
+        "slow start: one pod tried, not 8"
+    );
+    let rs = store.get(&rs_key(RS)).expect("get").expect("rs");
+    let condition = &rs["status"]["conditions"][0];
+    assert_eq!(condition["type"], "ReplicaFailure");
+    assert_eq!(condition["status"], "True");
+    assert_eq!(condition["reason"], "FailedCreate");
+    assert!(
+        condition["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("pods quota exceeded")),
+        "{condition}"
+    );
+    assert_eq!(rs["status"]["replicas"], 0);
+    let (events, _) = store.list(Kind::Event, Some("default")).expect("events");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["reason"] == "FailedCreate" && e["type"] == "Warning")
+    );
+
+    store.refuse.store(false, SeqCst);
+    assert_eq!(
+        controller.reconcile(&rs_key(RS), &ctx).expect("reconcile"),
+        Action::Done
+    );
+    let rs = store.get(&rs_key(RS)).expect("get").expect("rs");
+    assert_eq!(rs["status"]["replicas"], 8);
+    assert!(
+        rs["status"].get("conditions").is_none(),
+        "condition cleared: {}",
+        rs["status"]
+    );
+    assert_eq!(
+        store
+            .list(Kind::Pod, Some("default"))
+            .expect("pods")
+            .0
+            .len(),
+        8
+    );
+}
+
+/// Polls `check` until it holds or 5 s pass.
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    for _ in 0..500 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_driven_loop_creates_scales_and_collects() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let ctx = Context::new(
+        store.clone(),
+        Arc::new(tend::controller::runtime::SystemClock),
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let loops = [
+        tokio::spawn(tend::controller::runtime::run(
+            Arc::new(ReplicaSetController::new()),
+            ctx.clone(),
+            stopped.clone(),
+        )),
+        tokio::spawn(tend::controller::runtime::run(
+            Arc::new(GarbageCollector::new()),
+            ctx.clone(),
+            stopped,
+        )),
+    ];
+    let pods = {
+        let store = store.clone();
+        move || store.list(Kind::Pod, Some("default")).expect("list").0
+    };
+    let deployment = store
+        .commit(vec![Op::Create(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "default"}, "spec": {}}))])
+        .expect("deployment")
+        .objects
+        .remove(0);
+    store
+        .commit(vec![Op::Create(replica_set(RS, 3, Some(&deployment)))])
+        .expect("rs");
+    eventually("3 pods", || pods().len() == 3).await;
+
+    // An orphan with the ReplicaSet's labels is adopted, and the surplus pod removed.
+    store
+        .commit(vec![Op::Create(orphan(
+            "stray",
+            json!({"app": "web", "pod-template-hash": "5d8f7c9b6"}),
+        ))])
+        .expect("orphan");
+    eventually("adoption and scale-down to 3", || {
+        let p = pods();
+        p.len() == 3
+            && p.iter()
+                .all(|p| p["metadata"]["ownerReferences"][0]["name"] == RS)
+    })
+    .await;
+
+    store
+        .commit(vec![Op::Delete {
+            key: ObjectKey::new(Kind::Deployment, "default", "web"),
+            expect_rv: None,
+        }])
+        .expect("delete deployment");
+    eventually("the ReplicaSet and its pods collected", || {
+        pods().is_empty()
+            && store
+                .list(Kind::ReplicaSet, Some("default"))
+                .expect("list")
+                .0
+                .is_empty()
+    })
+    .await;
+
+    stop.send(true).expect("stop");
+    for l in loops {
+        l.await.expect("loop ends");
+    }
+}
