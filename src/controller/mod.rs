@@ -3,5 +3,7 @@
 
 pub mod alloc;
 pub mod events;
+pub mod gc;
+pub mod replicaset;
 pub mod runtime;
 pub mod source;
