@@ -45,30 +45,75 @@ fn seed_lab_by_commits_on_labelled_nodes() {
     repos.write("xgp.yaml", &xgp_web(3, "web:v1"));
     repos.write("xgp-svc.yaml", XGP_SVC);
     let v1 = repos.commit("v1");
-    let serve = Serve::start(&["--repo", repos.work.to_str().unwrap(), "--node-grace", "3"], &repos.state());
-    let mut nodes: Vec<SimNode> = ["node01", "node02", "node03"].iter().map(|n| SimNode::start(&serve, n, "")).collect();
+    let serve = Serve::start(
+        &["--repo", repos.work.to_str().unwrap(), "--node-grace", "3"],
+        &repos.state(),
+    );
+    let mut nodes: Vec<SimNode> = ["node01", "node02", "node03"]
+        .iter()
+        .map(|n| SimNode::start(&serve, n, ""))
+        .collect();
     serve.wait_for("/api/v1/nodes", "3 Ready nodes", |l| {
-        items(l).iter().filter(|n| n.pointer("/status/conditions").is_some_and(|c| c.to_string().contains("\"Ready\""))).count() == 3
+        items(l)
+            .iter()
+            .filter(|n| {
+                n.pointer("/status/conditions")
+                    .is_some_and(|c| c.to_string().contains("\"Ready\""))
+            })
+            .count()
+            == 3
     });
     assert_eq!(phase(&serve.wait_revision(&v1)), "Applied");
 
     // Nothing fits until a node has disk=ssd; then all 3 go there.
     let pending = serve.wait_for(PODS, "3 pending pods", |l| items(l).len() == 3);
-    assert!(items(&pending).iter().all(|p| p.pointer("/spec/nodeName").is_none()));
-    let events = serve.wait_for("/api/v1/namespaces/default/events", "FailedScheduling", |l| {
-        l.to_string().contains("0/3 nodes are available: 3 node(s) didn't match node selector")
-    });
+    assert!(
+        items(&pending)
+            .iter()
+            .all(|p| p.pointer("/spec/nodeName").is_none())
+    );
+    let events = serve.wait_for(
+        "/api/v1/namespaces/default/events",
+        "FailedScheduling",
+        |l| {
+            l.to_string()
+                .contains("0/3 nodes are available: 3 node(s) didn't match node selector")
+        },
+    );
     assert!(events.to_string().contains("FailedScheduling"));
     serve.cli_ok(&["label", "nodes", "node01", "disk=ssd"]);
-    serve.wait_for(DEPLOY, "v1 rolled out", |d| rollout_complete(d, 3, "web:v1"));
+    serve.wait_for(DEPLOY, "v1 rolled out", |d| {
+        rollout_complete(d, 3, "web:v1")
+    });
     let pods = running_pods(&serve);
     assert_eq!(pods.len(), 3);
-    assert!(pods.iter().all(|p| p["spec"]["nodeName"] == "node01"), "{pods:?}");
-    assert!(pods.iter().all(|p| p["status"]["podIP"].as_str().is_some_and(|ip| ip.starts_with("10.244."))));
-    let rs_name = pods[0]["metadata"]["ownerReferences"][0]["name"].as_str().unwrap().to_string();
+    assert!(
+        pods.iter().all(|p| p["spec"]["nodeName"] == "node01"),
+        "{pods:?}"
+    );
+    assert!(pods.iter().all(|p| {
+        p["status"]["podIP"]
+            .as_str()
+            .is_some_and(|ip| ip.starts_with("10.244."))
+    }));
+    let rs_name = pods[0]["metadata"]["ownerReferences"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(rs_name.starts_with("xgp-web-"));
-    assert!(pods[0]["metadata"]["name"].as_str().unwrap().starts_with(&format!("{rs_name}-")));
-    let out = serve.cli(&["rollout", "status", "deployment/xgp-web", "--timeout", "10s"]);
+    assert!(
+        pods[0]["metadata"]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{rs_name}-"))
+    );
+    let out = serve.cli(&[
+        "rollout",
+        "status",
+        "deployment/xgp-web",
+        "--timeout",
+        "10s",
+    ]);
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("successfully rolled out"));
     // Labels set with the CLI survive a restart of the node's agent, which adopts its pods.
@@ -82,16 +127,22 @@ fn seed_lab_by_commits_on_labelled_nodes() {
     // Scale is a commit.
     let out = serve.cli_ok(&["scale", "deployment/xgp-web", "--replicas", "4"]);
     assert!(out.contains("scaled"), "{out}");
-    assert!(git(&repos.work, &["log", "-1", "--format=%s"]).contains("Scale deployment/xgp-web to 4"));
+    assert!(
+        git(&repos.work, &["log", "-1", "--format=%s"]).contains("Scale deployment/xgp-web to 4")
+    );
     serve.wait_for(DEPLOY, "4 replicas", |d| rollout_complete(d, 4, "web:v1"));
 
     // v2 then v3: history 1,2,3 with change-causes.
     repos.write("xgp.yaml", &xgp_web(4, "web:v2"));
     let v2 = repos.commit("Update xgp-web to v2");
-    serve.wait_for(DEPLOY, "v2 rolled out", |d| rollout_complete(d, 4, "web:v2"));
+    serve.wait_for(DEPLOY, "v2 rolled out", |d| {
+        rollout_complete(d, 4, "web:v2")
+    });
     repos.write("xgp.yaml", &xgp_web(4, "web:v3"));
     let v3 = repos.commit("Update xgp-web to v3");
-    serve.wait_for(DEPLOY, "v3 rolled out", |d| rollout_complete(d, 4, "web:v3"));
+    serve.wait_for(DEPLOY, "v3 rolled out", |d| {
+        rollout_complete(d, 4, "web:v3")
+    });
     let h = history(&serve);
     assert_eq!(
         h,
@@ -104,14 +155,30 @@ fn seed_lab_by_commits_on_labelled_nodes() {
 
     // Undo to revision 1 is a commit; history becomes 2,3,4 and v1's ReplicaSet is reused.
     let rs_before = items(&serve.get_ok(RS)).len();
-    let out = serve.cli_ok(&["rollout", "undo", "deployment/xgp-web", "--to-revision", "1"]);
+    let out = serve.cli_ok(&[
+        "rollout",
+        "undo",
+        "deployment/xgp-web",
+        "--to-revision",
+        "1",
+    ]);
     let subject = git(&repos.work, &["log", "-1", "--format=%s"]);
-    assert!(subject.starts_with("Roll back deployment/xgp-web to revision 1"), "{subject}");
-    assert!(out.contains(&git(&repos.work, &["rev-parse", "HEAD"])[..7]), "{out}");
+    assert!(
+        subject.starts_with("Roll back deployment/xgp-web to revision 1"),
+        "{subject}"
+    );
+    assert!(
+        out.contains(&git(&repos.work, &["rev-parse", "HEAD"])[..7]),
+        "{out}"
+    );
     serve.wait_for(DEPLOY, "back on v1", |d| rollout_complete(d, 4, "web:v1"));
     let revisions: Vec<u64> = history(&serve).iter().map(|(r, _)| *r).collect();
     assert_eq!(revisions, vec![2, 3, 4]);
-    assert_eq!(items(&serve.get_ok(RS)).len(), rs_before, "no new ReplicaSet for a rollback");
+    assert_eq!(
+        items(&serve.get_ok(RS)).len(),
+        rs_before,
+        "no new ReplicaSet for a rollback"
+    );
 
     // `git revert` of the rollback commit goes back to v3.
     git(&repos.work, &["revert", "--no-edit", "HEAD"]);
@@ -126,23 +193,32 @@ fn pods_of_a_lost_node_are_replaced_elsewhere_after_the_grace() {
     let spread = xgp_web(3, "web:v1").replace("      nodeSelector:\n        disk: ssd\n", "");
     repos.write("xgp.yaml", &spread);
     let v1 = repos.commit("v1");
-    let serve = Serve::start(&["--repo", repos.work.to_str().unwrap(), "--node-grace", "2"], &repos.state());
+    let serve = Serve::start(
+        &["--repo", repos.work.to_str().unwrap(), "--node-grace", "2"],
+        &repos.state(),
+    );
     let a = SimNode::start(&serve, "node-a", "");
     let _b = SimNode::start(&serve, "node-b", "");
     let _c = SimNode::start(&serve, "node-c", "");
     assert_eq!(phase(&serve.wait_revision(&v1)), "Applied");
     serve.wait_for(DEPLOY, "rolled out", |d| rollout_complete(d, 3, "web:v1"));
-    let nodes: std::collections::BTreeSet<String> =
-        running_pods(&serve).iter().map(|p| p["spec"]["nodeName"].as_str().unwrap().to_string()).collect();
+    let nodes: std::collections::BTreeSet<String> = running_pods(&serve)
+        .iter()
+        .map(|p| p["spec"]["nodeName"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(nodes.len(), 3, "spread over the three nodes: {nodes:?}");
 
     a.stop();
     serve.wait_for("/api/v1/nodes/node-a", "node-a NotReady", |n| {
-        n.pointer("/status/conditions").is_some_and(|c| c.to_string().contains("\"Unknown\""))
+        n.pointer("/status/conditions")
+            .is_some_and(|c| c.to_string().contains("\"Unknown\""))
     });
     serve.wait_for(PODS, "replacement", |l| {
         let pods: Vec<&Value> = items_ref(l);
-        pods.len() == 3 && pods.iter().all(|p| p["spec"]["nodeName"] != "node-a" && p["status"]["phase"] == "Running")
+        pods.len() == 3
+            && pods
+                .iter()
+                .all(|p| p["spec"]["nodeName"] != "node-a" && p["status"]["phase"] == "Running")
     });
     std::thread::sleep(Duration::from_millis(100));
     let d = serve.get_ok(DEPLOY);
@@ -150,5 +226,8 @@ fn pods_of_a_lost_node_are_replaced_elsewhere_after_the_grace() {
 }
 
 fn items_ref(list: &Value) -> Vec<&Value> {
-    list.get("items").and_then(Value::as_array).map(|a| a.iter().collect()).unwrap_or_default()
+    list.get("items")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().collect())
+        .unwrap_or_default()
 }

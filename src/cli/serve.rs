@@ -43,6 +43,9 @@ pub struct ServeArgs {
     pub webhook_secret_file: Option<PathBuf>,
 }
 
+use crate::controller::gc::GarbageCollector;
+use crate::controller::replicaset::ReplicaSetController;
+use crate::controller::runtime::{self, Context, Reconciler, SystemClock};
 use crate::controller::source::SourceController;
 use crate::manifest::Limits;
 use crate::server::{ApiState, Tokens};
@@ -51,7 +54,7 @@ use crate::source::dir::DirSource;
 use crate::source::git::GitSource;
 use crate::store::Store;
 use crate::store::redb::RedbStore;
-use anyhow::{Context, bail};
+use anyhow::{Context as _, bail};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -160,6 +163,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
+    let ctx = Context::new(store.clone(), Arc::new(SystemClock));
+    let controllers = start_controllers(&args, ctx, &stop_rx)?;
 
     // The source loop: sync, then wait for a change notice, the poll period, or shutdown.
     let poll = Duration::from_secs(5)
@@ -199,6 +204,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
     }
     tracing::info!("shutting down");
+    for c in controllers {
+        let _ = c.await;
+    }
     api.await.context("API task")?.context("API server")?;
     Ok(ExitCode::SUCCESS)
 }
@@ -212,6 +220,22 @@ fn release_freed_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// Starts every workload controller on the shared loop; they stop with `stop`.
+fn start_controllers(
+    _args: &ServeArgs,
+    ctx: Context,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let reconcilers: Vec<Arc<dyn Reconciler>> = vec![
+        Arc::new(ReplicaSetController::new()),
+        Arc::new(GarbageCollector::new()),
+    ];
+    Ok(reconcilers
+        .into_iter()
+        .map(|r| tokio::spawn(runtime::run(r, ctx.clone(), stop.clone())))
+        .collect())
 }
 
 /// Prints a line for the person who started the daemon; a closed stdout is not an error.

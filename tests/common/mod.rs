@@ -240,7 +240,10 @@ impl SimNode {
         if !labels.is_empty() {
             cmd.args(["--labels", labels]);
         }
-        SimNode { child: cmd.spawn().expect("tend sim-node starts"), name: name.to_string() }
+        SimNode {
+            child: cmd.spawn().expect("tend sim-node starts"),
+            name: name.to_string(),
+        }
     }
 
     pub fn stop(mut self) {
@@ -265,7 +268,10 @@ impl Serve {
             if code == 200 && check(&v) {
                 return v;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}: {v}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {v}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -285,5 +291,8 @@ impl Serve {
 
 /// The items of a list response.
 pub fn items(list: &Value) -> Vec<Value> {
-    list.get("items").and_then(Value::as_array).cloned().unwrap_or_default()
+    list.get("items")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
 }
