@@ -3,5 +3,6 @@
 
 pub mod alloc;
 pub mod events;
+pub mod node;
 pub mod runtime;
 pub mod source;
