@@ -12,6 +12,7 @@
 //! - [`cli`]: the command-line client (`get`, `describe`, `diff`), kubectl-style tables.
 //! - [`api`]: the object model shared by all: kinds, keys, metadata helpers, selectors.
 
+pub mod agent;
 pub mod api;
 pub mod bench;
 pub mod cli;
