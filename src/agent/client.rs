@@ -309,7 +309,7 @@ impl AgentClient {
             };
             let outcome = tokio::select! {
                 outcome = step => outcome,
-                _ = shutdown.wait_for(|s| *s) => return,
+                _ = super::stopped(&mut shutdown) => return,
             };
             match outcome {
                 Ok(WatchEnd::Closed) => return,
@@ -333,7 +333,7 @@ impl AgentClient {
             failures = failures.saturating_add(1);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.wait_for(|s| *s) => return,
+                _ = super::stopped(&mut shutdown) => return,
             }
         }
     }

@@ -67,6 +67,12 @@ pub fn heartbeat_conditions(previous: Option<&Value>, ready: bool, now: &str) ->
     conditions
 }
 
+/// Waits until `shutdown` turns true (or its sender is gone). Unlike `wait_for`, it holds no
+/// borrow of the value, so the waiting future stays `Send`.
+pub async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -321,7 +321,7 @@ pub async fn run(args: SimNodeArgs, mut shutdown: watch::Receiver<bool>) -> anyh
         failures += 1;
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.wait_for(|s| *s) => return Ok(()),
+            _ = super::stopped(&mut shutdown) => return Ok(()),
         }
     }
     tracing::info!(node = %node.args.name, "registered");
@@ -337,7 +337,7 @@ pub async fn run(args: SimNodeArgs, mut shutdown: watch::Receiver<bool>) -> anyh
     heartbeats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => break,
+            _ = super::stopped(&mut shutdown) => break,
             _ = heartbeats.tick() => {
                 if let Err(e) = node.heartbeat().await {
                     tracing::warn!(node = %node.args.name, "heartbeat: {e}");
