@@ -254,7 +254,7 @@ fn silent_node_goes_not_ready_then_its_pods_are_evicted_then_it_recovers() {
         .try_next()
         .expect("ok")
         .expect("event");
-    assert_eq!(nodes.keys_for(&event), [n1.clone()]);
+    assert_eq!(nodes.keys_for(&event), std::slice::from_ref(&n1));
     nodes.reconcile(&n1, &f.ctx).expect("ok");
     assert_eq!(f.lines(), ["create Pod web-d", "delete Pod web-d"]);
 
