@@ -6,12 +6,15 @@
 //! - [`manifest`]: YAML files -> validated, defaulted Kubernetes objects, errors with `file:line:column`.
 //! - [`plan`]: desired objects vs applied objects -> create / update (JSON patch) / prune.
 //! - [`store`]: the object store (`Store` trait; redb backend), resourceVersions, watches, revisions.
-//! - [`controller`]: the reconcile loop that applies source revisions to the store, and allocation
-//!   of ClusterIPs and NodePorts.
+//! - [`controller`]: the controller loop (`runtime`), the source controller (revisions -> store,
+//!   ClusterIP/NodePort allocation), ReplicaSets, garbage collection, node lifecycle.
 //! - [`server`]: the HTTP API (axum), bearer-token authentication, webhooks.
 //! - [`cli`]: the command-line client (`get`, `describe`, `diff`), kubectl-style tables.
+//! - [`agent`]: the node side: the agents' API client and the simulated node (`tend sim-node`);
+//!   the real agent (image pull, runc, pod network, nftables) comes next.
 //! - [`api`]: the object model shared by all: kinds, keys, metadata helpers, selectors.
 
+pub mod agent;
 pub mod api;
 pub mod bench;
 pub mod cli;

@@ -55,6 +55,8 @@ pub enum Command {
     Describe(describe::DescribeArgs),
     /// Show what applying a repository or directory would change (exit 0: none, 1: changes, 2: error).
     Diff(diff::DiffArgs),
+    /// Run a simulated node: registers, heartbeats, and marks its pods Running and Ready.
+    SimNode(crate::agent::sim::SimNodeArgs),
     /// Measure tend: `apply` (cold apply, one-file commit, serve's memory).
     Bench(crate::bench::BenchArgs),
     /// Print the client version (and the server's, when reachable).
@@ -89,6 +91,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Diff(args) => {
             let client = Client::new(&options())?;
             return diff::run(args, |kind| Ok(client.list(kind, None, "")?));
+        }
+        Command::SimNode(args) => {
+            return crate::agent::sim::main(args, &cli.server, cli.log_format);
         }
         Command::Bench(args) => {
             crate::telemetry::init(cli.log_format);

@@ -44,6 +44,7 @@ pub struct ServeArgs {
 }
 
 use crate::controller::gc::GarbageCollector;
+use crate::controller::node::NodeController;
 use crate::controller::replicaset::ReplicaSetController;
 use crate::controller::runtime::{self, Context, Reconciler, SystemClock};
 use crate::controller::source::SourceController;
@@ -224,13 +225,17 @@ fn release_freed_memory() {
 
 /// Starts every workload controller on the shared loop; they stop with `stop`.
 fn start_controllers(
-    _args: &ServeArgs,
+    args: &ServeArgs,
     ctx: Context,
     stop: &tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let reconcilers: Vec<Arc<dyn Reconciler>> = vec![
         Arc::new(ReplicaSetController::new()),
         Arc::new(GarbageCollector::new()),
+        Arc::new(
+            NodeController::new(Duration::from_secs(args.node_grace), &args.pod_cidr)
+                .map_err(|e| anyhow::anyhow!("--pod-cidr {}: {e}", args.pod_cidr))?,
+        ),
     ];
     Ok(reconcilers
         .into_iter()

@@ -22,8 +22,11 @@ pub fn authenticate(tokens: &Tokens, headers: &HeaderMap) -> Option<Identity> {
     tokens.identify(token.trim())
 }
 
-/// The admin token may do everything. The join token may register and update Nodes (create,
-/// read, replace, status) and read the server version; nothing else.
+/// The admin token may do everything. The join token is the agents' credential (until nodes
+/// get their own, issue 8): it may register and update Nodes (create, read, replace, status),
+/// read the server version, read pods, services and endpoints (list and watch too, for a node's
+/// own pods and the load balancing of every Service), write pod status, and delete pods (a
+/// node deletes a pod once it has stopped it); nothing else.
 pub fn authorize(identity: Identity, method: &Method, route: &Route) -> Decision {
     if identity == Identity::Admin {
         return Decision::Allow;
@@ -38,9 +41,14 @@ pub fn authorize(identity: Identity, method: &Method, route: &Route) -> Decision
         Route::Object(key) if key.kind == Kind::Node => {
             *method == Method::GET || *method == Method::PUT
         }
-        Route::Status(key) if key.kind == Kind::Node => {
+        Route::Status(key) if key.kind == Kind::Node || key.kind == Kind::Pod => {
             *method == Method::GET || *method == Method::PUT
         }
+        Route::Collection { kind, .. } if agent_reads(*kind) => *method == Method::GET,
+        Route::Object(key) if key.kind == Kind::Pod => {
+            *method == Method::GET || *method == Method::DELETE
+        }
+        Route::Object(key) if agent_reads(key.kind) => *method == Method::GET,
         _ => false,
     };
     if allowed {
@@ -50,6 +58,14 @@ pub fn authorize(identity: Identity, method: &Method, route: &Route) -> Decision
             "the {identity} token may not {method} this resource"
         ))
     }
+}
+
+/// What a node reads: its pods, and every Service and its endpoints.
+fn agent_reads(kind: Kind) -> bool {
+    matches!(
+        kind,
+        Kind::Pod | Kind::Service | Kind::Endpoints | Kind::EndpointSlice
+    )
 }
 
 #[cfg(test)]
@@ -125,7 +141,29 @@ mod tests {
             ),
             (
                 Method::PUT,
-                Route::Status(ObjectKey::new(Kind::Pod, "default", "p")),
+                Route::Object(ObjectKey::new(Kind::Pod, "default", "p")),
+            ),
+            (
+                Method::PUT,
+                Route::Status(ObjectKey::new(Kind::Service, "default", "s")),
+            ),
+            (
+                Method::DELETE,
+                Route::Object(ObjectKey::new(Kind::Service, "default", "s")),
+            ),
+            (
+                Method::GET,
+                Route::Collection {
+                    kind: Kind::ReplicaSet,
+                    namespace: None,
+                },
+            ),
+            (
+                Method::GET,
+                Route::Collection {
+                    kind: Kind::Event,
+                    namespace: Some("default".into()),
+                },
             ),
         ];
         for (method, route) in denied {
@@ -134,6 +172,48 @@ mod tests {
                     authorize(Identity::Join, &method, &route),
                     Decision::Deny(_)
                 ),
+                "{method} {route:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn join_may_run_pods_as_a_node() {
+        let pod = ObjectKey::new(Kind::Pod, "default", "p");
+        let allowed = [
+            (
+                Method::GET,
+                Route::Collection {
+                    kind: Kind::Pod,
+                    namespace: None,
+                },
+            ),
+            (
+                Method::GET,
+                Route::Collection {
+                    kind: Kind::Service,
+                    namespace: Some("default".into()),
+                },
+            ),
+            (
+                Method::GET,
+                Route::Collection {
+                    kind: Kind::Endpoints,
+                    namespace: None,
+                },
+            ),
+            (Method::GET, Route::Object(pod.clone())),
+            (Method::PUT, Route::Status(pod.clone())),
+            (Method::DELETE, Route::Object(pod)),
+            (
+                Method::GET,
+                Route::Object(ObjectKey::new(Kind::Endpoints, "default", "s")),
+            ),
+        ];
+        for (method, route) in allowed {
+            assert_eq!(
+                authorize(Identity::Join, &method, &route),
+                Decision::Allow,
                 "{method} {route:?}"
             );
         }

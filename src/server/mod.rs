@@ -3,6 +3,7 @@
 //! webhook, and the bounds that keep one client from starving the others.
 
 pub mod auth;
+pub mod fields;
 pub mod limits;
 pub mod objects;
 pub mod path;
@@ -19,6 +20,7 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json, Router};
+use fields::FieldSelector;
 use limits::{RateLimiter, WatchSlots};
 use path::Route;
 use serde_json::{Value, json};
@@ -181,6 +183,7 @@ fn healthz(method: &Method) -> Response {
 #[serde(rename_all = "camelCase")]
 struct ListParams {
     label_selector: Option<String>,
+    field_selector: Option<String>,
     watch: Option<String>,
     resource_version: Option<String>,
     timeout_seconds: Option<u64>,
@@ -204,14 +207,23 @@ async fn dispatch(
                 .0;
             let selector = Selector::parse(params.label_selector.as_deref().unwrap_or_default())
                 .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            let fields =
+                FieldSelector::parse(kind, params.field_selector.as_deref().unwrap_or_default())
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?;
             if matches!(params.watch.as_deref(), Some("true" | "1")) {
                 let shutdown = req.extensions().get::<ShutdownSignal>().cloned();
-                return open_watch(
-                    shared, identity, kind, namespace, selector, &params, shutdown,
-                )
-                .await;
+                let filter = watch::WatchFilter {
+                    kind,
+                    namespace,
+                    selector,
+                    fields,
+                };
+                return open_watch(shared, identity, filter, &params, shutdown).await;
             }
-            Ok(Json(objects::list(store, kind, namespace, selector).await?).into_response())
+            Ok(
+                Json(objects::list(store, kind, namespace, selector, fields).await?)
+                    .into_response(),
+            )
         }
         (Route::Collection { kind, namespace }, Method::POST) => {
             let namespace = match (kind.namespaced(), namespace) {
@@ -245,9 +257,7 @@ async fn dispatch(
 async fn open_watch(
     shared: &Shared,
     identity: Identity,
-    kind: Kind,
-    namespace: Option<String>,
-    selector: Selector,
+    filter: watch::WatchFilter,
     params: &ListParams,
     shutdown: Option<ShutdownSignal>,
 ) -> Result<Response, ApiError> {
@@ -263,11 +273,6 @@ async fn open_watch(
             shared.limits.max_watches_per_token
         ))
     })?;
-    let filter = watch::WatchFilter {
-        kind,
-        namespace,
-        selector,
-    };
     let start = watch::WatchStart {
         resource_version,
         timeout: params.timeout_seconds.map(Duration::from_secs),

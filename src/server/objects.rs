@@ -1,5 +1,6 @@
 //! Reads and writes of objects: list, get, create, replace, replace status, delete.
 
+use super::fields::FieldSelector;
 use super::status::ApiError;
 use crate::api::selector::Selector;
 use crate::api::{Kind, ObjectKey, ObjectMeta};
@@ -20,17 +21,18 @@ where
         .map_err(ApiError::from)
 }
 
-/// `GET` on a collection: a `<Kind>List` of the objects matching `selector`.
+/// `GET` on a collection: a `<Kind>List` of the objects matching the label and field selectors.
 pub async fn list(
     store: &Arc<dyn Store>,
     kind: Kind,
     namespace: Option<String>,
     selector: Selector,
+    fields: FieldSelector,
 ) -> Result<Value, ApiError> {
     let (objects, rv) = blocking(store, move |s| s.list(kind, namespace.as_deref())).await?;
     let items: Vec<Value> = objects
         .into_iter()
-        .filter(|o| selector.matches(o.labels()))
+        .filter(|o| selector.matches(o.labels()) && fields.matches(o))
         .collect();
     Ok(json!({
         "apiVersion": kind.api_version(),

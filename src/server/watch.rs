@@ -1,6 +1,7 @@
 //! Watches: a chunked stream of newline-delimited JSON events, Kubernetes style
 //! (`{"type":"ADDED","object":{...}}`), from a resourceVersion.
 
+use super::fields::FieldSelector;
 use super::objects::blocking;
 use super::status::ApiError;
 use crate::api::selector::Selector;
@@ -31,12 +32,14 @@ impl ShutdownSignal {
     }
 }
 
-/// What a watch streams: objects of one kind, in one namespace or all, matching a selector.
+/// What a watch streams: objects of one kind, in one namespace or all, matching a label
+/// selector and a field selector.
 #[derive(Debug, Clone)]
 pub struct WatchFilter {
     pub kind: Kind,
     pub namespace: Option<String>,
     pub selector: Selector,
+    pub fields: FieldSelector,
 }
 
 impl WatchFilter {
@@ -46,7 +49,10 @@ impl WatchFilter {
             None => true,
             Some(ns) => object.meta_str("namespace").unwrap_or("default") == ns,
         };
-        kind_matches && ns_matches && self.selector.matches(object.labels())
+        kind_matches
+            && ns_matches
+            && self.selector.matches(object.labels())
+            && self.fields.matches(object)
     }
 }
 
@@ -307,6 +313,7 @@ mod tests {
             kind: Kind::Pod,
             namespace: Some("web".into()),
             selector: Selector::parse("app=shop").expect("selector"),
+            fields: FieldSelector::default(),
         };
         let pod = |ns: &str, app: &str| json!({"kind": "Pod", "metadata": {"name": "p", "namespace": ns, "labels": {"app": app}}});
         assert!(filter.matches(&pod("web", "shop")));

@@ -1,0 +1,487 @@
+//! The agents' HTTP client of the API: several server URLs (the next one is tried when one does
+//! not answer), the join token from a file, the Node's registration and status, and a
+//! list-then-watch of the node's pods that resumes from the last resourceVersion it saw and
+//! lists again when the server no longer holds it (410).
+
+use futures_util::StreamExt;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// How long an ordinary request may take; watches are bounded by `WATCH_SECONDS` instead.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Asked of the server per watch, so that a silently dead connection is noticed.
+const WATCH_SECONDS: u64 = 300;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("token file {path}: {reason}")]
+    Token { path: String, reason: String },
+    #[error("no API server answered ({servers}): {last}")]
+    Unreachable { servers: String, last: String },
+    #[error("{method} {path}: {code} {reason}: {message}")]
+    Api {
+        method: String,
+        path: String,
+        code: u16,
+        reason: String,
+        message: String,
+    },
+    #[error("{method} {path}: {reason}")]
+    Invalid {
+        method: String,
+        path: String,
+        reason: String,
+    },
+}
+
+impl ClientError {
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+    pub fn is_not_found(&self) -> bool {
+        self.code() == Some(404)
+    }
+    /// A resourceVersion conflict or an object that already exists.
+    pub fn is_conflict(&self) -> bool {
+        self.code() == Some(409)
+    }
+    /// The resourceVersion is too old: list again.
+    pub fn is_gone(&self) -> bool {
+        self.code() == Some(410)
+    }
+}
+
+/// Back-off before retry number `attempt` (0-based): 200 ms doubling to 10 s, scaled by
+/// `jitter` in [0, 1) into [50%, 100%) so that agents restarted together do not retry together.
+pub fn backoff_with_jitter(attempt: u32, jitter: f64) -> Duration {
+    let base = 200u64.saturating_mul(1u64 << attempt.min(16)).min(10_000);
+    let scale = 0.5 + jitter.clamp(0.0, 1.0) / 2.0;
+    Duration::from_millis((base as f64 * scale) as u64)
+}
+
+/// `backoff_with_jitter` with a random jitter.
+pub fn backoff(attempt: u32) -> Duration {
+    backoff_with_jitter(attempt, rand::random::<f64>())
+}
+
+/// A change to the pods a node follows.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PodEvent {
+    /// Every pod that matches, after a (re)list: pods not in it are gone.
+    Listed(Vec<Value>),
+    /// A pod was added or changed.
+    Applied(Value),
+    /// A pod was deleted (its last state).
+    Deleted(Value),
+}
+
+pub struct AgentClient {
+    servers: Vec<String>,
+    token: String,
+    http: reqwest::Client,
+    /// The server that answered last: tried first.
+    current: AtomicUsize,
+}
+
+impl AgentClient {
+    pub fn new(servers: Vec<String>, token: String) -> Result<AgentClient, ClientError> {
+        let servers: Vec<String> = servers
+            .iter()
+            .flat_map(|s| s.split(','))
+            .map(|s| s.trim().trim_end_matches('/').to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        let invalid = |reason: String| ClientError::Invalid {
+            method: "connect".into(),
+            path: String::new(),
+            reason,
+        };
+        if servers.is_empty() {
+            return Err(invalid("no server URL given (--server URL[,URL])".into()));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| invalid(format!("building the HTTP client: {e}")))?;
+        Ok(AgentClient {
+            servers,
+            token,
+            http,
+            current: AtomicUsize::new(0),
+        })
+    }
+
+    /// Reads the bearer token from `path` (surrounding whitespace ignored).
+    pub fn from_token_file(servers: Vec<String>, path: &Path) -> Result<AgentClient, ClientError> {
+        let token_error = |reason: String| ClientError::Token {
+            path: path.display().to_string(),
+            reason,
+        };
+        let token = std::fs::read_to_string(path)
+            .map_err(|e| token_error(e.to_string()))?
+            .trim()
+            .to_string();
+        if token.is_empty() {
+            return Err(token_error("the file is empty".into()));
+        }
+        AgentClient::new(servers, token)
+    }
+
+    /// Sends a request to the current server, moving to the next ones when a server cannot
+    /// be reached. `timeout: None` is for watches.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Response, ClientError> {
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last = String::new();
+        for step in 0..self.servers.len() {
+            let index = (start + step) % self.servers.len();
+            let url = format!("{}{path}", self.servers[index]);
+            let mut request = self
+                .http
+                .request(method.clone(), &url)
+                .bearer_auth(&self.token)
+                .query(query);
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            if let Some(timeout) = timeout {
+                request = request.timeout(timeout);
+            }
+            match request.send().await {
+                Ok(response) => {
+                    self.current.store(index, Ordering::Relaxed);
+                    return Ok(response);
+                }
+                Err(e) if e.is_connect() || e.is_timeout() || e.is_request() => {
+                    tracing::debug!(server = %self.servers[index], "not answering: {e}");
+                    last = format!("{}: {e}", self.servers[index]);
+                }
+                Err(e) => {
+                    return Err(ClientError::Invalid {
+                        method: method.to_string(),
+                        path: path.to_string(),
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        Err(ClientError::Unreachable {
+            servers: self.servers.join(", "),
+            last,
+        })
+    }
+
+    /// A request whose answer is one JSON document; non-2xx answers become `ClientError::Api`.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<Value, ClientError> {
+        let response = self
+            .send(method.clone(), path, query, body, Some(REQUEST_TIMEOUT))
+            .await?;
+        let status = response.status();
+        let invalid = |reason: String| ClientError::Invalid {
+            method: method.to_string(),
+            path: path.to_string(),
+            reason,
+        };
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| invalid(format!("reading the answer: {e}")))?;
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(value);
+        }
+        Err(api_error(&method, path, status, &value))
+    }
+
+    /// Creates the Node; `None` when it already exists (a restart: its labels are kept).
+    pub async fn create_node(&self, node: &Value) -> Result<Option<Value>, ClientError> {
+        match self
+            .call(Method::POST, "/api/v1/nodes", &[], Some(node))
+            .await
+        {
+            Ok(created) => Ok(Some(created)),
+            Err(e) if e.is_conflict() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn get_node(&self, name: &str) -> Result<Value, ClientError> {
+        self.call(Method::GET, &format!("/api/v1/nodes/{name}"), &[], None)
+            .await
+    }
+
+    /// Replaces the Node's status (guarded by the body's resourceVersion, when it has one).
+    pub async fn put_node_status(&self, node: &Value) -> Result<Value, ClientError> {
+        let name = node
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let path = format!("/api/v1/nodes/{name}/status");
+        self.call(Method::PUT, &path, &[], Some(node)).await
+    }
+
+    pub async fn get_pod(&self, namespace: &str, name: &str) -> Result<Value, ClientError> {
+        let path = format!("/api/v1/namespaces/{namespace}/pods/{name}");
+        self.call(Method::GET, &path, &[], None).await
+    }
+
+    /// Replaces a pod's status (guarded by the body's resourceVersion, when it has one).
+    pub async fn put_pod_status(&self, pod: &Value) -> Result<Value, ClientError> {
+        let (namespace, name) = namespace_and_name(pod);
+        let path = format!("/api/v1/namespaces/{namespace}/pods/{name}/status");
+        self.call(Method::PUT, &path, &[], Some(pod)).await
+    }
+
+    /// Deletes a pod the node has stopped; a pod already gone is not an error.
+    pub async fn delete_pod(&self, namespace: &str, name: &str) -> Result<(), ClientError> {
+        let path = format!("/api/v1/namespaces/{namespace}/pods/{name}");
+        match self.call(Method::DELETE, &path, &[], None).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Pods in every namespace matching `field_selector`, and the list's resourceVersion.
+    pub async fn list_pods(&self, field_selector: &str) -> Result<(Vec<Value>, u64), ClientError> {
+        let list = self
+            .call(
+                Method::GET,
+                "/api/v1/pods",
+                &[("fieldSelector", field_selector)],
+                None,
+            )
+            .await?;
+        let rv = resource_version(&list);
+        let items = list
+            .get("items")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        Ok((items, rv))
+    }
+
+    /// Follows the pods matching `field_selector` until `shutdown`: lists, then watches from
+    /// the list's resourceVersion; after a broken connection watches again from the last
+    /// resourceVersion seen; lists again on 410. Ends when `events` is closed.
+    pub async fn follow_pods(
+        &self,
+        field_selector: &str,
+        events: mpsc::Sender<PodEvent>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut failures = 0u32;
+        let mut from: Option<u64> = None;
+        loop {
+            if *shutdown.borrow() || events.is_closed() {
+                return;
+            }
+            let step = async {
+                match from {
+                    None => {
+                        let (pods, rv) = self.list_pods(field_selector).await?;
+                        if events.send(PodEvent::Listed(pods)).await.is_err() {
+                            return Ok(WatchEnd::Closed);
+                        }
+                        Ok(WatchEnd::Resume(rv))
+                    }
+                    Some(rv) => self.watch_pods(field_selector, rv, &events).await,
+                }
+            };
+            let outcome = tokio::select! {
+                outcome = step => outcome,
+                _ = super::stopped(&mut shutdown) => return,
+            };
+            match outcome {
+                Ok(WatchEnd::Closed) => return,
+                Ok(WatchEnd::Resume(rv)) => {
+                    failures = 0;
+                    from = Some(rv);
+                    continue;
+                }
+                Ok(WatchEnd::Relist) => {
+                    tracing::info!("pod watch expired; listing again");
+                    from = None;
+                    continue;
+                }
+                Err(e) if e.is_gone() => {
+                    from = None;
+                    continue;
+                }
+                Err(e) => tracing::warn!("following pods: {e}"),
+            }
+            let wait = backoff(failures);
+            failures = failures.saturating_add(1);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = super::stopped(&mut shutdown) => return,
+            }
+        }
+    }
+
+    /// One watch from `rv`; returns where to resume.
+    async fn watch_pods(
+        &self,
+        field_selector: &str,
+        rv: u64,
+        events: &mpsc::Sender<PodEvent>,
+    ) -> Result<WatchEnd, ClientError> {
+        let rv_text = rv.to_string();
+        let seconds = WATCH_SECONDS.to_string();
+        let query = [
+            ("fieldSelector", field_selector),
+            ("watch", "true"),
+            ("resourceVersion", rv_text.as_str()),
+            ("timeoutSeconds", seconds.as_str()),
+        ];
+        let response = self
+            .send(Method::GET, "/api/v1/pods", &query, None, None)
+            .await?;
+        let status = response.status();
+        if !status.is_success() {
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            return Err(api_error(&Method::GET, "/api/v1/pods?watch", status, &body));
+        }
+        let mut last_rv = rv;
+        let mut stream = response.bytes_stream();
+        let mut buffer: Vec<u8> = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let Ok(chunk) = chunk else {
+                // A broken connection: resume from what was seen.
+                return Ok(WatchEnd::Resume(last_rv));
+            };
+            buffer.extend_from_slice(&chunk);
+            while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buffer.drain(..=end).collect();
+                let Ok(event) = serde_json::from_slice::<Value>(&line) else {
+                    continue;
+                };
+                let object = event.get("object").cloned().unwrap_or(Value::Null);
+                let pod_event = match event.get("type").and_then(Value::as_str) {
+                    Some("ADDED" | "MODIFIED") => PodEvent::Applied(object.clone()),
+                    Some("DELETED") => PodEvent::Deleted(object.clone()),
+                    Some("BOOKMARK") => {
+                        last_rv = last_rv.max(resource_version_of(&object));
+                        continue;
+                    }
+                    Some("ERROR") => {
+                        if object.get("code").and_then(Value::as_u64) == Some(410) {
+                            return Ok(WatchEnd::Relist);
+                        }
+                        return Ok(WatchEnd::Resume(last_rv));
+                    }
+                    _ => continue,
+                };
+                last_rv = last_rv.max(resource_version_of(&object));
+                if events.send(pod_event).await.is_err() {
+                    return Ok(WatchEnd::Closed);
+                }
+            }
+        }
+        Ok(WatchEnd::Resume(last_rv))
+    }
+}
+
+enum WatchEnd {
+    Resume(u64),
+    Relist,
+    Closed,
+}
+
+fn api_error(method: &Method, path: &str, status: StatusCode, body: &Value) -> ClientError {
+    let text = |field: &str| {
+        body.get(field)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    ClientError::Api {
+        method: method.to_string(),
+        path: path.to_string(),
+        code: status.as_u16(),
+        reason: text("reason"),
+        message: text("message"),
+    }
+}
+
+fn resource_version(list: &Value) -> u64 {
+    list.pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+fn resource_version_of(object: &Value) -> u64 {
+    resource_version(object)
+}
+
+/// A pod's namespace (default `default`) and name.
+pub fn namespace_and_name(pod: &Value) -> (String, String) {
+    let field = |f: &str| {
+        pod.pointer(&format!("/metadata/{f}"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    (
+        field("namespace").unwrap_or_else(|| "default".into()),
+        field("name").unwrap_or_default(),
+    )
+}
+
+/// The body of a status write: the object with `status` replaced.
+pub fn with_status(object: &Value, status: Value) -> Value {
+    let mut body = object.clone();
+    if let Some(fields) = body.as_object_mut() {
+        fields.insert("status".into(), status);
+    } else {
+        body = json!({ "status": status });
+    }
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_caps_and_jitters() {
+        assert_eq!(backoff_with_jitter(0, 0.0), Duration::from_millis(100));
+        assert_eq!(
+            backoff_with_jitter(0, 0.999_999),
+            Duration::from_millis(199)
+        );
+        assert_eq!(backoff_with_jitter(3, 0.0), Duration::from_millis(800));
+        assert_eq!(backoff_with_jitter(40, 0.0), Duration::from_secs(5));
+        assert!(backoff_with_jitter(40, 0.99) < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn servers_are_split_and_trimmed() {
+        let client = AgentClient::new(
+            vec!["http://a:1/, http://b:2".into(), "http://c:3".into()],
+            "t".into(),
+        )
+        .expect("client");
+        assert_eq!(client.servers, ["http://a:1", "http://b:2", "http://c:3"]);
+        assert!(AgentClient::new(vec![" ".into()], "t".into()).is_err());
+    }
+}

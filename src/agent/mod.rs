@@ -1,0 +1,103 @@
+//! The node side: what runs on every node and talks to the control plane through the API.
+//!
+//! - [`client`]: the agents' HTTP client (several servers, join token, node status, pod
+//!   list+watch that resumes and relists).
+//! - [`sim`]: `tend sim-node`, a simulated node that marks its pods Running and Ready without
+//!   running anything, for tests and demos.
+//!
+//! Registration keeps the control plane's labels: an agent creates its Node, with its
+//! `--labels`, only when the Node does not exist; when it exists (a restart, or a node an
+//! admin has labelled with `tend label nodes`) the agent only writes the Node's status. The
+//! labels an admin sets therefore survive agent restarts, as in Kubernetes.
+
+pub mod client;
+pub mod sim;
+
+use serde_json::{Map, Value, json};
+
+/// Parses `k=v,k=v` (labels, capacity); an empty string is no pairs.
+pub fn parse_pairs(flag: &str, input: &str) -> Result<Map<String, Value>, String> {
+    let mut pairs = Map::new();
+    for term in input.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let Some((k, v)) = term.split_once('=') else {
+            return Err(format!("{flag} {input:?}: {term:?} is not key=value"));
+        };
+        let k = k.trim();
+        if k.is_empty() {
+            return Err(format!("{flag} {input:?}: {term:?} has an empty key"));
+        }
+        pairs.insert(k.to_string(), Value::String(v.trim().to_string()));
+    }
+    Ok(pairs)
+}
+
+/// The Node's conditions after a heartbeat at `now`: Ready as given, `lastTransitionTime`
+/// kept when the status did not change (so that "Ready since" means something), other
+/// conditions kept.
+pub fn heartbeat_conditions(previous: Option<&Value>, ready: bool, now: &str) -> Vec<Value> {
+    let previous: Vec<Value> = previous
+        .and_then(|s| s.get("conditions"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let status = if ready { "True" } else { "False" };
+    let (reason, message) = if ready {
+        ("KubeletReady", "kubelet is posting ready status")
+    } else {
+        ("KubeletNotReady", "kubelet is not ready")
+    };
+    let transition = previous
+        .iter()
+        .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))
+        .filter(|c| c.get("status").and_then(Value::as_str) == Some(status))
+        .and_then(|c| c.get("lastTransitionTime").cloned())
+        .unwrap_or_else(|| json!(now));
+    let mut conditions: Vec<Value> = previous
+        .into_iter()
+        .filter(|c| c.get("type").and_then(Value::as_str) != Some("Ready"))
+        .collect();
+    conditions.push(json!({
+        "type": "Ready",
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastHeartbeatTime": now,
+        "lastTransitionTime": transition,
+    }));
+    conditions
+}
+
+/// Waits until `shutdown` turns true (or its sender is gone). Unlike `wait_for`, it holds no
+/// borrow of the value, so the waiting future stays `Send`.
+pub async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs() {
+        let p = parse_pairs("--labels", "disk=ssd, zone=a").expect("ok");
+        assert_eq!(p["disk"], "ssd");
+        assert_eq!(p["zone"], "a");
+        assert!(parse_pairs("--labels", "").expect("ok").is_empty());
+        assert!(parse_pairs("--labels", "disk").is_err());
+        assert!(parse_pairs("--labels", "=x").is_err());
+    }
+
+    #[test]
+    fn heartbeats_keep_the_transition_time_while_ready() {
+        let first = heartbeat_conditions(None, true, "T1");
+        assert_eq!(first[0]["lastTransitionTime"], "T1");
+        let status = json!({"conditions": first});
+        let second = heartbeat_conditions(Some(&status), true, "T2");
+        assert_eq!(second[0]["lastHeartbeatTime"], "T2");
+        assert_eq!(second[0]["lastTransitionTime"], "T1");
+        let unknown = json!({"conditions": [{"type": "Ready", "status": "Unknown", "lastTransitionTime": "T3"}]});
+        let back = heartbeat_conditions(Some(&unknown), true, "T4");
+        assert_eq!(back[0]["status"], "True");
+        assert_eq!(back[0]["lastTransitionTime"], "T4");
+    }
+}
