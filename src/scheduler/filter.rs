@@ -150,3 +150,81 @@ impl ReasonCounts {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::snapshot::{NodeSpec, PodRequirements, Resources, Snapshot};
+
+    fn snapshot_of(spec: NodeSpec) -> Snapshot {
+        let mut s = Snapshot::new();
+        s.upsert_node(spec);
+        s
+    }
+
+    fn spec() -> NodeSpec {
+        NodeSpec {
+            name: "n1".into(),
+            labels: vec![("disk".into(), "ssd".into())],
+            ready: true,
+            unschedulable: false,
+            allocatable: Resources {
+                milli_cpu: 1000,
+                memory: 1000,
+            },
+            max_pods: 1,
+        }
+    }
+
+    #[test]
+    fn the_first_failing_filter_decides_except_within_resources() {
+        let pod = PodRequirements {
+            requests: Resources {
+                milli_cpu: 2000,
+                memory: 2000,
+            },
+            node_selector: vec![("disk".into(), "hdd".into())],
+            ..Default::default()
+        };
+        let cordoned = snapshot_of(NodeSpec {
+            unschedulable: true,
+            ready: false,
+            ..spec()
+        });
+        let reasons = filter(&cordoned.resolve(&pod), &cordoned.nodes()[0]);
+        assert_eq!(reasons.iter().collect::<Vec<_>>(), [Reason::Unschedulable]);
+
+        let s = snapshot_of(spec());
+        let reasons = filter(&s.resolve(&pod), &s.nodes()[0]);
+        assert_eq!(reasons.iter().collect::<Vec<_>>(), [Reason::NodeSelector]);
+
+        let mut s = snapshot_of(spec());
+        s.add_pod("n1", &PodRequirements::default());
+        let pod = PodRequirements {
+            node_selector: vec![("disk".into(), "ssd".into())],
+            ..pod
+        };
+        let reasons = filter(&s.resolve(&pod), &s.nodes()[0]);
+        assert_eq!(
+            reasons.iter().collect::<Vec<_>>(),
+            [
+                Reason::TooManyPods,
+                Reason::InsufficientCpu,
+                Reason::InsufficientMemory
+            ]
+        );
+    }
+
+    #[test]
+    fn messages_sort_the_count_and_reason_strings() {
+        let mut counts = ReasonCounts::default();
+        for _ in 0..2 {
+            counts.add(Reasons::only(Reason::NodeSelector));
+        }
+        counts.add(Reasons::only(Reason::InsufficientMemory));
+        assert_eq!(
+            counts.message(3),
+            "0/3 nodes are available: 1 Insufficient memory, 2 node(s) didn't match node selector."
+        );
+    }
+}

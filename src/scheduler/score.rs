@@ -52,3 +52,34 @@ pub fn rank(sa: &NodeScore, a: &NodeInfo, sb: &NodeScore, b: &NodeInfo) -> Order
         .then(sa.pods.cmp(&sb.pods))
         .then_with(|| a.name.cmp(&b.name))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(milli_cpu: i64, memory: i64) -> Resources {
+        Resources { milli_cpu, memory }
+    }
+
+    #[test]
+    fn least_requested_is_the_mean_room_left_with_the_pod() {
+        let gi = 1 << 30;
+        assert_eq!(
+            least_requested(r(1000, 2 * gi), r(1000, 2 * gi), r(4000, 8 * gi)),
+            50
+        );
+        assert_eq!(least_requested(r(0, 0), r(0, 0), r(4000, 8 * gi)), 100);
+        // cpu full (0) and memory 3/4 free (75): 37 after integer division, as in Kubernetes.
+        assert_eq!(
+            least_requested(r(3000, 0), r(1000, 2 * gi), r(4000, 8 * gi)),
+            37
+        );
+        assert_eq!(
+            least_requested(r(4000, 0), r(1, 0), r(4000, 8 * gi)),
+            50,
+            "over: 0"
+        );
+        assert_eq!(least_requested(r(0, 0), r(100, 0), r(0, 0)), 0);
+        assert_eq!(least_requested(r(5, 5), r(5, 5), r(i64::MAX, i64::MAX)), 99);
+    }
+}
