@@ -28,6 +28,7 @@ pub struct BenchArgs {
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.what.as_str() {
         "apply" => apply(&args),
+        "schedule" => crate::scheduler::bench::run(),
         other => bail!("bench {other:?}: unknown benchmark (available: apply)"),
     }
 }

@@ -21,6 +21,7 @@ pub mod cli;
 pub mod controller;
 pub mod manifest;
 pub mod plan;
+pub mod scheduler;
 pub mod server;
 pub mod source;
 pub mod store;
