@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// What to measure: `apply`.
+    /// What to measure: `apply` or `schedule`.
     pub what: String,
     /// Deployments (and as many Services) in the repository.
     #[arg(long, default_value_t = 2000)]
@@ -29,7 +29,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.what.as_str() {
         "apply" => apply(&args),
         "schedule" => crate::scheduler::bench::run(),
-        other => bail!("bench {other:?}: unknown benchmark (available: apply)"),
+        other => bail!("bench {other:?}: unknown benchmark (available: apply, schedule)"),
     }
 }
 

@@ -297,7 +297,7 @@ fn the_message_counts_the_first_failing_filter_of_each_node_sorted_as_kubernetes
     assert_eq!(
         schedule(&PodRequirements::of(&wants_ssd), &snapshot).map_err(|e| e.message),
         Err(
-            "0/3 nodes are available: 1 Insufficient memory, 2 node(s) didn't match node selector."
+            "0/3 nodes are available: 2 node(s) didn't match node selector, 1 Insufficient memory."
                 .to_string()
         )
     );

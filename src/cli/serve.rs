@@ -49,6 +49,7 @@ use crate::controller::replicaset::ReplicaSetController;
 use crate::controller::runtime::{self, Context, Reconciler, SystemClock};
 use crate::controller::source::SourceController;
 use crate::manifest::Limits;
+use crate::scheduler::Scheduler;
 use crate::server::{ApiState, Tokens};
 use crate::source::Source;
 use crate::source::dir::DirSource;
@@ -232,6 +233,7 @@ fn start_controllers(
     let reconcilers: Vec<Arc<dyn Reconciler>> = vec![
         Arc::new(ReplicaSetController::new()),
         Arc::new(GarbageCollector::new()),
+        Arc::new(Scheduler::new()),
         Arc::new(
             NodeController::new(Duration::from_secs(args.node_grace), &args.pod_cidr)
                 .map_err(|e| anyhow::anyhow!("--pod-cidr {}: {e}", args.pod_cidr))?,

@@ -134,16 +134,19 @@ impl ReasonCounts {
         }
     }
 
-    /// kube-scheduler's FitError message: `0/N nodes are available: ` then `COUNT reason`
-    /// entries sorted as strings (as Go's `sort.Strings` does, so `1 Insufficient memory`
-    /// comes before `2 node(s) didn't match node selector`), joined by `, `, and a full stop.
+    /// The FailedScheduling message: `0/N nodes are available: ` then `COUNT reason` entries,
+    /// the most frequent reason first (ties by reason), joined by `, `, and a full stop, as
+    /// DESIGN.md gives it: `2 node(s) didn't match node selector, 1 Insufficient memory.`
+    /// (kube-scheduler itself sorts the entries as plain strings, which puts `1 Insufficient
+    /// memory` first; the most frequent reason first reads better and is what tend promises.)
     pub fn message(&self, total_nodes: usize) -> String {
-        let mut entries: Vec<String> = Reason::ALL
+        let mut counted: Vec<(u32, &str)> = Reason::ALL
             .into_iter()
             .filter(|r| self.0[*r as usize] > 0)
-            .map(|r| format!("{} {}", self.0[r as usize], r.message()))
+            .map(|r| (self.0[r as usize], r.message()))
             .collect();
-        entries.sort_unstable();
+        counted.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+        let entries: Vec<String> = counted.iter().map(|(n, m)| format!("{n} {m}")).collect();
         format!(
             "0/{total_nodes} nodes are available: {}.",
             entries.join(", ")
@@ -216,7 +219,7 @@ mod tests {
     }
 
     #[test]
-    fn messages_sort_the_count_and_reason_strings() {
+    fn messages_put_the_most_frequent_reason_first() {
         let mut counts = ReasonCounts::default();
         for _ in 0..2 {
             counts.add(Reasons::only(Reason::NodeSelector));
@@ -224,7 +227,7 @@ mod tests {
         counts.add(Reasons::only(Reason::InsufficientMemory));
         assert_eq!(
             counts.message(3),
-            "0/3 nodes are available: 1 Insufficient memory, 2 node(s) didn't match node selector."
+            "0/3 nodes are available: 2 node(s) didn't match node selector, 1 Insufficient memory."
         );
     }
 }
