@@ -2,6 +2,8 @@
 //! revisions -> store, with ClusterIP/NodePort allocation), and the workload controllers.
 
 pub mod alloc;
+pub mod deployment;
 pub mod events;
+pub mod rollout;
 pub mod runtime;
 pub mod source;
