@@ -788,3 +788,25 @@ fn scaling_mid_rollout_is_proportional() {
     assert_eq!(replicas(&lab.rs_with_image("nginx:1")), 0);
     assert_eq!(lab.deployment()["status"]["availableReplicas"], 15);
 }
+
+#[test]
+fn a_taken_name_counts_a_collision_and_uses_the_next_hash() {
+    let mut lab = Lab::new();
+    let template = deployment(3, "nginx:1")["spec"]["template"].clone();
+    let taken = format!("web-{}", rollout::pod_template_hash(&template, None));
+    lab.store
+        .commit(vec![Op::Create(
+            json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {"name": taken, "namespace": "default"},
+            "spec": {"replicas": 0, "template": {"metadata": {"labels": {"app": "other"}}}}}),
+        )])
+        .unwrap();
+    lab.apply(deployment(3, "nginx:1"));
+    assert_eq!(lab.deployment()["status"]["collisionCount"], 1);
+    let ours = lab.rs_with_image("nginx:1");
+    assert_eq!(
+        name(&ours),
+        format!("web-{}", rollout::pod_template_hash(&template, Some(1)))
+    );
+    assert_eq!(replicas(&ours), 3);
+}
