@@ -43,6 +43,7 @@ pub struct ServeArgs {
     pub webhook_secret_file: Option<PathBuf>,
 }
 
+use crate::controller::deployment::DeploymentController;
 use crate::controller::gc::GarbageCollector;
 use crate::controller::node::NodeController;
 use crate::controller::replicaset::ReplicaSetController;
@@ -231,6 +232,7 @@ fn start_controllers(
     stop: &tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let reconcilers: Vec<Arc<dyn Reconciler>> = vec![
+        Arc::new(DeploymentController),
         Arc::new(ReplicaSetController::new()),
         Arc::new(GarbageCollector::new()),
         Arc::new(Scheduler::new()),
