@@ -83,7 +83,18 @@ pub fn events_for(events: &[Value], object: &Value, kind: Kind) -> Vec<Value> {
         })
         .cloned()
         .collect();
-    mine.sort_by(|a, b| columns::event_last_seen(a).cmp(columns::event_last_seen(b)));
+    // Timestamps have second precision: ties keep the order the events were written in.
+    let written = |e: &Value| {
+        e.pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .and_then(|rv| rv.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    mine.sort_by(|a, b| {
+        columns::event_last_seen(a)
+            .cmp(columns::event_last_seen(b))
+            .then(written(a).cmp(&written(b)))
+    });
     mine
 }
 

@@ -164,8 +164,15 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let response = dispatch(&shared, identity, route, req)
         .await
         .unwrap_or_else(IntoResponse::into_response);
+    // Status reports from nodes (heartbeats, pod status) come every few seconds per node:
+    // logged at debug; every other write at info.
     if method != Method::GET && method != Method::HEAD {
-        tracing::info!(who = %identity, %method, %path, status = response.status().as_u16(), "api write");
+        let status = response.status().as_u16();
+        if method == Method::PUT && path.ends_with("/status") {
+            tracing::debug!(who = %identity, %method, %path, status, "api write");
+        } else {
+            tracing::info!(who = %identity, %method, %path, status, "api write");
+        }
     }
     response
 }
