@@ -4,7 +4,7 @@
 //! again and compared with the intended object before it is handed back: an edit either
 //! produces exactly the intended object or fails, never a corrupted file.
 
-use super::positions::Pos;
+use super::positions::{Pos, field};
 use super::{Limits, defaults, load_file, yaml};
 use crate::api::{Kind, ObjectKey};
 use crate::source::write::Edit;
@@ -88,7 +88,13 @@ pub fn apply_edit(file_text: &str, key: &ObjectKey, edit: &Edit) -> Result<Strin
                 .positions
                 .get("spec.template")
                 .ok_or_else(|| not_found(&shown, " (it has no spec.template)"))?;
-            ctx.replace_block(pos, "template", &minimal_template(template))?
+            // Keys keep the order they were written in; new keys follow, sorted.
+            let written_at = |path: &str| doc.positions.get(path).map(|p| p.line);
+            let order = KeyOrder {
+                base: "spec.template".to_string(),
+                written_at: &written_at,
+            };
+            ctx.replace_block(pos, "template", &minimal_template(template), &order)?
         }
     };
     verify(&edited, key, &shown, &expected)?;
@@ -436,7 +442,13 @@ impl DocContext<'_, '_> {
 
     /// Replaces the block under the key at `pos` with `value` rendered as block YAML, at the
     /// block's own indentation and list style.
-    fn replace_block(&self, pos: Pos, field: &str, value: &Value) -> Result<String, EditError> {
+    fn replace_block(
+        &self,
+        pos: Pos,
+        field: &str,
+        value: &Value,
+        order: &KeyOrder<'_>,
+    ) -> Result<String, EditError> {
         let key = self.block_key(pos, field)?;
         let mut end = (key.line + 1..self.doc_end)
             .find(|&i| {
@@ -453,12 +465,13 @@ impl DocContext<'_, '_> {
             unit,
             indented_lists: self.lists_are_indented(key.line + 1, end),
             eol: self.lines.eol,
+            order,
         };
         let mut rendered = String::new();
         let Value::Object(map) = value else {
             return Err(self.unsupported(field, key.line, "the new value is not a mapping"));
         };
-        render_map(map, key.indent + unit, &style, &mut rendered);
+        render_map(map, &order.base, key.indent + unit, &style, &mut rendered);
         Ok(self.lines.join(key.line + 1, &rendered, end))
     }
 
@@ -482,26 +495,44 @@ impl DocContext<'_, '_> {
     }
 }
 
-struct Style {
+/// Where each field path was written in the old document (its line), if it was.
+struct KeyOrder<'a> {
+    base: String,
+    written_at: &'a dyn Fn(&str) -> Option<usize>,
+}
+
+struct Style<'a> {
     unit: usize,
     indented_lists: bool,
     eol: &'static str,
+    order: &'a KeyOrder<'a>,
 }
 
-fn render_map(map: &Map<String, Value>, indent: usize, style: &Style, out: &mut String) {
-    for (key, value) in map {
+fn render_map(
+    map: &Map<String, Value>,
+    path: &str,
+    indent: usize,
+    style: &Style,
+    out: &mut String,
+) {
+    let mut keys: Vec<(Option<usize>, &String, &Value)> = map
+        .iter()
+        .map(|(k, v)| ((style.order.written_at)(&field(path, k)), k, v))
+        .collect();
+    keys.sort_by_key(|(line, k, _)| (line.is_none(), *line, *k));
+    for (_, key, value) in keys {
         out.push_str(&" ".repeat(indent));
         out.push_str(&scalar_text(key));
         out.push(':');
-        render_after_key(value, indent, style, out);
+        render_after_key(value, &field(path, key), indent, style, out);
     }
 }
 
-fn render_after_key(value: &Value, indent: usize, style: &Style, out: &mut String) {
+fn render_after_key(value: &Value, path: &str, indent: usize, style: &Style, out: &mut String) {
     match value {
         Value::Object(m) if !m.is_empty() => {
             out.push_str(style.eol);
-            render_map(m, indent + style.unit, style, out);
+            render_map(m, path, indent + style.unit, style, out);
         }
         Value::Array(items) if !items.is_empty() => {
             out.push_str(style.eol);
@@ -510,7 +541,7 @@ fn render_after_key(value: &Value, indent: usize, style: &Style, out: &mut Strin
             } else {
                 indent
             };
-            render_list(items, at, style, out);
+            render_list(items, path, at, style, out);
         }
         scalar => {
             out.push(' ');
@@ -520,12 +551,13 @@ fn render_after_key(value: &Value, indent: usize, style: &Style, out: &mut Strin
     }
 }
 
-fn render_list(items: &[Value], indent: usize, style: &Style, out: &mut String) {
-    for item in items {
+fn render_list(items: &[Value], path: &str, indent: usize, style: &Style, out: &mut String) {
+    for (index, item) in items.iter().enumerate() {
+        let path = format!("{path}[{index}]");
         match item {
             Value::Object(m) if !m.is_empty() => {
                 let mut nested = String::new();
-                render_map(m, indent + 2, style, &mut nested);
+                render_map(m, &path, indent + 2, style, &mut nested);
                 out.push_str(&" ".repeat(indent));
                 out.push_str("- ");
                 out.push_str(&nested[indent + 2..]);
@@ -534,7 +566,7 @@ fn render_list(items: &[Value], indent: usize, style: &Style, out: &mut String) 
                 out.push_str(&" ".repeat(indent));
                 out.push('-');
                 out.push_str(style.eol);
-                render_list(inner, indent + 2, style, out);
+                render_list(inner, &path, indent + 2, style, out);
             }
             scalar => {
                 out.push_str(&" ".repeat(indent));
