@@ -458,3 +458,77 @@ fn commands_commit_to_the_served_repository() {
     );
     assert_eq!(code, 404);
 }
+
+#[test]
+fn pure_decisions_of_the_commands() {
+    use tend::cli::label::{LabelChange, apply_changes, parse_change};
+    use tend::cli::rollout::{RolloutState, rollout_state};
+    use tend::server::rollout::{RollbackError, rollback_target};
+
+    let rs = |rev: i64| {
+        json!({"metadata": {"annotations": {"deployment.kubernetes.io/revision": rev.to_string(),
+            "kubernetes.io/change-cause": format!("c{rev} subject")}},
+            "spec": {"template": {"metadata": {"labels": {"app": "a", "pod-template-hash": "h"}}}}})
+    };
+    let (one, two, three) = (rs(1), rs(2), rs(3));
+    let owned = vec![&one, &two, &three];
+    let previous = rollback_target("a", &owned, 0).unwrap();
+    assert_eq!(
+        (previous.revision, previous.commit.as_deref()),
+        (2, Some("c2"))
+    );
+    assert_eq!(
+        previous.template,
+        json!({"metadata": {"labels": {"app": "a"}}})
+    );
+    assert_eq!(
+        rollback_target("a", &owned, 7),
+        Err(RollbackError::NoSuchRevision {
+            deployment: "a".into(),
+            revision: 7
+        })
+    );
+
+    let d = |updated: i64, replicas: i64, available: i64| {
+        json!({"metadata": {"name": "web", "generation": 2},
+            "spec": {"replicas": 3},
+            "status": {"observedGeneration": 2, "updatedReplicas": updated, "replicas": replicas, "availableReplicas": available}})
+    };
+    let waiting = |s: &str| {
+        RolloutState::Waiting(format!(
+            "Waiting for deployment \"web\" rollout to finish: {s}..."
+        ))
+    };
+    assert_eq!(
+        rollout_state(&d(1, 4, 3)),
+        waiting("1 out of 3 new replicas have been updated")
+    );
+    assert_eq!(
+        rollout_state(&d(3, 4, 3)),
+        waiting("1 old replicas are pending termination")
+    );
+    assert_eq!(
+        rollout_state(&d(3, 3, 2)),
+        waiting("2 of 3 updated replicas are available")
+    );
+    assert_eq!(
+        rollout_state(&d(3, 3, 3)),
+        RolloutState::Complete("deployment \"web\" successfully rolled out".into())
+    );
+    let mut failed = d(1, 3, 2);
+    failed["status"]["conditions"] =
+        json!([{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}]);
+    assert_eq!(
+        rollout_state(&failed),
+        RolloutState::Failed("deployment \"web\" exceeded its progress deadline".into())
+    );
+
+    assert_eq!(
+        parse_change("disk-").unwrap(),
+        LabelChange::Remove("disk".into())
+    );
+    let labels = json!({"disk": "hdd"}).as_object().cloned().unwrap();
+    let set = [parse_change("disk=ssd").unwrap()];
+    assert!(apply_changes(&labels, &set, false).is_err());
+    assert_eq!(apply_changes(&labels, &set, true).unwrap()["disk"], "ssd");
+}
