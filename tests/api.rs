@@ -38,6 +38,7 @@ impl Server {
             tokens: tokens.clone(),
             webhook_secret: secret.map(<[u8]>::to_vec),
             source_refresh: refresh_tx,
+            source_writer: None,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -110,6 +110,11 @@ impl Client {
         self.request(Method::POST, path, &[], Some(body))
     }
 
+    /// `PUT path` with a JSON body (a replace, with the body's resourceVersion), answer as JSON.
+    pub fn put_json(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+        self.request(Method::PUT, path, &[], Some(body))
+    }
+
     /// One object. A 404 without a server message reads `deployment "x" not found`.
     pub fn get(&self, key: &ObjectKey) -> Result<Value, ClientError> {
         self.get_json(&key.path(), &[]).map_err(|e| match e {

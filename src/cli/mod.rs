@@ -12,7 +12,10 @@ pub mod describe;
 pub mod diff;
 pub mod get;
 pub mod humanize;
+pub mod label;
 pub mod output;
+pub mod rollout;
+pub mod scale;
 pub mod serve;
 pub mod table;
 
@@ -59,6 +62,12 @@ pub enum Command {
     SimNode(crate::agent::sim::SimNodeArgs),
     /// Measure tend: `apply` (cold apply, one-file commit, serve's memory).
     Bench(crate::bench::BenchArgs),
+    /// Follow, list, undo, pause or resume rollouts (undo, pause and resume are commits).
+    Rollout(rollout::RolloutArgs),
+    /// Set a Deployment's replicas (a commit on the source).
+    Scale(scale::ScaleArgs),
+    /// Add, change or remove node labels.
+    Label(label::LabelArgs),
     /// Print the client version (and the server's, when reachable).
     Version,
 }
@@ -101,6 +110,17 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Get(args) => get::run(args, &Client::new(&options())?)?,
         Command::Describe(args) => describe::run(args, &Client::new(&options())?)?,
+        Command::Scale(args) => scale::run(args, &Client::new(&options())?)?,
+        Command::Label(args) => label::run(args, &Client::new(&options())?)?,
+        Command::Rollout(args) => {
+            let (printed, succeeded) = rollout::run(args, &Client::new(&options())?)?;
+            print(&printed);
+            return Ok(if succeeded {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
+        }
         Command::Version => version(&options()),
     };
     print(&printed);

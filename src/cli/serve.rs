@@ -104,6 +104,23 @@ pub fn open_source(args: &ServeArgs) -> anyhow::Result<Box<dyn Source>> {
     })
 }
 
+/// The writer of the same source, for rollout commands (`scale`, `rollout undo|pause|resume`).
+pub fn open_writer(
+    args: &ServeArgs,
+) -> anyhow::Result<Arc<dyn crate::source::write::SourceWriter>> {
+    use crate::source::write::{DirWriter, GitWriter};
+    Ok(match (&args.repo, &args.dir) {
+        (Some(repo), _) => Arc::new(GitWriter::open(
+            repo,
+            args.branch.as_deref(),
+            args.path.as_deref(),
+            &args.state,
+        )?),
+        (None, Some(dir)) => Arc::new(DirWriter::open(dir)),
+        (None, None) => bail!("give --repo PATH_OR_URL or --dir PATH"),
+    })
+}
+
 /// Runs the control plane until SIGINT or SIGTERM.
 pub fn run(args: ServeArgs, _log: crate::telemetry::LogFormat) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -152,6 +169,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tokens,
         webhook_secret,
         source_refresh: notify_tx,
+        source_writer: Some(open_writer(&args)?),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut api_stop = stop_rx.clone();

@@ -2,6 +2,7 @@
 //! Every error names `file:line:column` and the field path.
 
 pub mod defaults;
+pub mod edit;
 pub mod limits;
 pub mod parse;
 pub mod positions;

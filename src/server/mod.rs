@@ -7,6 +7,7 @@ pub mod fields;
 pub mod limits;
 pub mod objects;
 pub mod path;
+pub mod rollout;
 pub mod status;
 pub mod tokens;
 pub mod watch;
@@ -43,6 +44,8 @@ pub struct ApiState {
     pub webhook_secret: Option<Vec<u8>>,
     /// Asks the source to fetch now (a full channel means a fetch is already pending).
     pub source_refresh: tokio::sync::mpsc::Sender<()>,
+    /// Edits the source for rollout commands; `None` makes them answer 503.
+    pub source_writer: Option<Arc<dyn crate::source::write::SourceWriter>>,
 }
 
 /// The state handlers see: the API state and the bounds' bookkeeping.
@@ -68,6 +71,7 @@ pub fn router_with_limits(state: Arc<ApiState>, limits: Limits) -> Router {
         limits,
     });
     Router::new()
+        .route(rollout::ROUTE, axum::routing::any(rollout::handle))
         .fallback(handle)
         .layer(middleware::from_fn_with_state(Arc::clone(&shared), admit))
         .layer(middleware::from_fn(log_request))

@@ -643,7 +643,7 @@ fn revision_info(commit: &git2::Commit<'_>) -> RevisionInfo {
 
 /// Credentials for remotes: the ssh agent then the usual key files for ssh, git's credential
 /// helpers for https. A few attempts only, so that a refused key does not loop forever.
-fn callbacks() -> git2::RemoteCallbacks<'static> {
+pub(crate) fn callbacks() -> git2::RemoteCallbacks<'static> {
     let mut callbacks = git2::RemoteCallbacks::new();
     let mut attempts = 0;
     callbacks.credentials(move |url, username, allowed| {
@@ -685,7 +685,7 @@ fn callbacks() -> git2::RemoteCallbacks<'static> {
 }
 
 /// A URL (`scheme://...`) or scp-like `user@host:path`; anything else is a local path.
-fn is_url(location: &str) -> bool {
+pub(crate) fn is_url(location: &str) -> bool {
     if location.contains("://") {
         return true;
     }
@@ -698,7 +698,7 @@ fn is_url(location: &str) -> bool {
 /// The location for messages: a password or token in a URL is replaced by `***`
 /// (`https://user:secret@host/r` -> `https://user:***@host/r`, `https://token@host/r` ->
 /// `https://***@host/r`; an ssh user name is kept).
-fn redact(location: &str) -> String {
+pub(crate) fn redact(location: &str) -> String {
     let Some((scheme, rest)) = location.split_once("://") else {
         return location.to_string();
     };
@@ -716,13 +716,13 @@ fn redact(location: &str) -> String {
 }
 
 /// `state_dir/sources/<first 16 hex digits of sha256(url)>`.
-fn clone_dir(state_dir: &Path, url: &str) -> PathBuf {
+pub(crate) fn clone_dir(state_dir: &Path, url: &str) -> PathBuf {
     let digest = hex::encode(Sha256::digest(url.as_bytes()));
     state_dir.join("sources").join(&digest[..16])
 }
 
 /// The branch HEAD points at, else `main` or `master` when one exists (else `main`).
-fn local_default_branch(repo: &Repository) -> String {
+pub(crate) fn local_default_branch(repo: &Repository) -> String {
     if let Ok(head) = repo.find_reference("HEAD")
         && let Ok(Some(target)) = head.symbolic_target()
         && let Some(branch) = target.strip_prefix("refs/heads/")
@@ -737,7 +737,7 @@ fn local_default_branch(repo: &Repository) -> String {
 }
 
 /// Checks `--path`: relative, no `..`; returns it without empty or `.` components.
-fn normalise_subdir(path: &str) -> Result<Option<String>, String> {
+pub(crate) fn normalise_subdir(path: &str) -> Result<Option<String>, String> {
     if path.starts_with('/') || Path::new(path).is_absolute() {
         return Err(format!(
             "--path {path:?} must be relative to the repository root"
