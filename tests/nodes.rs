@@ -304,6 +304,7 @@ impl Api {
             tokens: tokens.clone(),
             webhook_secret: None,
             source_refresh: refresh,
+            source_writer: None,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
