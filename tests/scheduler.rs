@@ -277,7 +277,7 @@ fn not_ready_and_cordoned_nodes_are_skipped() {
     assert_eq!(
         schedule(&PodRequirements::of(&replica("web", 0)), &snapshot).map_err(|e| e.message),
         Err(
-            "0/3 nodes are available: 1 node(s) were unschedulable, 2 node(s) were not ready."
+            "0/3 nodes are available: 2 node(s) were not ready, 1 node(s) were unschedulable."
                 .to_string()
         )
     );
