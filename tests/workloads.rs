@@ -231,3 +231,118 @@ fn items_ref(list: &Value) -> Vec<&Value> {
         .map(|a| a.iter().collect())
         .unwrap_or_default()
 }
+
+/// xgp-web with a progress deadline, optionally auto-reverting, and a nodeSelector that the
+/// given version asks for (`disk: ssd` exists; `disk: none` matches no node).
+fn guarded_web(image: &str, disk: &str, auto_revert: bool) -> String {
+    let annotation = if auto_revert {
+        "  annotations:\n    tend.dev/auto-revert: \"true\"\n"
+    } else {
+        ""
+    };
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: xgp-web\n{annotation}spec:\n  replicas: 2\n  progressDeadlineSeconds: 2\n  selector:\n    matchLabels:\n      app: xgp-server\n  template:\n    metadata:\n      labels:\n        app: xgp-server\n    spec:\n      nodeSelector:\n        disk: {disk}\n      containers:\n      - name: web\n        image: {image}\n"
+    )
+}
+
+#[test]
+fn a_stuck_rollout_fails_its_status_and_auto_reverts_with_a_commit() {
+    let repos = Repos::new();
+    repos.write("xgp.yaml", &guarded_web("web:v1", "ssd", false));
+    let v1 = repos.commit("v1");
+    let serve = Serve::start(&["--repo", repos.work.to_str().unwrap()], &repos.state());
+    let _node = SimNode::start(&serve, "node01", "disk=ssd");
+    assert_eq!(phase(&serve.wait_revision(&v1)), "Applied");
+    serve.wait_for(DEPLOY, "v1 rolled out", |d| {
+        rollout_complete(d, 2, "web:v1")
+    });
+
+    // v2 asks for a node that does not exist: the rollout stalls past its deadline.
+    repos.write("xgp.yaml", &guarded_web("web:v2", "none", false));
+    repos.commit("v2 on a disk no node has");
+    let out = serve.cli(&[
+        "rollout",
+        "status",
+        "deployment/xgp-web",
+        "--timeout",
+        "20s",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("exceeded its progress deadline"),
+        "{stderr}"
+    );
+    let d = serve.get_ok(DEPLOY);
+    assert!(
+        d["status"]["conditions"]
+            .to_string()
+            .contains("ProgressDeadlineExceeded"),
+        "{d}"
+    );
+    assert_eq!(
+        d["status"]["availableReplicas"], 2,
+        "the old pods keep serving"
+    );
+
+    // With auto-revert, the same stall makes a revert commit restoring v1's template.
+    repos.write("xgp.yaml", &guarded_web("web:v3", "none", true));
+    let v3 = repos.commit("v3 on a disk no node has, with auto-revert");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let subject = loop {
+        let subject = git(&repos.work, &["log", "-1", "--format=%s"]);
+        if subject.starts_with("Auto-revert") {
+            break subject;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no auto-revert commit; last is {subject:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        subject
+            .starts_with("Auto-revert deployment/xgp-web to revision 1: ProgressDeadlineExceeded"),
+        "{subject}"
+    );
+    assert_eq!(
+        git(&repos.work, &["rev-parse", "HEAD~1"]),
+        v3,
+        "the revert sits on top of the bad commit"
+    );
+    let file = std::fs::read_to_string(repos.work.join("xgp.yaml")).unwrap();
+    assert!(
+        file.contains("image: web:v1") && file.contains("disk: ssd"),
+        "{file}"
+    );
+    assert!(
+        file.contains("tend.dev/auto-revert"),
+        "only the template is reverted: {file}"
+    );
+    serve.wait_for(DEPLOY, "back on v1", |d| rollout_complete(d, 2, "web:v1"));
+}
+
+#[test]
+fn scale_on_a_remote_source_pushes_the_commit() {
+    let repos = Repos::new();
+    repos.write("xgp.yaml", &xgp_web(3, "web:v1"));
+    let v1 = repos.commit("v1");
+    repos.push();
+    let url = format!("file://{}", repos.bare.display());
+    let serve = Serve::start(&["--repo", &url, "--interval", "1h"], &repos.state());
+    assert_eq!(phase(&serve.wait_revision(&v1)), "Applied");
+    let out = serve.cli_ok(&["scale", "deployment/xgp-web", "--replicas", "5"]);
+    let pushed = git(&repos.bare, &["rev-parse", "main"]);
+    assert_ne!(pushed, v1, "the commit reached the remote");
+    assert!(out.contains(&pushed), "{out}");
+    assert_eq!(
+        git(&repos.bare, &["log", "-1", "--format=%s"]),
+        "Scale deployment/xgp-web to 5 replicas"
+    );
+    serve.wait_for(DEPLOY, "5 replicas", |d| d["spec"]["replicas"] == 5);
+}

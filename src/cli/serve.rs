@@ -43,6 +43,7 @@ pub struct ServeArgs {
     pub webhook_secret_file: Option<PathBuf>,
 }
 
+use crate::api::ObjectKey;
 use crate::controller::deployment::DeploymentController;
 use crate::controller::gc::GarbageCollector;
 use crate::controller::node::NodeController;
@@ -52,9 +53,10 @@ use crate::controller::source::SourceController;
 use crate::manifest::Limits;
 use crate::scheduler::Scheduler;
 use crate::server::{ApiState, Tokens};
-use crate::source::Source;
 use crate::source::dir::DirSource;
 use crate::source::git::GitSource;
+use crate::source::write::{Edit, SourceWriter, Written};
+use crate::source::{Source, SourceError};
 use crate::store::Store;
 use crate::store::redb::RedbStore;
 use anyhow::{Context as _, bail};
@@ -105,9 +107,7 @@ pub fn open_source(args: &ServeArgs) -> anyhow::Result<Box<dyn Source>> {
 }
 
 /// The writer of the same source, for rollout commands (`scale`, `rollout undo|pause|resume`).
-pub fn open_writer(
-    args: &ServeArgs,
-) -> anyhow::Result<Arc<dyn crate::source::write::SourceWriter>> {
+pub fn open_writer(args: &ServeArgs) -> anyhow::Result<Arc<dyn SourceWriter>> {
     use crate::source::write::{DirWriter, GitWriter};
     Ok(match (&args.repo, &args.dir) {
         (Some(repo), _) => Arc::new(GitWriter::open(
@@ -164,12 +164,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         source.describe(),
         args.state.display()
     ));
+    let writer: Arc<dyn SourceWriter> = Arc::new(RefreshingWriter {
+        inner: open_writer(&args)?,
+        refresh: notify_tx.clone(),
+    });
     let state = Arc::new(ApiState {
         store: store.clone(),
         tokens,
         webhook_secret,
         source_refresh: notify_tx,
-        source_writer: Some(open_writer(&args)?),
+        source_writer: Some(writer.clone()),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut api_stop = stop_rx.clone();
@@ -184,7 +188,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
-    let ctx = Context::new(store.clone(), Arc::new(SystemClock));
+    let mut ctx = Context::new(store.clone(), Arc::new(SystemClock));
+    ctx.source_writer = Some(writer);
     let controllers = start_controllers(&args, ctx, &stop_rx)?;
 
     // The source loop: sync, then wait for a change notice, the poll period, or shutdown.
@@ -240,6 +245,27 @@ fn release_freed_memory() {
     // preconditions and is safe to call from any thread at any time.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// A source writer that wakes the source loop after each write, so that a commit made by a
+/// command or by auto-revert is applied at once, also for remotes fetched on an interval.
+struct RefreshingWriter {
+    inner: Arc<dyn SourceWriter>,
+    refresh: tokio::sync::mpsc::Sender<()>,
+}
+
+impl SourceWriter for RefreshingWriter {
+    fn edit(
+        &self,
+        key: &ObjectKey,
+        file: &str,
+        edit: &Edit,
+        message: &str,
+    ) -> Result<Written, SourceError> {
+        let written = self.inner.edit(key, file, edit, message)?;
+        let _ = self.refresh.try_send(());
+        Ok(written)
     }
 }
 
