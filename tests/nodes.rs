@@ -836,11 +836,14 @@ async fn simulated_node_registers_with_a_real_serve_and_runs_a_pod() {
     .await;
     assert_eq!(node["metadata"]["name"], "sim-1");
 
-    // serve does not run the node controller yet: the test gives the pod CIDR itself.
-    let mut with_cidr = node.clone();
-    with_cidr["spec"]["podCIDR"] = json!("10.244.7.0/24");
-    let (code, body) = call(Method::PUT, "/api/v1/nodes/sim-1", Some(with_cidr)).await;
-    assert_eq!(code, StatusCode::OK, "{body}");
+    // serve's node controller gives the node its pod CIDR.
+    let node = eventually(20, "sim-1 has a pod CIDR", || async {
+        let (_, node) = call(Method::GET, "/api/v1/nodes/sim-1", None).await;
+        node["spec"]["podCIDR"].is_string().then_some(node)
+    })
+    .await;
+    let cidr = node["spec"]["podCIDR"].as_str().unwrap_or("").to_string();
+    assert_eq!(cidr, "10.244.0.0/24");
     let (code, body) = call(
         Method::POST,
         "/api/v1/namespaces/default/pods",
@@ -854,10 +857,7 @@ async fn simulated_node_registers_with_a_real_serve_and_runs_a_pod() {
     })
     .await;
     assert!(
-        in_cidr(
-            pod["status"]["podIP"].as_str().unwrap_or(""),
-            "10.244.7.0/24"
-        ),
+        in_cidr(pod["status"]["podIP"].as_str().unwrap_or(""), &cidr),
         "{pod}"
     );
     let _ = stop_sim.send(true);

@@ -27,6 +27,24 @@ fn rollout_complete(d: &Value, replicas: u64, image: &str) -> bool {
         && s["replicas"] == replicas
 }
 
+/// Waits until `n` nodes report Ready=True.
+fn wait_ready_nodes(serve: &Serve, n: usize) {
+    serve.wait_for("/api/v1/nodes", "Ready nodes", |list| {
+        let ready = items(list)
+            .iter()
+            .filter(|node| {
+                node.pointer("/status/conditions")
+                    .and_then(Value::as_array)
+                    .is_some_and(|cs| {
+                        cs.iter()
+                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                    })
+            })
+            .count();
+        ready == n
+    });
+}
+
 fn history(serve: &Serve) -> Vec<(u64, String)> {
     let out = serve.cli_ok(&["rollout", "history", "deployment/xgp-web"]);
     out.lines()
@@ -53,16 +71,7 @@ fn seed_lab_by_commits_on_labelled_nodes() {
         .iter()
         .map(|n| SimNode::start(&serve, n, ""))
         .collect();
-    serve.wait_for("/api/v1/nodes", "3 Ready nodes", |l| {
-        items(l)
-            .iter()
-            .filter(|n| {
-                n.pointer("/status/conditions")
-                    .is_some_and(|c| c.to_string().contains("\"Ready\""))
-            })
-            .count()
-            == 3
-    });
+    wait_ready_nodes(&serve, 3);
     assert_eq!(phase(&serve.wait_revision(&v1)), "Applied");
 
     // Nothing fits until a node has disk=ssd; then all 3 go there.
@@ -190,9 +199,8 @@ fn seed_lab_by_commits_on_labelled_nodes() {
 #[test]
 fn pods_of_a_lost_node_are_replaced_elsewhere_after_the_grace() {
     let repos = Repos::new();
-    let spread = xgp_web(3, "web:v1").replace("      nodeSelector:\n        disk: ssd\n", "");
-    repos.write("xgp.yaml", &spread);
-    let v1 = repos.commit("v1");
+    repos.write("README.md", "nothing to deploy yet\n");
+    repos.commit("empty");
     let serve = Serve::start(
         &["--repo", repos.work.to_str().unwrap(), "--node-grace", "2"],
         &repos.state(),
@@ -200,6 +208,11 @@ fn pods_of_a_lost_node_are_replaced_elsewhere_after_the_grace() {
     let a = SimNode::start(&serve, "node-a", "");
     let _b = SimNode::start(&serve, "node-b", "");
     let _c = SimNode::start(&serve, "node-c", "");
+    // Deploy once all three nodes are Ready, so that spreading has three to choose from.
+    wait_ready_nodes(&serve, 3);
+    let spread = xgp_web(3, "web:v1").replace("      nodeSelector:\n        disk: ssd\n", "");
+    repos.write("xgp.yaml", &spread);
+    let v1 = repos.commit("v1");
     assert_eq!(phase(&serve.wait_revision(&v1)), "Applied");
     serve.wait_for(DEPLOY, "rolled out", |d| rollout_complete(d, 3, "web:v1"));
     let nodes: std::collections::BTreeSet<String> = running_pods(&serve)
