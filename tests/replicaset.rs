@@ -485,6 +485,7 @@ fn garbage_collector_deletes_replica_sets_of_a_deleted_deployment_then_their_pod
     let p = h.pod_names();
     h.observe(&p[0], Some("n1"), "Running", None);
     let gc = GarbageCollector::new();
+    let rs_before = h.get(Kind::ReplicaSet, RS).expect("the ReplicaSet");
 
     // Owners present: nothing is garbage.
     let all = gc.initial_keys(&h.ctx).expect("keys");
@@ -515,13 +516,9 @@ fn garbage_collector_deletes_replica_sets_of_a_deleted_deployment_then_their_pod
         .expect("list")
         .0;
     assert!(rs.is_empty());
-    // The ReplicaSet's own deletion event takes its pods: the bound one through its node.
-    let rs_gone = {
-        let mut r = replica_set(RS, 2, Some(&deployment));
-        r["metadata"]["uid"] = json!("whatever");
-        r
-    };
-    h.run_events(&gc, &[event(&rs_gone, 99)]);
+    // The ReplicaSet's own deletion event (its last state, with its uid) takes its pods: the
+    // bound one through its node.
+    h.run_events(&gc, &[event(&rs_before, 99)]);
     let mut actions = h.actions();
     actions.sort();
     assert_eq!(

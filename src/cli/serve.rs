@@ -58,6 +58,7 @@ use crate::source::git::GitSource;
 use crate::source::write::{Edit, SourceWriter, Written};
 use crate::source::{Source, SourceError};
 use crate::store::Store;
+use crate::store::owners::OwnerIndex;
 use crate::store::redb::RedbStore;
 use anyhow::{Context as _, bail};
 use std::process::ExitCode;
@@ -188,7 +189,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
-    let mut ctx = Context::new(store.clone(), Arc::new(SystemClock));
+    // Controllers look objects up by owner through an index, as Kubernetes' informers do.
+    let indexed: Arc<dyn Store> = Arc::new(OwnerIndex::new(store.clone())?);
+    let mut ctx = Context::new(indexed, Arc::new(SystemClock));
     ctx.source_writer = Some(writer);
     let controllers = start_controllers(&args, ctx, &stop_rx)?;
 

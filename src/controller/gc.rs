@@ -10,16 +10,17 @@ use crate::controller::replicaset::pod_deletion;
 use crate::controller::runtime::{Action, Context, ReconcileError, Reconciler};
 use crate::store::{Op, StoreError, WatchEvent, WatchEventType};
 use serde_json::Value;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 /// Deletes ReplicaSets and Pods whose controlling owner is gone.
 #[derive(Default)]
 pub struct GarbageCollector {
-    /// Owners whose dependents must be looked for: ReplicaSets just deleted or created (a
-    /// ReplicaSet recreated under the same name leaves the old one's pods behind). Kept here
-    /// so that the many status changes of a ReplicaSet only check its own owner, not list pods.
-    sweeps: Mutex<HashSet<ObjectKey>>,
+    /// Owners just deleted, with the uids they had: their dependents are looked up by that
+    /// uid (an indexed read), so that neither the many status changes of a ReplicaSet nor the
+    /// creation of thousands of them lists every pod. A dependent whose owner went while
+    /// tend was stopped is found by its own check at start (`initial_keys`).
+    sweeps: Mutex<HashMap<ObjectKey, Vec<String>>>,
 }
 
 /// The kind an owner's dependents have.
@@ -47,7 +48,7 @@ impl GarbageCollector {
         Self::default()
     }
 
-    fn sweeps(&self) -> MutexGuard<'_, HashSet<ObjectKey>> {
+    fn sweeps(&self) -> MutexGuard<'_, HashMap<ObjectKey, Vec<String>>> {
         self.sweeps.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -80,23 +81,22 @@ impl GarbageCollector {
         Ok(deletion(object, ctx))
     }
 
-    /// The dependents of the owner at `key` (present or not) whose owner is gone.
+    /// The dependents of the owner at `key` that pointed to it when it had uid `uid`, now
+    /// gone (the owner at `key` is missing, or is a new object with another uid).
     fn orphaned_dependents(
         &self,
         key: &ObjectKey,
+        uid: &str,
         owner: Option<&Value>,
         ctx: &Context,
     ) -> Result<Vec<Op>, ReconcileError> {
         let Some(kind) = dependent_kind(key.kind) else {
             return Ok(Vec::new());
         };
-        let (candidates, _) = ctx.store.list(kind, Some(&key.namespace))?;
+        let candidates = ctx.store.list_owned(kind, &key.namespace, uid)?;
         Ok(candidates
             .iter()
-            .filter(|d| {
-                matches!(controller_of(d), Some((k, n, _)) if k == key.kind.name() && n == key.name)
-                    && is_orphaned(d, owner)
-            })
+            .filter(|d| is_orphaned(d, owner))
             .filter_map(|d| deletion(d, ctx))
             .collect())
     }
@@ -123,20 +123,19 @@ impl Reconciler for GarbageCollector {
         let Some(key) = ObjectKey::of(&event.object) else {
             return Vec::new();
         };
-        let changes_identity = matches!(
-            event.event_type,
-            WatchEventType::Added | WatchEventType::Deleted
-        );
-        match key.kind {
-            // A Deployment key always means "look at its ReplicaSets".
-            Kind::Deployment if changes_identity => vec![key],
-            Kind::ReplicaSet => {
-                if changes_identity {
-                    self.sweeps().insert(key.clone());
+        match (key.kind, event.event_type) {
+            (Kind::Deployment | Kind::ReplicaSet, WatchEventType::Deleted) => {
+                if let Some(uid) = event.object.meta_str("uid") {
+                    self.sweeps()
+                        .entry(key.clone())
+                        .or_default()
+                        .push(uid.to_string());
                 }
                 vec![key]
             }
-            Kind::Pod if event.event_type != WatchEventType::Deleted => vec![key],
+            // Dependents check their own owner when they appear or change.
+            (Kind::ReplicaSet, _) => vec![key],
+            (Kind::Pod, t) if t != WatchEventType::Deleted => vec![key],
             _ => Vec::new(),
         }
     }
@@ -153,17 +152,20 @@ impl Reconciler for GarbageCollector {
 
     fn reconcile(&self, key: &ObjectKey, ctx: &Context) -> Result<Action, ReconcileError> {
         let object = ctx.store.get(key)?;
-        let sweep = key.kind == Kind::Deployment || self.sweeps().remove(key);
+        let swept_uids = self.sweeps().remove(key).unwrap_or_default();
         let mut ops = Vec::new();
         if let Some(object) = &object {
             ops.extend(self.collect_if_orphaned(object, ctx)?);
         }
-        if sweep {
-            // Put back if this reconcile fails, so that the retry sweeps too.
-            match self.orphaned_dependents(key, object.as_ref(), ctx) {
+        for (i, uid) in swept_uids.iter().enumerate() {
+            match self.orphaned_dependents(key, uid, object.as_ref(), ctx) {
                 Ok(found) => ops.extend(found),
                 Err(e) => {
-                    self.sweeps().insert(key.clone());
+                    // Put back what is not swept yet, so that the retry sweeps it.
+                    self.sweeps()
+                        .entry(key.clone())
+                        .or_default()
+                        .extend(swept_uids[i..].iter().cloned());
                     return Err(e);
                 }
             }
@@ -173,8 +175,11 @@ impl Reconciler for GarbageCollector {
             match ctx.store.commit(vec![op]) {
                 Ok(_) | Err(StoreError::NotFound { .. }) => {}
                 Err(e) => {
-                    if sweep {
-                        self.sweeps().insert(key.clone());
+                    if !swept_uids.is_empty() {
+                        self.sweeps()
+                            .entry(key.clone())
+                            .or_default()
+                            .extend(swept_uids);
                     }
                     return Err(e.into());
                 }

@@ -119,7 +119,10 @@ impl Reconciler for ReplicaSetController {
             return Ok(Action::Done);
         };
         let now = ctx.clock.now();
-        let (pods, _) = ctx.store.list(Kind::Pod, Some(&key.namespace))?;
+        // Its own pods, and orphans it may adopt: pods of other controllers are never its.
+        let uid = rs.meta_str("uid").unwrap_or_default();
+        let mut pods = ctx.store.list_owned(Kind::Pod, &key.namespace, uid)?;
+        pods.extend(ctx.store.list_owned(Kind::Pod, &key.namespace, "")?);
         let owned = claim_pods(&rs, pods, ctx)?;
 
         let (mut active, finished): (Vec<Value>, Vec<Value>) =
@@ -335,19 +338,19 @@ fn related_active_pods(
         return Ok(own_active.to_vec());
     };
     let namespace = rs.meta_str("namespace").unwrap_or("default");
-    let (replica_sets, _) = ctx.store.list(Kind::ReplicaSet, Some(namespace))?;
-    let sibling_uids: Vec<&str> = replica_sets
-        .iter()
-        .filter(|s| matches!(controller_of(s), Some((_, _, u)) if u == owner_uid))
-        .filter_map(|s| s.meta_str("uid"))
-        .collect();
-    let (pods, _) = ctx.store.list(Kind::Pod, Some(namespace))?;
-    Ok(pods
-        .into_iter()
-        .filter(|p| {
-            is_active(p) && matches!(controller_of(p), Some((_, _, u)) if sibling_uids.contains(&u))
-        })
-        .collect())
+    let siblings = ctx
+        .store
+        .list_owned(Kind::ReplicaSet, namespace, owner_uid)?;
+    let mut related = Vec::new();
+    for uid in siblings.iter().filter_map(|s| s.meta_str("uid")) {
+        related.extend(
+            ctx.store
+                .list_owned(Kind::Pod, namespace, uid)?
+                .into_iter()
+                .filter(is_active),
+        );
+    }
+    Ok(related)
 }
 
 /// The `count` pods of `candidates` to delete first. A pod's rank is the number of active

@@ -19,8 +19,19 @@ use std::time::Duration;
 
 /// The `source.component` of the scheduler's events, as in Kubernetes.
 pub const COMPONENT: &str = "default-scheduler";
-/// How long an unschedulable pod waits before it is tried again without any node change.
+/// How long an unschedulable pod first waits before it is tried again without any node
+/// change; the wait doubles with each failed attempt up to `UNSCHEDULABLE_RETRY_MAX` (node
+/// changes retry pending pods at once, whatever their wait). Like kube-scheduler's back-off,
+/// this keeps thousands of pods that fit nowhere from rewriting their events every few
+/// seconds.
 pub const UNSCHEDULABLE_RETRY: Duration = Duration::from_secs(5);
+pub const UNSCHEDULABLE_RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// The wait before the `attempt`-th retry (1-based) of an unschedulable pod.
+pub fn unschedulable_retry(attempt: u32) -> Duration {
+    let factor = 1u32 << attempt.saturating_sub(1).min(10);
+    (UNSCHEDULABLE_RETRY * factor).min(UNSCHEDULABLE_RETRY_MAX)
+}
 
 #[derive(Default)]
 pub struct Scheduler {
@@ -32,6 +43,8 @@ pub struct Scheduler {
 #[derive(Default)]
 struct Triggers {
     pending: BTreeSet<ObjectKey>,
+    /// Failed attempts of each pending pod, for its back-off.
+    attempts: HashMap<ObjectKey, u32>,
     /// The last seen spec of each node: heartbeats change nothing here and retry nothing.
     nodes: HashMap<String, NodeSpec>,
 }
@@ -82,7 +95,11 @@ impl Scheduler {
             },
         ])?;
         cache.assume(key, node, requirements);
-        lock(&self.triggers).pending.remove(key);
+        {
+            let mut triggers = lock(&self.triggers);
+            triggers.pending.remove(key);
+            triggers.attempts.remove(key);
+        }
         let message = format!(
             "Successfully assigned {}/{} to {node}",
             key.namespace, key.name
@@ -99,7 +116,13 @@ impl Scheduler {
         pod: &Value,
         why: Unschedulable,
     ) -> Result<Action, ReconcileError> {
-        lock(&self.triggers).pending.insert(key.clone());
+        let attempt = {
+            let mut triggers = lock(&self.triggers);
+            triggers.pending.insert(key.clone());
+            let n = triggers.attempts.entry(key.clone()).or_insert(0);
+            *n += 1;
+            *n
+        };
         let status = with_pod_scheduled(
             pod.get("status"),
             "False",
@@ -121,7 +144,7 @@ impl Scheduler {
             &why.message,
             COMPONENT,
         )?;
-        Ok(Action::RequeueAfter(UNSCHEDULABLE_RETRY))
+        Ok(Action::RequeueAfter(unschedulable_retry(attempt)))
     }
 }
 
@@ -144,6 +167,7 @@ impl Reconciler for Scheduler {
                     return vec![key];
                 }
                 triggers.pending.remove(&key);
+                triggers.attempts.remove(&key);
                 // A bound pod that goes away frees room on its node.
                 if deleted && crate::api::pod::node_name(object).is_some() {
                     return triggers.pending.iter().cloned().collect();
@@ -198,7 +222,11 @@ impl Reconciler for Scheduler {
         let pod = match ctx.store.get(key)? {
             Some(pod) if is_pending(&pod) => pod,
             _ => {
-                lock(&self.triggers).pending.remove(key);
+                {
+                    let mut triggers = lock(&self.triggers);
+                    triggers.pending.remove(key);
+                    triggers.attempts.remove(key);
+                }
                 return Ok(Action::Done);
             }
         };
@@ -278,4 +306,18 @@ pub fn with_pod_scheduled(
         None => conditions.insert(0, condition),
     }
     status
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+
+    #[test]
+    fn unschedulable_retries_double_up_to_five_minutes() {
+        assert_eq!(unschedulable_retry(1), Duration::from_secs(5));
+        assert_eq!(unschedulable_retry(2), Duration::from_secs(10));
+        assert_eq!(unschedulable_retry(4), Duration::from_secs(40));
+        assert_eq!(unschedulable_retry(7), Duration::from_secs(300));
+        assert_eq!(unschedulable_retry(40), Duration::from_secs(300));
+    }
 }

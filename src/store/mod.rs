@@ -4,6 +4,7 @@
 //! (bumped only when `spec` changes), and keeps `status` apart from the rest.
 
 pub mod memory;
+pub mod owners;
 pub mod recording;
 pub mod redb;
 pub mod watch;
@@ -83,4 +84,22 @@ pub trait Store: Send + Sync {
     fn watch(&self, from_rv: u64) -> Result<Watch, StoreError>;
     /// The newest resourceVersion.
     fn current_rv(&self) -> u64;
+
+    /// Objects of `kind` in `namespace` whose controlling ownerReference has uid `owner_uid`;
+    /// with `owner_uid` empty, those with no controller at all (orphans). The default reads
+    /// the whole namespace; `owners::OwnerIndex` answers from an index kept from the watch.
+    fn list_owned(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        owner_uid: &str,
+    ) -> Result<Vec<Value>, StoreError> {
+        let (objects, _) = self.list(kind, Some(namespace))?;
+        Ok(objects
+            .into_iter()
+            .filter(|o| {
+                crate::api::pod::controller_of(o).map_or("", |(_, _, uid)| uid) == owner_uid
+            })
+            .collect())
+    }
 }

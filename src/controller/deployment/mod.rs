@@ -245,7 +245,9 @@ impl<'a> Rollout<'a> {
     fn load(ctx: &'a Context, key: ObjectKey, deployment: Value) -> Result<Self, ReconcileError> {
         let spec = DeploymentSpec::from_deployment(&deployment)?;
         let uid = deployment.meta_str("uid").unwrap_or_default().to_string();
-        let (all, _) = ctx.store.list(Kind::ReplicaSet, Some(&key.namespace))?;
+        let all = ctx
+            .store
+            .list_owned(Kind::ReplicaSet, &key.namespace, &uid)?;
         let mut replica_sets: Vec<Value> = all
             .into_iter()
             .filter(

@@ -49,7 +49,14 @@ impl Rollout<'_> {
         if old_uids.is_empty() {
             return Ok(false);
         }
-        let (pods, _) = self.ctx.store.list(Kind::Pod, Some(&self.key.namespace))?;
+        let mut pods = Vec::new();
+        for uid in &old_uids {
+            pods.extend(
+                self.ctx
+                    .store
+                    .list_owned(Kind::Pod, &self.key.namespace, uid)?,
+            );
+        }
         Ok(pods.iter().any(|pod| {
             let owned = matches!(controller_of(pod), Some(("ReplicaSet", _, uid)) if old_uids.contains(uid));
             let phase = pod.pointer("/status/phase").and_then(Value::as_str);
