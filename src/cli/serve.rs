@@ -124,6 +124,7 @@ pub fn open_writer(args: &ServeArgs) -> anyhow::Result<Arc<dyn SourceWriter>> {
 
 /// Runs the control plane until SIGINT or SIGTERM.
 pub fn run(args: ServeArgs, _log: crate::telemetry::LogFormat) -> anyhow::Result<ExitCode> {
+    bound_allocator_arenas();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -194,6 +195,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut ctx = Context::new(indexed, Arc::new(SystemClock));
     ctx.source_writer = Some(writer);
     let controllers = start_controllers(&args, ctx, &stop_rx)?;
+    tokio::spawn(async {
+        let mut every = tokio::time::interval(TRIM_PERIOD);
+        loop {
+            every.tick().await;
+            release_freed_memory();
+        }
+    });
 
     // The source loop: sync, then wait for a change notice, the poll period, or shutdown.
     let poll = Duration::from_secs(5)
@@ -239,6 +247,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     api.await.context("API task")?.context("API server")?;
     Ok(ExitCode::SUCCESS)
 }
+
+/// glibc gives each thread that allocates its own arena, up to 8 per core; reconciles run
+/// on the blocking thread pool, so a burst of controller work spreads freed memory over many
+/// arenas that are never handed back. Measured with 2,000 Deployments: 444 MiB resident at
+/// rest, 165 MiB after a trim. Fewer arenas and a periodic trim keep serve near what it uses.
+fn bound_allocator_arenas() {
+    // SAFETY: mallopt only sets glibc's allocator parameters; called at start, before the
+    // runtime's threads exist.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// How often freed memory is handed back (see `release_freed_memory`).
+const TRIM_PERIOD: Duration = Duration::from_secs(10);
 
 /// Hands memory freed after an apply back to the system. A large revision builds several
 /// transient copies of its objects; glibc keeps freed pages in its arenas, so without this
