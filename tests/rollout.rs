@@ -531,3 +531,22 @@ fn pure_decisions_of_the_commands() {
     assert!(apply_changes(&labels, &set, false).is_err());
     assert_eq!(apply_changes(&labels, &set, true).unwrap()["disk"], "ssd");
 }
+
+#[test]
+fn a_rollback_keeps_defaults_the_file_spells_out() {
+    let file = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  selector:\n    matchLabels:\n      app: web\n  template:\n    metadata:\n      labels:\n        app: web\n    spec:\n      containers:\n      - name: web\n        image: web:v3\n        imagePullPolicy: IfNotPresent\n        ports:\n        - containerPort: 80\n";
+    // What a ReplicaSet stores: the defaulted template of revision 1.
+    let target = tend::manifest::edit::defaulted_template(&json!({
+        "metadata": {"labels": {"app": "web"}},
+        "spec": {"containers": [{"name": "web", "image": "web:v1", "ports": [{"containerPort": 80}]}]}
+    }));
+    let out = apply_edit(file, &web(), &Edit::SetTemplate(target)).unwrap();
+    assert_eq!(
+        changed_lines(file, &out),
+        vec![(
+            "        image: web:v3".to_string(),
+            "        image: web:v1".to_string()
+        )],
+        "{out}"
+    );
+}

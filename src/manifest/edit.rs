@@ -94,7 +94,13 @@ pub fn apply_edit(file_text: &str, key: &ObjectKey, edit: &Edit) -> Result<Strin
                 base: "spec.template".to_string(),
                 written_at: &written_at,
             };
-            ctx.replace_block(pos, "template", &minimal_template(template), &order)?
+            let written = |path: &str| doc.positions.get(path).is_some();
+            ctx.replace_block(
+                pos,
+                "template",
+                &minimal_template(template, &written),
+                &order,
+            )?
         }
     };
     verify(&edited, key, &shown, &expected)?;
@@ -117,16 +123,39 @@ pub fn defaulted_template(template: &Value) -> Value {
 }
 
 /// The template without the fields defaulting would fill in again: a rollback writes what a
-/// person would have written, not every default the control plane added.
-fn minimal_template(template: &Value) -> Value {
+/// person would have written, not every default the control plane added. A field the file
+/// already spells out (`written`, by its path under `spec.template`) stays, even when it
+/// only repeats a default.
+fn minimal_template(template: &Value, written: &dyn Fn(&str) -> bool) -> Value {
     let target = defaulted_template(template);
     let mut current = template.clone();
-    prune(&mut current, &mut Vec::new(), &target);
+    prune(&mut current, &mut Vec::new(), &target, written);
     current
 }
 
-/// Removes, deepest first, each mapping field whose absence defaults back to `target`.
-fn prune(root: &mut Value, path: &mut Vec<PathStep>, target: &Value) {
+/// The position-map path of `path` under the template: `spec.template.spec.containers[0].image`.
+fn field_path(path: &[PathStep]) -> String {
+    let mut out = String::from("spec.template");
+    for step in path {
+        match step {
+            PathStep::Field(f) => {
+                out.push('.');
+                out.push_str(f);
+            }
+            PathStep::Item(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
+}
+
+/// Removes, deepest first, each mapping field whose absence defaults back to `target`, unless
+/// the file writes it.
+fn prune(
+    root: &mut Value,
+    path: &mut Vec<PathStep>,
+    target: &Value,
+    written: &dyn Fn(&str) -> bool,
+) {
     let Some(node) = walk(root, path).cloned() else {
         return;
     };
@@ -134,8 +163,12 @@ fn prune(root: &mut Value, path: &mut Vec<PathStep>, target: &Value) {
         Value::Object(map) => {
             for field in map.keys() {
                 path.push(PathStep::Field(field.clone()));
-                prune(root, path, target);
+                prune(root, path, target, written);
+                let spelled_out = written(&field_path(path));
                 path.pop();
+                if spelled_out {
+                    continue;
+                }
                 let mut candidate = root.clone();
                 if let Some(Value::Object(parent)) = walk_mut(&mut candidate, path) {
                     parent.remove(field);
@@ -148,7 +181,7 @@ fn prune(root: &mut Value, path: &mut Vec<PathStep>, target: &Value) {
         Value::Array(items) => {
             for index in 0..items.len() {
                 path.push(PathStep::Item(index));
-                prune(root, path, target);
+                prune(root, path, target, written);
                 path.pop();
             }
         }
