@@ -23,6 +23,7 @@ pub mod manifest;
 pub mod plan;
 pub mod scheduler;
 pub mod server;
+pub mod shutdown;
 pub mod source;
 pub mod store;
 pub mod telemetry;

@@ -272,27 +272,12 @@ pub fn main(
     runtime.block_on(async move {
         let (stop_tx, stop_rx) = watch::channel(false);
         tokio::spawn(async move {
-            stop_signal().await;
+            crate::shutdown::signal().await;
             let _ = stop_tx.send(true);
         });
         run(args, stop_rx).await
     })?;
     Ok(ExitCode::SUCCESS)
-}
-
-async fn stop_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 /// Runs a simulated node until `shutdown` turns true.

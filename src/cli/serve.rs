@@ -187,7 +187,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         },
     ));
     tokio::spawn(async move {
-        shutdown_signal().await;
+        crate::shutdown::signal().await;
         let _ = stop_tx.send(true);
     });
     // Controllers look objects up by owner through an index, as Kubernetes' informers do.
@@ -335,19 +335,4 @@ fn create_state_dir(dir: &std::path::Path) -> anyhow::Result<()> {
             .with_context(|| format!("creating the state directory {}", dir.display()))?;
     }
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
