@@ -176,9 +176,10 @@ fn seed_lab_by_commits_on_labelled_nodes() {
         subject.starts_with("Roll back deployment/xgp-web to revision 1"),
         "{subject}"
     );
-    assert!(
-        out.contains(&git(&repos.work, &["rev-parse", "HEAD"])[..7]),
-        "{out}"
+    assert_eq!(
+        out,
+        format!("{}\n", git(&repos.work, &["rev-parse", "HEAD"])),
+        "stdout is the new commit id alone"
     );
     serve.wait_for(DEPLOY, "back on v1", |d| rollout_complete(d, 4, "web:v1"));
     let revisions: Vec<u64> = history(&serve).iter().map(|(r, _)| *r).collect();

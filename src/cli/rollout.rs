@@ -118,6 +118,17 @@ pub fn run(args: RolloutArgs, client: &Client) -> anyhow::Result<(Printed, bool)
             true,
         ))
     };
+    // A mutation prints only the new commit id on stdout (CLI.md: scripts capture it), and
+    // kubectl's sentence on stderr.
+    let committed = |sentence: String, revision: String| {
+        Ok((
+            Printed {
+                stdout: format!("{revision}\n"),
+                stderr: format!("{sentence}\n"),
+            },
+            true,
+        ))
+    };
     match args.command {
         RolloutCommand::Undo {
             target,
@@ -130,23 +141,20 @@ pub fn run(args: RolloutArgs, client: &Client) -> anyhow::Result<(Printed, bool)
                 "rollback",
                 &json!({"toRevision": to_revision}),
             )?;
-            ok(format!(
-                "deployment.apps/{} rolled back\n{revision}\n",
-                key.name
-            ))
+            committed(
+                format!("deployment.apps/{} rolled back", key.name),
+                revision,
+            )
         }
         RolloutCommand::Pause { target } => {
             let key = target.key()?;
             let revision = post_command(client, &key, "pause", &json!({}))?;
-            ok(format!("deployment.apps/{} paused\n{revision}\n", key.name))
+            committed(format!("deployment.apps/{} paused", key.name), revision)
         }
         RolloutCommand::Resume { target } => {
             let key = target.key()?;
             let revision = post_command(client, &key, "resume", &json!({}))?;
-            ok(format!(
-                "deployment.apps/{} resumed\n{revision}\n",
-                key.name
-            ))
+            committed(format!("deployment.apps/{} resumed", key.name), revision)
         }
         RolloutCommand::History { target, revision } => {
             let key = target.key()?;
