@@ -60,7 +60,7 @@ pub enum Command {
     Diff(diff::DiffArgs),
     /// Run a simulated node: registers, heartbeats, and marks its pods Running and Ready.
     SimNode(crate::agent::sim::SimNodeArgs),
-    /// Measure tend: `apply` (cold apply, one-file commit, serve's memory).
+    /// Measure tend: `apply` (cold apply, one-file commit, memory) or `schedule` (pods/s).
     Bench(crate::bench::BenchArgs),
     /// Follow, list, undo, pause or resume rollouts (undo, pause and resume are commits).
     Rollout(rollout::RolloutArgs),
