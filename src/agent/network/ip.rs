@@ -203,7 +203,9 @@ impl NetOps for IpCommands {
         )?;
         observed.forwarding = forwarding.trim() == "1";
         let table = self.node_program("nft", &["list", "table", "ip", plan::NAT_TABLE]);
-        observed.nat_table = run(table, None, &[]).is_ok();
+        observed.nat_table = run(table, None, &[])
+            .ok()
+            .map(|listing| plan::parse_nat_table(&listing));
         Ok(observed)
     }
 

@@ -68,8 +68,9 @@ pub struct Observed {
     pub routes: BTreeMap<Cidr, Ipv4Addr>,
     /// Whether the node forwards IPv4.
     pub forwarding: bool,
-    /// Whether the `tend-nat` table exists.
-    pub nat_table: bool,
+    /// The `tend-nat` table when it exists: the (pod CIDR, cluster CIDR) of each masquerade
+    /// rule in it.
+    pub nat_table: Option<Vec<(Cidr, Cidr)>>,
 }
 
 /// One change to the system. `netns` fields name a pod's namespace; the rest is the node's.
@@ -163,7 +164,8 @@ pub fn node_setup(node: &NodeNetwork, observed: &Observed) -> Vec<Step> {
         steps.push(Step::LinkUp { dev: BRIDGE.into() });
     }
     steps.extend(route_sync(node, observed));
-    if !observed.nat_table {
+    let nat_rule = vec![(node.pod_cidr, node.cluster_cidr)];
+    if observed.nat_table.as_ref() != Some(&nat_rule) {
         steps.push(Step::ReplaceNatTable {
             pod_cidr: node.pod_cidr,
             cluster_cidr: node.cluster_cidr,
@@ -205,7 +207,7 @@ pub fn node_teardown(node: &NodeNetwork, observed: &Observed) -> Vec<Step> {
         .filter(|dst| node.cluster_cidr.covers(dst))
         .map(|dst| Step::DeleteRoute { dst: *dst })
         .collect();
-    if observed.nat_table {
+    if observed.nat_table.is_some() {
         steps.push(Step::DeleteNatTable);
     }
     if observed.links.contains_key(BRIDGE) {
@@ -291,6 +293,30 @@ pub fn nat_table_script(pod_cidr: Cidr, cluster_cidr: Cidr) -> String {
     )
 }
 
+/// The masquerade rules of a `nft list table ip tend-nat` listing, as (pod CIDR, cluster
+/// CIDR); the inverse of [`nat_table_script`].
+pub fn parse_nat_table(listing: &str) -> Vec<(Cidr, Cidr)> {
+    listing
+        .lines()
+        .filter_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.as_slice() {
+                [
+                    "ip",
+                    "saddr",
+                    pod,
+                    "ip",
+                    "daddr",
+                    "!=",
+                    cluster,
+                    "masquerade",
+                ] => Some((pod.parse().ok()?, cluster.parse().ok()?)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
 /// Removes `tend-nat` whether or not it exists.
 pub fn nat_table_delete_script() -> String {
     format!("add table ip {NAT_TABLE}\ndelete table ip {NAT_TABLE}\n")
@@ -317,8 +343,11 @@ pub fn apply_to(observed: &mut Observed, step: &Step) {
         Step::DeleteRoute { dst } => {
             observed.routes.remove(dst);
         }
-        Step::ReplaceNatTable { .. } => observed.nat_table = true,
-        Step::DeleteNatTable => observed.nat_table = false,
+        Step::ReplaceNatTable {
+            pod_cidr,
+            cluster_cidr,
+        } => observed.nat_table = Some(vec![(*pod_cidr, *cluster_cidr)]),
+        Step::DeleteNatTable => observed.nat_table = None,
         Step::CreateNetns { name } => {
             observed.netns.insert(name.clone());
         }
@@ -494,5 +523,26 @@ mod tests {
         let s = nat_table_script(cidr("10.244.77.0/24"), cidr("10.244.0.0/16"));
         assert!(s.starts_with("add table ip tend-nat\ndelete table ip tend-nat\n"));
         assert!(s.contains("ip saddr 10.244.77.0/24 ip daddr != 10.244.0.0/16 masquerade"));
+        // What nft 1.0.6 lists back.
+        let listing = "table ip tend-nat {\n\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tip saddr 10.244.77.0/24 ip daddr != 10.244.0.0/16 masquerade\n\t}\n}\n";
+        let rules = parse_nat_table(listing);
+        assert_eq!(rules, vec![(cidr("10.244.77.0/24"), cidr("10.244.0.0/16"))]);
+        // A table for another pod CIDR is replaced; the right one is left alone.
+        let mut observed = Observed {
+            nat_table: Some(vec![(cidr("10.244.9.0/24"), cidr("10.244.0.0/16"))]),
+            ..Observed::default()
+        };
+        assert!(
+            node_setup(&node(), &observed).contains(&Step::ReplaceNatTable {
+                pod_cidr: cidr("10.244.77.0/24"),
+                cluster_cidr: cidr("10.244.0.0/16")
+            })
+        );
+        observed.nat_table = Some(rules);
+        assert!(
+            !node_setup(&node(), &observed)
+                .iter()
+                .any(|s| matches!(s, Step::ReplaceNatTable { .. }))
+        );
     }
 }
