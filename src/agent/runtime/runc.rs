@@ -76,6 +76,8 @@ pub enum RuntimeError {
     },
     #[error("container {id:?} does not exist")]
     NotFound { id: String },
+    #[error("container {id:?} still runs {waited:?} after SIGTERM, SIGKILL included")]
+    StillRunning { id: String, waited: Duration },
     #[error("cannot become a child subreaper (needed to read containers' exit codes): {0}")]
     Subreaper(io::Error),
 }
@@ -94,6 +96,9 @@ pub trait ContainerRuntime: Send + Sync {
     /// Where the container's stdout and stderr go.
     fn log_path(&self, id: &str) -> PathBuf;
 }
+
+/// How long [`stop`] waits for a container to go after SIGKILL before it gives up.
+pub const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Stops `id` as the kubelet does: SIGTERM, then SIGKILL when it still runs after `grace`.
 /// Returns the exit code when the runtime could read it. Does not delete the container.
@@ -120,10 +125,18 @@ pub fn stop(
             std::thread::sleep(poll);
         }
         runtime.kill(id, Signal::Kill)?;
+        // SIGKILL cannot be refused, but a process stuck in the kernel can take a while.
+        let deadline = Instant::now() + KILL_TIMEOUT;
         loop {
             let state = runtime.state(id)?;
             if stopped(&state) {
                 return Ok(state.and_then(|s| s.exit_code));
+            }
+            if Instant::now() >= deadline {
+                return Err(RuntimeError::StillRunning {
+                    id: id.to_string(),
+                    waited: grace + KILL_TIMEOUT,
+                });
             }
             std::thread::sleep(poll);
         }
