@@ -2,6 +2,10 @@
 //!
 //! - [`client`]: the agents' HTTP client (several servers, join token, node status, pod
 //!   list+watch that resumes and relists).
+//! - [`network`]: the pod network: IPs from the node's pod CIDR, a bridge, a network
+//!   namespace and veth per pod, routes to other nodes, masquerade (iproute2 and nft).
+//! - [`runtime`]: containers with runc: OCI bundles from the image config and the pod spec,
+//!   the runc driver, restart policy and CrashLoopBackOff decisions.
 //! - [`sim`]: `tend sim-node`, a simulated node that marks its pods Running and Ready without
 //!   running anything, for tests and demos.
 //!
@@ -12,6 +16,7 @@
 
 pub mod client;
 pub mod network;
+pub mod runtime;
 pub mod sim;
 
 use serde_json::{Map, Value, json};

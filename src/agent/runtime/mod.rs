@@ -1,0 +1,10 @@
+//! Containers on a node (issue 4 part 3): OCI bundles from the image config and the pod
+//! spec, runc to run them, and the restart rules.
+//!
+//! - [`bundle`]: `config.json` from the image config and a Kubernetes container (pure).
+//! - [`runc`]: the [`runc::ContainerRuntime`] trait, the real `runc` and a recording fake.
+//! - [`restart`]: restartPolicy, CrashLoopBackOff and the reported state/reason (pure).
+
+pub mod bundle;
+pub mod restart;
+pub mod runc;
