@@ -11,6 +11,7 @@
 //! labels an admin sets therefore survive agent restarts, as in Kubernetes.
 
 pub mod client;
+pub mod image;
 pub mod sim;
 
 use serde_json::{Map, Value, json};
