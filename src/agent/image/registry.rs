@@ -55,6 +55,9 @@ pub struct OciRegistry {
 
 impl OciRegistry {
     pub fn new(insecure_registries: Vec<String>) -> OciRegistry {
+        // oci-client is built without its own TLS provider (it would pull aws-lc); use the
+        // ring provider the rest of the binary already has. Err: one is installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let config = oci_client::client::ClientConfig {
             protocol: oci_client::client::ClientProtocol::HttpsExcept(insecure_registries),
             ..Default::default()
