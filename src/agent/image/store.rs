@@ -458,3 +458,138 @@ impl ImageStore {
         Ok(imported)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    /// A registry in memory that records what it was asked.
+    #[derive(Default)]
+    struct FakeRegistry {
+        manifests: HashMap<String, Vec<u8>>,
+        blobs: HashMap<String, Vec<u8>>,
+        calls: Mutex<Vec<String>>,
+    }
+
+    impl Registry for FakeRegistry {
+        async fn manifest(
+            &self,
+            reference: &ImageRef,
+            _auth: &RegistryAuth,
+        ) -> Result<(Vec<u8>, String), ImageError> {
+            let key = reference
+                .digest
+                .clone()
+                .unwrap_or_else(|| reference.to_string());
+            self.calls
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(format!("manifest {key}"));
+            self.manifests
+                .get(&key)
+                .map(|b| (b.clone(), String::new()))
+                .ok_or(ImageError::NotPresent(key))
+        }
+        async fn blob(
+            &self,
+            _reference: &ImageRef,
+            digest: &str,
+            _auth: &RegistryAuth,
+        ) -> Result<Vec<u8>, ImageError> {
+            self.calls
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(format!("blob {digest}"));
+            self.blobs
+                .get(digest)
+                .cloned()
+                .ok_or_else(|| ImageError::MissingBlob(digest.to_string()))
+        }
+    }
+
+    fn manifest_json(config: &str, layer: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 1},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": 1}],
+        }))
+        .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn pull_picks_the_platform_of_an_index_and_verifies_blobs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ImageStore::open(dir.path()).expect("store");
+        let config = br#"{"config":{"Cmd":["sh"]}}"#.to_vec();
+        let layer = b"not really a tar".to_vec();
+        let (cd, ld) = (sha256_digest(&config), sha256_digest(&layer));
+        let manifest = manifest_json(&cd, &ld);
+        let md = sha256_digest(&manifest);
+        let index = serde_json::to_vec(&serde_json::json!({
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [
+                {"digest": format!("sha256:{}", "0".repeat(64)), "platform": {"os": "linux", "architecture": "s390x"}},
+                {"digest": md, "platform": {"os": "linux", "architecture": oci_arch()}},
+            ]}))
+        .expect("json");
+        let r = ImageRef::parse("reg.example:5000/app:v1").expect("ref");
+        let mut fake = FakeRegistry::default();
+        fake.manifests.insert(r.to_string(), index);
+        fake.manifests.insert(md.clone(), manifest);
+        fake.blobs.insert(cd.clone(), config);
+        fake.blobs.insert(ld.clone(), b"tampered".to_vec());
+        let auth = RegistryAuth::Anonymous;
+        let err = store.pull(&fake, &r, &auth).await;
+        assert!(
+            matches!(err, Err(ImageError::DigestMismatch { .. })),
+            "{err:?}"
+        );
+        assert!(!store.is_present(&r));
+        fake.blobs.insert(ld.clone(), layer);
+        let out = store.pull(&fake, &r, &auth).await.expect("pull");
+        assert_eq!(out.image.manifest_digest, md);
+        assert_eq!(out.image.config.cmd, ["sh"]);
+        assert_eq!(
+            out.fetched,
+            std::slice::from_ref(&ld),
+            "config was kept from the first try"
+        );
+        assert_eq!(out.reused, std::slice::from_ref(&cd));
+        assert!(store.is_present(&r));
+        let calls = fake.calls.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        assert!(calls.contains(&format!("manifest {md}")), "{calls:?}");
+        // A reference pinned to another digest is refused.
+        let pinned = ImageRef {
+            digest: Some(format!("sha256:{}", "1".repeat(64))),
+            ..r.clone()
+        };
+        fake.manifests
+            .insert(format!("sha256:{}", "1".repeat(64)), b"{}".to_vec());
+        let err = store.pull(&fake, &pinned, &auth).await;
+        assert!(
+            matches!(err, Err(ImageError::DigestMismatch { .. })),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn blobs_are_verified_on_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ImageStore::open(dir.path()).expect("store");
+        let d = sha256_digest(b"hello");
+        assert!(store.write_blob(&d, b"hullo").is_err());
+        store.write_blob(&d, b"hello").expect("write");
+        assert_eq!(store.read_blob(&d).expect("read"), b"hello");
+        assert!(matches!(
+            store.write_blob("md5:x", b""),
+            Err(ImageError::BadDigest(_))
+        ));
+        assert!(matches!(
+            store.read_blob(&sha256_digest(b"absent")),
+            Err(ImageError::MissingBlob(_))
+        ));
+    }
+}
