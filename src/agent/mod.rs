@@ -2,6 +2,8 @@
 //!
 //! - [`client`]: the agents' HTTP client (several servers, join token, node status, pod
 //!   list+watch that resumes and relists).
+//! - [`image`]: the image store: references, pulls from OCI registries (oci-client), blobs
+//!   by verified digest, layers unpacked with whiteouts, `--images` archive import.
 //! - [`network`]: the pod network: IPs from the node's pod CIDR, a bridge, a network
 //!   namespace and veth per pod, routes to other nodes, masquerade (iproute2 and nft).
 //! - [`runtime`]: containers with runc: OCI bundles from the image config and the pod spec,
@@ -15,6 +17,7 @@
 //! labels an admin sets therefore survive agent restarts, as in Kubernetes.
 
 pub mod client;
+pub mod image;
 pub mod network;
 pub mod runtime;
 pub mod sim;
