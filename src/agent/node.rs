@@ -1,0 +1,1 @@
+//! `tend agent`: the node agent lifecycle.
