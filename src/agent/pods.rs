@@ -537,24 +537,24 @@ impl<O: NetOps + Send> PodNet for PodNetwork<O> {
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
     #[error("pod {pod}: network: {source}")]
-    Network { pod: String, source: NetError },
+    Network { pod: String, source: Box<NetError> },
     #[error("pod {pod} container {container:?}: {source}")]
     Runtime {
         pod: String,
         container: String,
-        source: RuntimeError,
+        source: Box<RuntimeError>,
     },
     #[error("pod {pod} container {container:?}: {source}")]
     Bundle {
         pod: String,
         container: String,
-        source: BundleError,
+        source: Box<BundleError>,
     },
     #[error("pod {pod} container {container:?}: image: {source}")]
     Image {
         pod: String,
         container: String,
-        source: ImageError,
+        source: Box<ImageError>,
     },
     #[error("pod {pod}: {path}: {source}")]
     Io {
@@ -761,7 +761,7 @@ impl<N: PodNet> PodSyncer<N> {
                 .map_err(|source| SyncError::Runtime {
                     pod: uid.to_string(),
                     container: c.name.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
             let started = *memory.started.entry(c.name.clone()).or_insert(now);
             let observed = match state {
@@ -809,7 +809,7 @@ impl<N: PodNet> PodSyncer<N> {
             move |source| SyncError::Runtime {
                 pod,
                 container,
-                source,
+                source: Box::new(source),
             }
         };
         match action {
@@ -858,7 +858,7 @@ impl<N: PodNet> PodSyncer<N> {
                         .setup_pod(uid)
                         .map_err(|source| SyncError::Network {
                             pod: name.to_string(),
-                            source,
+                            source: Box::new(source),
                         })?;
                 memory.observed.ip = Some(ip);
                 memory.netns = Some(netns);
@@ -936,7 +936,7 @@ impl<N: PodNet> PodSyncer<N> {
                         SyncError::Bundle {
                             pod: name.to_string(),
                             container: container.clone(),
-                            source,
+                            source: Box::new(source),
                         }
                     })?;
                 let config = dir.join("config.json");
@@ -972,7 +972,7 @@ impl<N: PodNet> PodSyncer<N> {
                     .teardown_pod(uid)
                     .map_err(|source| SyncError::Network {
                         pod: name.to_string(),
-                        source,
+                        source: Box::new(source),
                     })?;
                 memory.observed.ip = None;
             }
@@ -985,7 +985,7 @@ impl<N: PodNet> PodSyncer<N> {
         SyncError::Image {
             pod: pod.to_string(),
             container: container.to_string(),
-            source,
+            source: Box::new(source),
         }
     }
 
