@@ -391,3 +391,27 @@ fn syncer_reports_image_pull_errors_with_back_off() {
     let s = synced(f.syncer.sync(&p, t(11)).expect("sync"));
     assert_eq!(s["phase"], "Running");
 }
+
+// ---------------------------------------------------------------------------------------
+// The lifecycle's pure parts.
+
+#[test]
+fn preflight_names_what_is_missing() {
+    use tend::agent::node::{PreflightError, preflight};
+    assert_eq!(preflight(false, |_, _| true), Err(PreflightError::NotRoot));
+    let no_nft = preflight(true, |tool, _| tool != "nft").expect_err("nft missing");
+    assert!(no_nft.to_string().contains("`nft`"), "{no_nft}");
+    assert!(no_nft.to_string().contains("nftables"), "{no_nft}");
+    assert!(preflight(true, |tool, _| tool != "runc").is_err());
+    assert!(preflight(true, |tool, _| tool != "ip").is_err());
+    assert_eq!(preflight(true, |_, _| true), Ok(()));
+}
+
+#[test]
+fn adoption_keeps_containers_of_bound_pods_only() {
+    use std::collections::BTreeSet;
+    use tend::agent::node::orphans;
+    let bound = BTreeSet::from(["uid-a".to_string()]);
+    let ids = ["uid-a-web", "uid-a-sidecar", "uid-b-web", "other"];
+    assert_eq!(orphans(ids, &bound), ["uid-b-web", "other"]);
+}
