@@ -415,3 +415,243 @@ fn adoption_keeps_containers_of_bound_pods_only() {
     let ids = ["uid-a-web", "uid-a-sidecar", "uid-b-web", "other"];
     assert_eq!(orphans(ids, &bound), ["uid-b-web", "other"]);
 }
+
+// ---------------------------------------------------------------------------------------
+// For real: runc, iproute2 and nft inside a node namespace this test makes.
+
+mod real {
+    use super::*;
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Stdio};
+    use tend::agent::image::{
+        ImageError, PreparedRootfs, RootfsMethod, prepare_rootfs, release_rootfs,
+    };
+    use tend::agent::network::ip::IpCommands;
+    use tend::agent::pods::{Images, ReadyImage};
+    use tend::agent::runtime::bundle::ImageConfig;
+    use tend::agent::runtime::runc::{ContainerRuntime, Runc, become_subreaper};
+
+    fn missing() -> Option<String> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Some("not root".into());
+        }
+        for (tool, arg) in [("runc", "--version"), ("ip", "-V"), ("nft", "--version")] {
+            let ok = Command::new(tool)
+                .arg(arg)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                return Some(format!("{tool} is not installed"));
+            }
+        }
+        if !Path::new("/bin/busybox").exists() {
+            return Some("/bin/busybox is missing (apt-get install busybox-static)".into());
+        }
+        None
+    }
+
+    fn sh(args: &[&str]) -> std::process::Output {
+        match Command::new(args[0])
+            .args(&args[1..])
+            .stdin(Stdio::null())
+            .output()
+        {
+            Ok(o) => o,
+            Err(e) => panic!("{args:?}: {e}"),
+        }
+    }
+
+    fn must(args: &[&str]) -> String {
+        let out = sh(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// An image that is a directory: busybox with its applets and a page in /www.
+    struct DirImages {
+        rootfs: PathBuf,
+    }
+
+    impl Images for DirImages {
+        fn ensure(&self, image: &str, _policy: Option<&str>) -> Result<ReadyImage, ImageError> {
+            Ok(ReadyImage {
+                image_id: format!("{image}@sha256:dir"),
+                config: ImageConfig {
+                    entrypoint: Some(vec!["/bin/httpd".into()]),
+                    cmd: Some(
+                        ["-f", "-p", "8080", "-h", "/www"]
+                            .map(String::from)
+                            .to_vec(),
+                    ),
+                    ..Default::default()
+                },
+            })
+        }
+
+        fn prepare(&self, _image: &str, container_dir: &Path) -> Result<PathBuf, ImageError> {
+            Ok(prepare_rootfs(&self.rootfs, container_dir)?.path)
+        }
+
+        fn release(&self, container_dir: &Path) -> Result<(), ImageError> {
+            let path = container_dir.join("rootfs");
+            let overlay = PreparedRootfs {
+                path: path.clone(),
+                method: RootfsMethod::Overlay,
+            };
+            if release_rootfs(&overlay, container_dir).is_ok() {
+                return Ok(());
+            }
+            let copy = PreparedRootfs {
+                path,
+                method: RootfsMethod::Copy {
+                    overlay_error: String::new(),
+                },
+            };
+            release_rootfs(&copy, container_dir)
+        }
+    }
+
+    /// Everything the test made, removed in Drop (containers, mounts, namespaces, files),
+    /// also when the test fails.
+    struct Lab {
+        runtime: Arc<Runc>,
+        containers: Vec<String>,
+        netns: Vec<String>,
+        dir: tempfile::TempDir,
+    }
+
+    impl Drop for Lab {
+        fn drop(&mut self) {
+            for id in &self.containers {
+                let _ = self.runtime.delete(id);
+            }
+            // Overlay mounts of container rootfs under the state.
+            if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
+                let root = self.dir.path().to_string_lossy().into_owned();
+                for line in mounts.lines() {
+                    if let Some(target) = line.split(' ').nth(1)
+                        && target.starts_with(&root)
+                    {
+                        let _ = sh(&["umount", "-l", target]);
+                    }
+                }
+            }
+            for name in self.netns.iter().rev() {
+                let _ = Command::new("ip")
+                    .args(["netns", "del", name])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+    }
+
+    #[test]
+    fn a_busybox_httpd_pod_answers_on_its_ip_and_deletion_frees_it() {
+        if let Some(reason) = missing() {
+            if std::env::var_os("CI").is_some() {
+                panic!("CI is set but the agent lab cannot run: {reason}");
+            }
+            eprintln!("skipping: {reason}");
+            return;
+        }
+        become_subreaper().expect("subreaper");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let runtime = Arc::new(Runc::new("runc", &dir.path().join("state")).expect("runc"));
+        let pid = std::process::id();
+        let node = format!("tend-agent-{pid}");
+        let uid = format!("{pid:08x}a9e1-0000-4000-8000-000000000000");
+        let mut lab = Lab {
+            runtime: runtime.clone(),
+            containers: vec![container_id(&uid, "web")],
+            netns: vec![node.clone()],
+            dir,
+        };
+        must(&["ip", "netns", "add", &node]);
+        must(&["ip", "-n", &node, "link", "set", "lo", "up"]);
+        let pod_netns = tend::agent::network::plan::pod_names(&uid).netns;
+        lab.netns.push(pod_netns.clone());
+
+        // The image: busybox and its applets, and a page.
+        let rootfs = lab.dir.path().join("image");
+        for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "www"] {
+            std::fs::create_dir_all(rootfs.join(d)).expect("rootfs dir");
+        }
+        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox");
+        must(&[
+            "chroot",
+            rootfs.to_str().expect("utf-8"),
+            "/bin/busybox",
+            "--install",
+            "-s",
+            "/bin",
+        ]);
+        std::fs::write(rootfs.join("www/index.html"), "hello from tend\n").expect("page");
+
+        let state = lab.dir.path().join("state");
+        let mut network = PodNetwork::open(
+            IpCommands::in_netns(&node),
+            NodeNetwork {
+                pod_cidr: "10.244.7.0/24".parse().expect("cidr"),
+                cluster_cidr: "10.244.0.0/16".parse().expect("cidr"),
+                peers: Vec::new(),
+            },
+            IpamStore::new(state.join("network/ipam.json")),
+        )
+        .expect("network");
+        network.setup_node().expect("node network");
+        let syncer = PodSyncer::new(
+            runtime.clone(),
+            network,
+            Arc::new(DirImages { rootfs }),
+            &state,
+            Ipv4Addr::new(172, 31, 0, 7),
+        );
+        let mut p = pod("Always");
+        p["metadata"]["uid"] = json!(uid);
+        p["spec"]["terminationGracePeriodSeconds"] = json!(2);
+
+        let s = synced(syncer.sync(&p, Timestamp::now()).expect("sync"));
+        assert_eq!(s["phase"], "Running", "{s}");
+        let ip = s["podIP"].as_str().expect("podIP").to_string();
+        assert_eq!(ip, "10.244.7.2");
+        let url = format!("http://{ip}:8080/");
+        let mut page = String::new();
+        for _ in 0..50 {
+            let out = sh(&[
+                "ip", "netns", "exec", &node, "busybox", "wget", "-qO-", &url,
+            ]);
+            if out.status.success() {
+                page = String::from_utf8_lossy(&out.stdout).into_owned();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(page, "hello from tend\n");
+        // A second sync changes nothing.
+        p["status"] = s.clone();
+        let again = synced(syncer.sync(&p, Timestamp::now()).expect("sync"));
+        assert_eq!(again["containerStatuses"][0]["restartCount"], 0);
+        assert!(again["containerStatuses"][0]["state"]["running"].is_object());
+
+        p["metadata"]["deletionTimestamp"] = json!(Timestamp::now().to_string());
+        assert_eq!(
+            syncer.sync(&p, Timestamp::now()).expect("delete"),
+            SyncOutcome::Deleted
+        );
+        assert_eq!(runtime.state(&lab.containers[0]).expect("state"), None);
+        assert!(syncer.network().allocations().get(&uid).is_none());
+        let namespaces = must(&["ip", "netns", "list"]);
+        assert!(!namespaces.contains(&pod_netns), "{namespaces}");
+        let out = sh(&[
+            "ip", "netns", "exec", &node, "busybox", "wget", "-qO-", "-T", "1", &url,
+        ]);
+        assert!(!out.status.success(), "still answering after deletion");
+    }
+}
