@@ -19,6 +19,8 @@
 pub mod client;
 pub mod image;
 pub mod network;
+pub mod node;
+pub mod pods;
 pub mod runtime;
 pub mod sim;
 

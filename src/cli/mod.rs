@@ -60,6 +60,8 @@ pub enum Command {
     Diff(diff::DiffArgs),
     /// Run a simulated node: registers, heartbeats, and marks its pods Running and Ready.
     SimNode(crate::agent::sim::SimNodeArgs),
+    /// Run the node agent: registers, runs the pods bound to this node with runc.
+    Agent(crate::agent::node::AgentArgs),
     /// Measure tend: `apply` (cold apply, one-file commit, memory) or `schedule` (pods/s).
     Bench(crate::bench::BenchArgs),
     /// Follow, list, undo, pause or resume rollouts (undo, pause and resume are commits).
@@ -103,6 +105,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::SimNode(args) => {
             return crate::agent::sim::main(args, &cli.server, cli.log_format);
+        }
+        Command::Agent(args) => {
+            return crate::agent::node::main(args, &cli.server, cli.log_format);
         }
         Command::Bench(args) => {
             crate::telemetry::init(cli.log_format);
