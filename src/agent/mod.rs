@@ -6,6 +6,10 @@
 //!   by verified digest, layers unpacked with whiteouts, `--images` archive import.
 //! - [`network`]: the pod network: IPs from the node's pod CIDR, a bridge, a network
 //!   namespace and veth per pod, routes to other nodes, masquerade (iproute2 and nft).
+//! - [`node`]: `tend agent`: preflight, registration, heartbeats, following its pods,
+//!   adopting containers after a restart.
+//! - [`pods`]: one pod's sync: a pure plan (image, network, containers, restart policy,
+//!   deletion) and the executor that applies it through the traits below, returning status.
 //! - [`runtime`]: containers with runc: OCI bundles from the image config and the pod spec,
 //!   the runc driver, restart policy and CrashLoopBackOff decisions.
 //! - [`sim`]: `tend sim-node`, a simulated node that marks its pods Running and Ready without
