@@ -25,6 +25,7 @@ pub mod image;
 pub mod network;
 pub mod node;
 pub mod pods;
+pub mod registration;
 pub mod runtime;
 pub mod sim;
 
@@ -86,6 +87,105 @@ pub fn heartbeat_conditions(previous: Option<&Value>, ready: bool, now: &str) ->
 /// borrow of the value, so the waiting future stays `Send`.
 pub async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
+}
+
+/// A Node as an agent registers it: its labels (with `kubernetes.io/hostname`) and status.
+pub fn node_object(name: &str, labels: &Map<String, Value>, status: Value) -> Value {
+    let mut labels = labels.clone();
+    labels
+        .entry("kubernetes.io/hostname")
+        .or_insert_with(|| json!(name));
+    json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {},
+        "status": status,
+    })
+}
+
+/// What a node says about itself in its status.
+pub struct NodeIdentity<'a> {
+    pub name: &'a str,
+    pub address: std::net::IpAddr,
+    /// `kubeletVersion` and `kubeProxyVersion`.
+    pub version: &'a str,
+    /// `containerRuntimeVersion`.
+    pub runtime: &'a str,
+}
+
+/// A node's status after a heartbeat at `now` (conditions as [`heartbeat_conditions`]).
+pub fn node_status(
+    node: &NodeIdentity,
+    capacity: &Map<String, Value>,
+    previous: Option<&Value>,
+    now: &str,
+) -> Value {
+    json!({
+        "capacity": capacity,
+        "allocatable": capacity,
+        "addresses": [
+            {"type": "InternalIP", "address": node.address.to_string()},
+            {"type": "Hostname", "address": node.name},
+        ],
+        "conditions": heartbeat_conditions(previous, true, now),
+        "nodeInfo": {
+            "kubeletVersion": node.version,
+            "kubeProxyVersion": node.version,
+            "operatingSystem": "linux",
+            "architecture": std::env::consts::ARCH,
+            "containerRuntimeVersion": node.runtime,
+        },
+    })
+}
+
+/// Now, with millisecond precision, for heartbeats: short grace periods work in tests.
+pub fn now_millis() -> String {
+    let now = jiff::Timestamp::now();
+    now.round(jiff::Unit::Millisecond)
+        .unwrap_or(now)
+        .to_string()
+}
+
+/// The pod's conditions after a sync: those a node does not own are kept; PodScheduled and
+/// Initialized are True; ContainersReady and Ready follow `ready` (with `not_ready_reason`
+/// when False). A condition keeps its `lastTransitionTime` while its status holds.
+pub fn pod_conditions(
+    previous_status: &Value,
+    ready: bool,
+    not_ready_reason: &str,
+    now: &str,
+) -> Vec<Value> {
+    let previous: Vec<Value> = previous_status
+        .get("conditions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let condition = |kind: &str, status: bool| {
+        let status = if status { "True" } else { "False" };
+        let since = previous
+            .iter()
+            .find(|c| c.get("type").and_then(Value::as_str) == Some(kind))
+            .filter(|c| c.get("status").and_then(Value::as_str) == Some(status))
+            .and_then(|c| c.get("lastTransitionTime").cloned())
+            .unwrap_or_else(|| json!(now));
+        let mut c = json!({"type": kind, "status": status, "lastTransitionTime": since});
+        if status == "False" {
+            c["reason"] = json!(not_ready_reason);
+        }
+        c
+    };
+    let owned = ["Initialized", "ContainersReady", "Ready", "PodScheduled"];
+    let mut conditions: Vec<Value> = previous
+        .iter()
+        .filter(|c| !owned.contains(&c.get("type").and_then(Value::as_str).unwrap_or_default()))
+        .cloned()
+        .collect();
+    conditions.push(condition("PodScheduled", true));
+    conditions.push(condition("Initialized", true));
+    conditions.push(condition("ContainersReady", ready));
+    conditions.push(condition("Ready", ready));
+    conditions
 }
 
 #[cfg(test)]

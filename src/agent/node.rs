@@ -14,18 +14,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
-use super::client::{AgentClient, ClientError, PodEvent, backoff, namespace_and_name, with_status};
+use super::client::{AgentClient, PodEvent, backoff, namespace_and_name, with_status};
 use super::image::{ImageStore, OciRegistry, RegistryAuth};
 use super::network::ip::IpCommands;
 use super::network::ipam::{Cidr, IpamStore};
 use super::network::{NodeNetwork, PodNetwork};
 use super::pods::{PodSyncer, StoreImages, SyncOutcome, grace_period, status_changed};
+use super::registration::Registration;
 use super::runtime::runc::{ContainerRuntime, Runc, become_subreaper};
 use super::sim::parse_delay;
-use super::{heartbeat_conditions, parse_pairs};
+use super::{now_millis, parse_pairs};
 
 /// Flags of `tend agent`. The servers come from the global `--server URL[,URL]`.
 #[derive(Debug, Clone, clap::Args)]
@@ -141,101 +142,6 @@ pub fn main(
     Ok(ExitCode::SUCCESS)
 }
 
-fn node_object(args: &AgentArgs, labels: &Map<String, Value>, status: Value) -> Value {
-    let mut labels = labels.clone();
-    labels
-        .entry("kubernetes.io/hostname")
-        .or_insert_with(|| json!(args.name));
-    json!({
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {"name": args.name, "labels": labels},
-        "spec": {},
-        "status": status,
-    })
-}
-
-fn node_status(
-    args: &AgentArgs,
-    capacity: &Map<String, Value>,
-    previous: Option<&Value>,
-    now: &str,
-) -> Value {
-    json!({
-        "capacity": capacity,
-        "allocatable": capacity,
-        "addresses": [
-            {"type": "InternalIP", "address": args.address.to_string()},
-            {"type": "Hostname", "address": args.name},
-        ],
-        "conditions": heartbeat_conditions(previous, true, now),
-        "nodeInfo": {
-            "kubeletVersion": concat!("tend-", env!("CARGO_PKG_VERSION")),
-            "kubeProxyVersion": concat!("tend-", env!("CARGO_PKG_VERSION")),
-            "operatingSystem": "linux",
-            "architecture": std::env::consts::ARCH,
-            "containerRuntimeVersion": "runc",
-        },
-    })
-}
-
-fn now_millis() -> String {
-    let now = jiff::Timestamp::now();
-    now.round(jiff::Unit::Millisecond)
-        .unwrap_or(now)
-        .to_string()
-}
-
-struct Registration {
-    args: AgentArgs,
-    client: AgentClient,
-    labels: Map<String, Value>,
-    capacity: Map<String, Value>,
-}
-
-impl Registration {
-    async fn register(&self) -> Result<Option<String>, ClientError> {
-        let status = node_status(&self.args, &self.capacity, None, &now_millis());
-        if self
-            .client
-            .create_node(&node_object(&self.args, &self.labels, status))
-            .await?
-            .is_none()
-        {
-            tracing::info!(node = %self.args.name, "the Node exists; keeping its labels");
-        }
-        self.heartbeat().await
-    }
-
-    /// Posts the status; returns the node's pod CIDR when it has one.
-    async fn heartbeat(&self) -> Result<Option<String>, ClientError> {
-        let current = match self.client.get_node(&self.args.name).await {
-            Ok(node) => node,
-            Err(e) if e.is_not_found() => {
-                let status = node_status(&self.args, &self.capacity, None, &now_millis());
-                self.client
-                    .create_node(&node_object(&self.args, &self.labels, status))
-                    .await?;
-                self.client.get_node(&self.args.name).await?
-            }
-            Err(e) => return Err(e),
-        };
-        let status = node_status(
-            &self.args,
-            &self.capacity,
-            current.get("status"),
-            &now_millis(),
-        );
-        self.client
-            .put_node_status(&with_status(&current, status))
-            .await?;
-        Ok(current
-            .pointer("/spec/podCIDR")
-            .and_then(Value::as_str)
-            .map(str::to_string))
-    }
-}
-
 type Syncer = PodSyncer<PodNetwork<IpCommands>>;
 
 fn uid_of(pod: &Value) -> String {
@@ -273,8 +179,11 @@ pub async fn run(args: AgentArgs, mut shutdown: watch::Receiver<bool>) -> anyhow
     }
     let client = AgentClient::from_token_file(args.servers.clone(), &args.token_file)?;
     let registration = Registration {
-        args: args.clone(),
         client,
+        name: args.name.clone(),
+        address: args.address.into(),
+        version: concat!("tend-", env!("CARGO_PKG_VERSION")).to_string(),
+        runtime: "runc".to_string(),
         labels,
         capacity,
     };

@@ -320,43 +320,12 @@ fn pod_status(pod: &Value, observed: &PodObserved, statuses: &[Value], now: Time
     };
     let now_text = now.to_string();
     let previous = pod.get("status").cloned().unwrap_or_else(|| json!({}));
-    let previous_conditions: Vec<Value> = previous
-        .get("conditions")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let condition = |kind: &str, status: bool, reason: &str| {
-        let status = if status { "True" } else { "False" };
-        let since = previous_conditions
-            .iter()
-            .find(|c| c.get("type").and_then(Value::as_str) == Some(kind))
-            .filter(|c| c.get("status").and_then(Value::as_str) == Some(status))
-            .and_then(|c| c.get("lastTransitionTime").cloned())
-            .unwrap_or_else(|| json!(now_text));
-        let mut c = json!({"type": kind, "status": status, "lastTransitionTime": since});
-        if status == "False" {
-            c["reason"] = json!(reason);
-        }
-        c
-    };
-    let owned = ["Initialized", "ContainersReady", "Ready", "PodScheduled"];
-    let mut conditions: Vec<Value> = previous_conditions
-        .iter()
-        .filter(|c| {
-            let kind = c.get("type").and_then(Value::as_str).unwrap_or_default();
-            !owned.contains(&kind)
-        })
-        .cloned()
-        .collect();
     let ready_reason = if all_terminated {
         "PodCompleted"
     } else {
         "ContainersNotReady"
     };
-    conditions.push(condition("PodScheduled", true, ""));
-    conditions.push(condition("Initialized", true, ""));
-    conditions.push(condition("ContainersReady", all_running, ready_reason));
-    conditions.push(condition("Ready", all_running, ready_reason));
+    let conditions = super::pod_conditions(&previous, all_running, ready_reason, &now_text);
     let mut status = json!({
         "phase": phase,
         "conditions": conditions,

@@ -6,10 +6,11 @@
 //! IPs). Nothing is executed: the control plane can be tested without containers.
 
 use super::client::{AgentClient, ClientError, PodEvent, backoff, namespace_and_name, with_status};
-use super::{heartbeat_conditions, parse_pairs};
+use super::parse_pairs;
+use super::registration::Registration;
 use crate::api::pod;
 use anyhow::Context as _;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -115,38 +116,7 @@ pub fn running_status(
     now: &str,
 ) -> Value {
     let previous = pod.get("status").cloned().unwrap_or_else(|| json!({}));
-    let previous_conditions: Vec<Value> = previous
-        .get("conditions")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let condition = |kind: &str, status: bool| {
-        let status = if status { "True" } else { "False" };
-        let since = previous_conditions
-            .iter()
-            .find(|c| c.get("type").and_then(Value::as_str) == Some(kind))
-            .filter(|c| c.get("status").and_then(Value::as_str) == Some(status))
-            .and_then(|c| c.get("lastTransitionTime").cloned())
-            .unwrap_or_else(|| json!(now));
-        let mut c = json!({"type": kind, "status": status, "lastTransitionTime": since});
-        if status == "False" {
-            c["reason"] = json!("ContainersNotReady");
-        }
-        c
-    };
-    let owned = ["Initialized", "ContainersReady", "Ready", "PodScheduled"];
-    let mut conditions: Vec<Value> = previous_conditions
-        .iter()
-        .filter(|c| {
-            let kind = c.get("type").and_then(Value::as_str).unwrap_or_default();
-            !owned.contains(&kind)
-        })
-        .cloned()
-        .collect();
-    conditions.push(condition("PodScheduled", true));
-    conditions.push(condition("Initialized", true));
-    conditions.push(condition("ContainersReady", ready));
-    conditions.push(condition("Ready", ready));
+    let conditions = super::pod_conditions(&previous, ready, "ContainersNotReady", now);
     let containers = pod
         .pointer("/spec/containers")
         .and_then(Value::as_array)
@@ -182,54 +152,6 @@ pub fn running_status(
     })
 }
 
-/// The Node as this simulated node registers it.
-fn node_object(args: &SimNodeArgs, labels: &Map<String, Value>, status: Value) -> Value {
-    let mut labels = labels.clone();
-    labels
-        .entry("kubernetes.io/hostname")
-        .or_insert_with(|| json!(args.name));
-    json!({
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {"name": args.name, "labels": labels},
-        "spec": {},
-        "status": status,
-    })
-}
-
-/// The node's status after a heartbeat at `now` (conditions as [`heartbeat_conditions`]).
-fn node_status(
-    args: &SimNodeArgs,
-    capacity: &Map<String, Value>,
-    previous: Option<&Value>,
-    now: &str,
-) -> Value {
-    json!({
-        "capacity": capacity,
-        "allocatable": capacity,
-        "addresses": [
-            {"type": "InternalIP", "address": args.address.to_string()},
-            {"type": "Hostname", "address": args.name},
-        ],
-        "conditions": heartbeat_conditions(previous, true, now),
-        "nodeInfo": {
-            "kubeletVersion": "tend-sim",
-            "kubeProxyVersion": "tend-sim",
-            "operatingSystem": "linux",
-            "architecture": std::env::consts::ARCH,
-            "containerRuntimeVersion": "sim://0",
-        },
-    })
-}
-
-/// Timestamps of heartbeats carry milliseconds so that short grace periods work in tests.
-fn now_millis() -> String {
-    let now = jiff::Timestamp::now();
-    now.round(jiff::Unit::Millisecond)
-        .unwrap_or(now)
-        .to_string()
-}
-
 /// One pod this node "runs".
 struct SimPod {
     uid: String,
@@ -248,8 +170,7 @@ enum Step {
 struct Node {
     args: SimNodeArgs,
     client: AgentClient,
-    labels: Map<String, Value>,
-    capacity: Map<String, Value>,
+    registration: Registration,
     pod_cidr: Option<String>,
     pods: BTreeMap<(String, String), SimPod>,
     used_ips: BTreeSet<Ipv4Addr>,
@@ -285,12 +206,20 @@ pub async fn run(args: SimNodeArgs, mut shutdown: watch::Receiver<bool>) -> anyh
     let labels = parse_pairs("--labels", &args.labels).map_err(anyhow::Error::msg)?;
     let capacity = parse_pairs("--capacity", &args.capacity).map_err(anyhow::Error::msg)?;
     let client = AgentClient::from_token_file(args.servers.clone(), &args.token_file)?;
+    let registration = Registration {
+        client: AgentClient::from_token_file(args.servers.clone(), &args.token_file)?,
+        name: args.name.clone(),
+        address: args.address.into(),
+        version: "tend-sim".to_string(),
+        runtime: "sim://0".to_string(),
+        labels,
+        capacity,
+    };
     let (steps_tx, mut steps) = mpsc::unbounded_channel();
     let mut node = Node {
         args,
         client,
-        labels,
-        capacity,
+        registration,
         pod_cidr: None,
         pods: BTreeMap::new(),
         used_ips: BTreeSet::new(),
@@ -341,40 +270,17 @@ pub async fn run(args: SimNodeArgs, mut shutdown: watch::Receiver<bool>) -> anyh
 }
 
 impl Node {
-    /// Creates the Node when it does not exist; otherwise only its status is written.
     async fn register(&mut self) -> Result<(), ClientError> {
-        let status = node_status(&self.args, &self.capacity, None, &now_millis());
-        let object = node_object(&self.args, &self.labels, status);
-        if self.client.create_node(&object).await?.is_none() {
-            tracing::info!(node = %self.args.name, "the Node exists; keeping its labels");
+        if let Some(cidr) = self.registration.register().await? {
+            self.pod_cidr = Some(cidr);
         }
-        self.heartbeat().await
+        Ok(())
     }
 
     async fn heartbeat(&mut self) -> Result<(), ClientError> {
-        let current = match self.client.get_node(&self.args.name).await {
-            Ok(node) => node,
-            Err(e) if e.is_not_found() => {
-                // Deleted by an admin while running: register again.
-                let status = node_status(&self.args, &self.capacity, None, &now_millis());
-                let object = node_object(&self.args, &self.labels, status);
-                self.client.create_node(&object).await?;
-                self.client.get_node(&self.args.name).await?
-            }
-            Err(e) => return Err(e),
-        };
-        if let Some(cidr) = current.pointer("/spec/podCIDR").and_then(Value::as_str) {
-            self.pod_cidr = Some(cidr.to_string());
+        if let Some(cidr) = self.registration.heartbeat().await? {
+            self.pod_cidr = Some(cidr);
         }
-        let status = node_status(
-            &self.args,
-            &self.capacity,
-            current.get("status"),
-            &now_millis(),
-        );
-        self.client
-            .put_node_status(&with_status(&current, status))
-            .await?;
         Ok(())
     }
 
