@@ -336,3 +336,53 @@ fn hostname_env_args_and_pod_files_as_computed() {
         Some(0)
     );
 }
+
+#[test]
+fn exec_runs_inside_the_container_with_its_exit_code_and_a_timeout() {
+    let Some(lab) = Lab::new("exec_runs_inside_the_container_with_its_exit_code_and_a_timeout")
+    else {
+        return;
+    };
+    let id = lab.run(
+        "exec",
+        "web-abc",
+        &ImageConfig::default(),
+        &shell("trap 'exit 0' TERM; echo ready > /tmp/ready; sleep 30 & wait"),
+    );
+    lab.wait_for(&id, "running", |s, _| {
+        s.as_ref().is_some_and(|s| s.status == Status::Running)
+    });
+    let argv = |s: &str| strings(&["/bin/sh", "-c", s]);
+    let mut found = None;
+    for _ in 0..50 {
+        let out = lab
+            .runtime
+            .exec(
+                &id,
+                &argv("cat /tmp/ready && hostname"),
+                Duration::from_secs(5),
+            )
+            .expect("exec");
+        if out.exit_code == Some(0) {
+            found = Some(out);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = found.expect("exec succeeded");
+    assert!(out.output.contains("ready"), "{out:?}");
+    assert!(out.output.contains("web-abc"), "{out:?}");
+    let failed = lab
+        .runtime
+        .exec(&id, &argv("echo nope >&2; exit 4"), Duration::from_secs(5))
+        .expect("exec");
+    assert_eq!(failed.exit_code, Some(4));
+    assert!(failed.output.contains("nope"));
+    let started = Instant::now();
+    let slow = lab
+        .runtime
+        .exec(&id, &argv("sleep 10"), Duration::from_millis(300))
+        .expect("exec");
+    assert_eq!(slow.exit_code, None, "timed out");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
