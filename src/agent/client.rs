@@ -261,6 +261,16 @@ impl AgentClient {
         }
     }
 
+    /// Every Node (the agents' routes to other nodes' pod CIDRs come from them).
+    pub async fn list_nodes(&self) -> Result<Vec<Value>, ClientError> {
+        let list = self.call(Method::GET, "/api/v1/nodes", &[], None).await?;
+        Ok(list
+            .get("items")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default())
+    }
+
     /// Pods in every namespace matching `field_selector`, and the list's resourceVersion.
     pub async fn list_pods(&self, field_selector: &str) -> Result<(Vec<Value>, u64), ClientError> {
         let list = self

@@ -18,10 +18,10 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
 use super::client::{AgentClient, PodEvent, backoff, namespace_and_name, with_status};
-use super::image::{ImageStore, OciRegistry, RegistryAuth};
+use super::image::{ImageStore, OciRegistry};
 use super::network::ip::IpCommands;
 use super::network::ipam::{Cidr, IpamStore};
-use super::network::{NodeNetwork, PodNetwork};
+use super::network::{NodeNetwork, PeerRoute, PodNetwork, peer_routes};
 use super::pods::{PodSyncer, StoreImages, SyncOutcome, grace_period, status_changed};
 use super::registration::Registration;
 use super::runtime::runc::{ContainerRuntime, Runc, become_subreaper};
@@ -58,6 +58,10 @@ pub struct AgentArgs {
     /// Registries (HOST:PORT) reached over plain HTTP.
     #[arg(long)]
     pub insecure_registry: Vec<String>,
+    /// A Docker `config.json` with registry credentials (`auths.HOST.auth`); default
+    /// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
+    #[arg(long)]
+    pub registry_config: Option<PathBuf>,
     /// The whole cluster's pod network (traffic leaving it is masqueraded).
     #[arg(long, default_value = "10.244.0.0/16")]
     pub cluster_cidr: Cidr,
@@ -144,6 +148,13 @@ pub fn main(
 
 type Syncer = PodSyncer<PodNetwork<IpCommands>>;
 
+/// Where Docker keeps credentials: `$DOCKER_CONFIG/config.json`, else `$HOME/.docker/`.
+fn default_docker_config() -> Option<PathBuf> {
+    std::env::var_os("DOCKER_CONFIG")
+        .map(|d| PathBuf::from(d).join("config.json"))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json")))
+}
+
 fn uid_of(pod: &Value) -> String {
     pod.pointer("/metadata/uid")
         .and_then(Value::as_str)
@@ -229,7 +240,7 @@ pub async fn run(args: AgentArgs, mut shutdown: watch::Receiver<bool>) -> anyhow
     let images = Arc::new(StoreImages {
         store,
         registry: OciRegistry::new(args.insecure_registry.clone()),
-        auth: RegistryAuth::Anonymous,
+        docker_config: args.registry_config.clone().or_else(default_docker_config),
         handle: tokio::runtime::Handle::current(),
     });
     let syncer: Arc<Syncer> = Arc::new(PodSyncer::new(
@@ -257,7 +268,9 @@ pub async fn run(args: AgentArgs, mut shutdown: watch::Receiver<bool>) -> anyhow
         again: BTreeSet::new(),
         adopted: false,
         done: done_tx,
+        peers: None,
     };
+    agent.sync_peers(&args.name).await;
     let mut heartbeats = tokio::time::interval(args.heartbeat);
     heartbeats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut syncs = tokio::time::interval(args.sync_period);
@@ -269,6 +282,7 @@ pub async fn run(args: AgentArgs, mut shutdown: watch::Receiver<bool>) -> anyhow
                 if let Err(e) = registration.heartbeat().await {
                     tracing::warn!(node = %args.name, "heartbeat: {e}");
                 }
+                agent.sync_peers(&args.name).await;
             }
             _ = syncs.tick() => {
                 let uids: Vec<String> = agent.pods.keys().cloned().collect();
@@ -302,9 +316,38 @@ struct Agent {
     again: BTreeSet<String>,
     adopted: bool,
     done: mpsc::UnboundedSender<Done>,
+    /// The routes to other nodes' pod CIDRs last programmed (`None`: not yet).
+    peers: Option<Vec<PeerRoute>>,
 }
 
 impl Agent {
+    /// Routes to the other nodes' pod CIDRs through their addresses, reprogrammed when the
+    /// nodes change (a node joins, leaves, or gets its CIDR).
+    async fn sync_peers(&mut self, me: &str) {
+        let nodes = match self.client.list_nodes().await {
+            Ok(nodes) => nodes,
+            Err(e) => {
+                tracing::warn!("listing nodes for routes: {e}");
+                return;
+            }
+        };
+        let routes = peer_routes(&nodes, me);
+        if self.peers.as_ref() == Some(&routes) {
+            return;
+        }
+        let syncer = self.syncer.clone();
+        let wanted = routes.clone();
+        let result = tokio::task::spawn_blocking(move || syncer.network().set_peers(wanted)).await;
+        match result {
+            Ok(Ok(_)) => {
+                tracing::info!(routes = routes.len(), "routes to other nodes' pods set");
+                self.peers = Some(routes);
+            }
+            Ok(Err(e)) => tracing::warn!("routes to other nodes: {e}"),
+            Err(e) => tracing::warn!("routes to other nodes: {e}"),
+        }
+    }
+
     async fn on_event(&mut self, event: PodEvent) {
         match event {
             PodEvent::Listed(pods) => {

@@ -381,8 +381,21 @@ pub trait Images: Send + Sync {
 pub struct StoreImages {
     pub store: ImageStore,
     pub registry: OciRegistry,
-    pub auth: RegistryAuth,
+    /// A Docker `config.json` with registry credentials (read at every pull, so new
+    /// credentials need no restart); `None` or no entry for a registry: anonymous.
+    pub docker_config: Option<PathBuf>,
     pub handle: tokio::runtime::Handle,
+}
+
+impl StoreImages {
+    fn auth_for(&self, reference: &ImageRef) -> Result<RegistryAuth, ImageError> {
+        match &self.docker_config {
+            Some(path) if path.exists() => {
+                super::image::registry::auth_from_docker_config(path, &reference.registry)
+            }
+            _ => Ok(RegistryAuth::Anonymous),
+        }
+    }
 }
 
 impl Images for StoreImages {
@@ -391,12 +404,10 @@ impl Images for StoreImages {
         let policy = policy
             .and_then(PullPolicy::parse)
             .unwrap_or_else(|| PullPolicy::default_for(&reference));
-        let outcome = self.handle.block_on(self.store.ensure(
-            &self.registry,
-            &reference,
-            policy,
-            &self.auth,
-        ))?;
+        let auth = self.auth_for(&reference)?;
+        let outcome =
+            self.handle
+                .block_on(self.store.ensure(&self.registry, &reference, policy, &auth))?;
         let c = &outcome.image.config;
         Ok(ReadyImage {
             image_id: format!("{}@{}", reference.name(), outcome.image.manifest_digest),

@@ -23,7 +23,8 @@ pub fn authenticate(tokens: &Tokens, headers: &HeaderMap) -> Option<Identity> {
 }
 
 /// The admin token may do everything. The join token is the agents' credential (until nodes
-/// get their own, issue 8): it may register and update Nodes (create, read, replace, status),
+/// get their own, issue 8): it may register, list and update Nodes (create, read, replace,
+/// status),
 /// read the server version, read pods, services and endpoints (list and watch too, for a node's
 /// own pods and the load balancing of every Service), write pod status, and delete pods (a
 /// node deletes a pod once it has stopped it); nothing else.
@@ -34,10 +35,11 @@ pub fn authorize(identity: Identity, method: &Method, route: &Route) -> Decision
     let allowed = match route {
         Route::Healthz | Route::GitHook => true,
         Route::Version => *method == Method::GET,
+        // Listing nodes gives an agent the other nodes' pod CIDRs and addresses (routes).
         Route::Collection {
             kind: Kind::Node,
             namespace: None,
-        } => *method == Method::POST,
+        } => *method == Method::POST || *method == Method::GET,
         Route::Object(key) if key.kind == Kind::Node => {
             *method == Method::GET || *method == Method::PUT
         }
@@ -106,6 +108,10 @@ mod tests {
             Decision::Allow
         );
         assert_eq!(
+            authorize(Identity::Join, &Method::GET, &nodes),
+            Decision::Allow
+        );
+        assert_eq!(
             authorize(Identity::Join, &Method::GET, &Route::Object(node())),
             Decision::Allow
         );
@@ -126,7 +132,7 @@ mod tests {
             (Method::PUT, Route::Object(deployment())),
             (Method::DELETE, Route::Object(node())),
             (
-                Method::GET,
+                Method::DELETE,
                 Route::Collection {
                     kind: Kind::Node,
                     namespace: None,

@@ -52,6 +52,31 @@ pub trait NetOps {
     fn apply(&mut self, step: &Step) -> Result<(), NetError>;
 }
 
+/// The routes to the other nodes' pod CIDRs: every Node but `me` with a `spec.podCIDR` and an
+/// `InternalIP` address, sorted. Nodes without either (still registering) get no route yet.
+pub fn peer_routes(nodes: &[serde_json::Value], me: &str) -> Vec<PeerRoute> {
+    let mut routes: Vec<PeerRoute> = nodes
+        .iter()
+        .filter(|n| n.pointer("/metadata/name").and_then(|v| v.as_str()) != Some(me))
+        .filter_map(|n| {
+            let pod_cidr = n.pointer("/spec/podCIDR")?.as_str()?.parse().ok()?;
+            let via = n
+                .pointer("/status/addresses")?
+                .as_array()?
+                .iter()
+                .find(|a| a.get("type").and_then(|t| t.as_str()) == Some("InternalIP"))?
+                .get("address")?
+                .as_str()?
+                .parse()
+                .ok()?;
+            Some(PeerRoute { pod_cidr, via })
+        })
+        .collect();
+    routes.sort();
+    routes.dedup();
+    routes
+}
+
 /// A fake that records the steps it is given and keeps a simulated [`Observed`].
 #[derive(Clone, Debug, Default)]
 pub struct RecordingNetOps {
@@ -185,6 +210,45 @@ impl<O: NetOps> PodNetwork<O> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_routes_skip_self_and_incomplete_nodes() {
+        let node = |name: &str, cidr: Option<&str>, ip: Option<&str>| {
+            let mut n = serde_json::json!({"metadata": {"name": name}, "spec": {}, "status": {}});
+            if let Some(c) = cidr {
+                n["spec"]["podCIDR"] = c.into();
+            }
+            if let Some(ip) = ip {
+                n["status"]["addresses"] = serde_json::json!([
+                    {"type": "Hostname", "address": name},
+                    {"type": "InternalIP", "address": ip},
+                ]);
+            }
+            n
+        };
+        let nodes = [
+            node("n3", Some("10.244.3.0/24"), Some("172.31.0.13")),
+            node("n1", Some("10.244.1.0/24"), Some("172.31.0.11")),
+            node("n2", Some("10.244.2.0/24"), Some("172.31.0.12")),
+            node("n4", None, Some("172.31.0.14")),
+            node("n5", Some("10.244.5.0/24"), None),
+            node("n6", Some("not a cidr"), Some("172.31.0.16")),
+        ];
+        let routes = peer_routes(&nodes, "n1");
+        assert_eq!(
+            routes,
+            vec![
+                PeerRoute {
+                    pod_cidr: "10.244.2.0/24".parse().expect("cidr"),
+                    via: Ipv4Addr::new(172, 31, 0, 12)
+                },
+                PeerRoute {
+                    pod_cidr: "10.244.3.0/24".parse().expect("cidr"),
+                    via: Ipv4Addr::new(172, 31, 0, 13)
+                },
+            ]
+        );
+    }
     use ipam::Cidr;
 
     fn node() -> NodeNetwork {
