@@ -79,6 +79,21 @@ pub enum PreflightError {
     NotRoot,
     #[error("`{tool}` is not installed or does not run ({hint})")]
     Missing { tool: String, hint: &'static str },
+    #[error(
+        "no cgroup filesystem is mounted under /sys/fs/cgroup, and runc needs one (`ip netns \
+         exec` remounts /sys: start the agent in a node namespace with \
+         `nsenter --net=/var/run/netns/NAME tend agent ...` instead)"
+    )]
+    NoCgroups,
+}
+
+/// Whether `/proc/self/mountinfo` text shows a cgroup (v1 or v2) filesystem.
+pub fn cgroups_mounted(mountinfo: &str) -> bool {
+    mountinfo.lines().any(|line| {
+        line.split_once(" - ")
+            .and_then(|(_, fs)| fs.split_whitespace().next())
+            .is_some_and(|fs| fs == "cgroup" || fs == "cgroup2")
+    })
 }
 
 /// The agent's requirements, as one clear error: root, then `runc`, `nft` and `ip`.
@@ -126,6 +141,10 @@ pub fn main(
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     preflight(root, command_runs)?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    if !cgroups_mounted(&mountinfo) {
+        return Err(PreflightError::NoCgroups.into());
+    }
     become_subreaper()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -484,5 +503,28 @@ impl Agent {
             }
             Err(e) => tracing::warn!(pod = %name, "writing pod status: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_mounts_are_found_in_mountinfo() {
+        let host = "35 24 0:30 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
+                    36 35 0:31 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n";
+        assert!(cgroups_mounted(host));
+        let v1 = "40 35 0:35 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
+        assert!(cgroups_mounted(v1));
+        // What `ip netns exec` leaves: a fresh sysfs and nothing under it.
+        let netns_exec = "22 1 0:5 / /sys rw - sysfs sysfs rw\n\
+                          23 1 0:6 / /proc rw - proc proc rw\n";
+        assert!(!cgroups_mounted(netns_exec));
+        assert!(
+            PreflightError::NoCgroups
+                .to_string()
+                .contains("nsenter --net=/var/run/netns/NAME")
+        );
     }
 }

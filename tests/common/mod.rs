@@ -94,9 +94,15 @@ pub struct Serve {
 
 impl Serve {
     pub fn start(args: &[&str], state: &Path) -> Serve {
+        Serve::start_on("127.0.0.1:0", args, state)
+    }
+
+    /// `tend serve` listening on `listen` (a lab bridge address, for agents in namespaces).
+    pub fn start_on(listen: &str, args: &[&str], state: &Path) -> Serve {
+        let host = listen.rsplit_once(':').map(|(h, _)| h).unwrap_or(listen);
         let mut child = Command::new(TEND)
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--state"])
+            .args(["--listen", listen, "--state"])
             .arg(state)
             .args(args)
             .env("RUST_LOG", "info")
@@ -115,7 +121,7 @@ impl Serve {
             .unwrap_or_default()
             .to_string();
         assert!(
-            url.starts_with("http://127.0.0.1:"),
+            url.starts_with(&format!("http://{host}:")),
             "serve printed {line:?}"
         );
         let token = std::fs::read_to_string(state.join("admin.token"))

@@ -1,0 +1,666 @@
+//! The multi-node lab (issue 4): nodes as network namespaces on one bridge, Debian's
+//! docker-registry on the bridge, busybox-static images built with umoci (httpd with a page
+//! naming the version and a CGI answering the pod's hostname), a real `tend serve` and one
+//! real `tend agent` per node, driven by git commits.
+//!
+//! Needs root, runc, nft, ip, umoci, skopeo, docker-registry and /bin/busybox. Without
+//! them the tests print why and pass, except under `CI`, where they fail. Everything the lab
+//! makes (processes, containers, mounts, namespaces, links) is removed in `Drop`, also when a
+//! test fails. Lab tests run one at a time (`.config/nextest.toml`).
+
+mod common;
+
+use common::{Repos, Serve, TEND, items};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn missing() -> Vec<String> {
+    let mut missing = Vec::new();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        missing.push("root".to_string());
+    }
+    for tool in [
+        "runc",
+        "nft",
+        "ip",
+        "nsenter",
+        "curl",
+        "umoci",
+        "skopeo",
+        "docker-registry",
+    ] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            missing.push(tool.to_string());
+        }
+    }
+    if !Path::new("/bin/busybox").exists() {
+        missing.push("/bin/busybox (busybox-static)".to_string());
+    }
+    missing
+}
+
+/// Whether the lab can run; prints why not, or panics under CI.
+fn lab_possible(test: &str) -> bool {
+    let missing = missing();
+    if missing.is_empty() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: CI is set and the lab needs {}", missing.join(", "));
+    }
+    eprintln!("SKIPPED {test}: the lab needs {}", missing.join(", "));
+    false
+}
+
+fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn quiet(cmd: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// A node of the lab: a network namespace with `eth0` on the lab bridge, and its agent.
+struct Node {
+    name: String,
+    netns: String,
+    address: String,
+    state: PathBuf,
+    log: PathBuf,
+    agent: Option<Child>,
+    images: Option<PathBuf>,
+}
+
+/// The whole lab; `Drop` removes all of it.
+struct Lab {
+    tmp: tempfile::TempDir,
+    bridge: String,
+    gateway: String,
+    nodes: Vec<Node>,
+    registry: Option<Child>,
+    /// `HOST:PORT` of the registry.
+    registry_addr: String,
+    serve: Option<Serve>,
+    repos: Repos,
+}
+
+impl Lab {
+    /// `nodes` nodes (`node01`...); `air` names the nodes given `--images` with an archive
+    /// of `airgap/web:v1`.
+    fn start(nodes: usize, air: &[usize]) -> Lab {
+        let pid = std::process::id();
+        let id = pid % 100_000;
+        let subnet = 100 + (pid % 100) as u8;
+        let gateway = format!("172.30.{subnet}.1");
+        let tmp = tempfile::Builder::new()
+            .prefix("tend-lab-")
+            .tempdir()
+            .expect("temp dir");
+        let mut lab = Lab {
+            tmp,
+            bridge: format!("tlb{id}"),
+            gateway: gateway.clone(),
+            nodes: Vec::new(),
+            registry: None,
+            registry_addr: String::new(),
+            serve: None,
+            repos: Repos::new(),
+        };
+        // The bridge first, so that Drop removes it whatever fails next.
+        run("ip", &["link", "add", &lab.bridge, "type", "bridge"]);
+        run(
+            "ip",
+            &["addr", "add", &format!("{gateway}/24"), "dev", &lab.bridge],
+        );
+        run("ip", &["link", "set", &lab.bridge, "up"]);
+        for i in 1..=nodes {
+            let netns = format!("tl{id}n{i}");
+            let host = format!("tl{id}h{i}");
+            let peer = format!("tl{id}p{i}");
+            let address = format!("172.30.{subnet}.{}", 10 + i);
+            let state = lab.tmp.path().join(format!("node{i:02}"));
+            std::fs::create_dir_all(&state).expect("node state");
+            lab.nodes.push(Node {
+                name: format!("node{i:02}"),
+                netns: netns.clone(),
+                address: address.clone(),
+                log: lab.tmp.path().join(format!("node{i:02}.log")),
+                state,
+                agent: None,
+                images: air
+                    .contains(&i)
+                    .then(|| lab.tmp.path().join("air-images")),
+            });
+            run("ip", &["netns", "add", &netns]);
+            run(
+                "ip",
+                &["link", "add", &host, "type", "veth", "peer", "name", &peer],
+            );
+            run("ip", &["link", "set", &peer, "netns", &netns]);
+            run("ip", &["link", "set", &host, "master", &lab.bridge, "up"]);
+            let ns = |args: &[&str]| {
+                let mut all = vec!["-n", netns.as_str()];
+                all.extend_from_slice(args);
+                run("ip", &all);
+            };
+            ns(&["link", "set", &peer, "name", "eth0"]);
+            ns(&["addr", "add", &format!("{address}/24"), "dev", "eth0"]);
+            ns(&["link", "set", "eth0", "up"]);
+            ns(&["link", "set", "lo", "up"]);
+        }
+        lab.start_registry();
+        lab.build_images();
+        let state = lab.tmp.path().join("serve");
+        lab.serve = Some(Serve::start_on(
+            &format!("{gateway}:0"),
+            &["--repo", s(&lab.repos.bare), "--node-grace", "30"],
+            &state,
+        ));
+        for i in 0..lab.nodes.len() {
+            lab.start_agent(i);
+        }
+        lab
+    }
+
+    fn serve(&self) -> &Serve {
+        self.serve.as_ref().expect("serve runs")
+    }
+
+    fn start_registry(&mut self) {
+        let port = TcpListener::bind((self.gateway.as_str(), 0))
+            .and_then(|l| l.local_addr())
+            .expect("free port on the bridge")
+            .port();
+        self.registry_addr = format!("{}:{port}", self.gateway);
+        let config = self.tmp.path().join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp: {{addr: {}}}\n",
+                s(&self.tmp.path().join("registry")),
+                self.registry_addr
+            ),
+        )
+        .expect("registry config");
+        let child = Command::new("docker-registry")
+            .args(["serve", s(&config)])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.tmp.path().join("registry.log")).expect("log"))
+            .spawn()
+            .expect("docker-registry starts");
+        self.registry = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&self.registry_addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not listen on {}",
+                self.registry_addr
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `web:v1` and `web:v2` pushed to the registry: busybox httpd on port 80 serving
+    /// `web <version>` at `/` and the pod's hostname at `/cgi-bin/hostname`; v1 also as a
+    /// docker archive `airgap/web:v1` for `--images`.
+    fn build_images(&self) {
+        let w = self.tmp.path().join("build");
+        let img = w.join("img");
+        run("umoci", &["init", "--layout", s(&img)]);
+        for version in ["v1", "v2"] {
+            let tag = format!("{}:{version}", s(&img));
+            let ub = w.join(format!("ub-{version}"));
+            run("umoci", &["new", "--image", &tag]);
+            run("umoci", &["unpack", "--image", &tag, s(&ub)]);
+            let rootfs = ub.join("rootfs");
+            for dir in ["bin", "www/cgi-bin", "tmp", "etc"] {
+                std::fs::create_dir_all(rootfs.join(dir)).expect("mkdir");
+            }
+            std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox");
+            run(
+                "chroot",
+                &[s(&rootfs), "/bin/busybox", "--install", "-s", "/bin"],
+            );
+            std::fs::write(rootfs.join("www/index.html"), format!("web {version}\n"))
+                .expect("page");
+            let cgi = rootfs.join("www/cgi-bin/hostname");
+            std::fs::write(
+                &cgi,
+                "#!/bin/sh\necho 'Content-Type: text/plain'\necho\nhostname\n",
+            )
+            .expect("cgi");
+            run("chmod", &["0755", s(&cgi)]);
+            run("umoci", &["repack", "--image", &tag, s(&ub)]);
+            run(
+                "umoci",
+                &[
+                    "config",
+                    "--image",
+                    &tag,
+                    "--config.entrypoint",
+                    "/bin/httpd",
+                    "--config.cmd=-f",
+                    "--config.cmd=-p",
+                    "--config.cmd=80",
+                    "--config.cmd=-h",
+                    "--config.cmd=/www",
+                    "--config.exposedports=80/tcp",
+                ],
+            );
+            run(
+                "skopeo",
+                &[
+                    "copy",
+                    "--quiet",
+                    "--dest-tls-verify=false",
+                    &format!("oci:{tag}"),
+                    &format!("docker://{}/web:{version}", self.registry_addr),
+                ],
+            );
+        }
+        let air = self.tmp.path().join("air-images");
+        std::fs::create_dir_all(&air).expect("air dir");
+        run(
+            "skopeo",
+            &[
+                "copy",
+                "--quiet",
+                &format!("oci:{}:v1", s(&img)),
+                &format!("docker-archive:{}:airgap/web:v1", s(&air.join("web.tar"))),
+            ],
+        );
+    }
+
+    fn start_agent(&mut self, i: usize) {
+        let serve = self.serve.as_ref().expect("serve runs");
+        let node = &self.nodes[i];
+        // nsenter, not `ip netns exec`: that one remounts /sys, hiding the cgroup mounts
+        // runc needs.
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/var/run/netns/{}", node.netns))
+            .args([TEND, "agent"])
+            .args(["--server", &serve.url, "--token-file"])
+            .arg(serve.state.join("join.token"))
+            .args(["--name", &node.name, "--address", &node.address])
+            .arg("--state")
+            .arg(&node.state)
+            .args(["--insecure-registry", &self.registry_addr])
+            .args(["--heartbeat", "1s", "--sync-period", "1s"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&node.log)
+                    .expect("agent log"),
+            );
+        if let Some(images) = &node.images {
+            cmd.arg("--images").arg(images);
+        }
+        let child = cmd.spawn().expect("tend agent starts");
+        self.nodes[i].agent = Some(child);
+    }
+
+    fn kill_agent(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].agent.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The agents' logs, for failure messages.
+    fn agent_logs(&self) -> String {
+        let mut all = String::new();
+        for n in &self.nodes {
+            let log = std::fs::read_to_string(&n.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            let routes = quiet("ip", &["-n", &n.netns, "route"]).unwrap_or_default();
+            let forward = self
+                .on_node(0, &["cat", "/proc/sys/net/ipv4/ip_forward"])
+                .unwrap_or_default();
+            all.push_str(&format!(
+                "--- {} routes (forwarding {}):\n{routes}",
+                n.name,
+                forward.trim()
+            ));
+            all.push_str(&format!("--- {} (last lines)\n", n.name));
+            for line in tail.iter().rev() {
+                all.push_str(line);
+                all.push('\n');
+            }
+        }
+        all
+    }
+
+    /// Runs `args` in node `i`'s network namespace; stdout when it succeeds.
+    fn on_node(&self, i: usize, args: &[&str]) -> Option<String> {
+        let mut all = vec!["netns", "exec", self.nodes[i].netns.as_str()];
+        all.extend_from_slice(args);
+        quiet("ip", &all)
+    }
+
+    /// Like [`Lab::fetch`], retried for up to 10 s (a Running container without a readiness
+    /// probe may not listen yet).
+    fn fetch_eventually(&self, i: usize, ip: &str, path: &str) -> Option<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let answer = self.fetch(i, ip, path);
+            if answer.is_some() || Instant::now() > deadline {
+                if answer.is_none() && std::env::var_os("TEND_LAB_HOLD").is_some() {
+                    eprintln!("HOLDING the lab: {ip}{path} from {}", self.nodes[i].netns);
+                    std::thread::sleep(Duration::from_secs(600));
+                }
+                return answer;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// `GET http://ip:80/path` from node `i`.
+    fn fetch(&self, i: usize, ip: &str, path: &str) -> Option<String> {
+        self.on_node(
+            i,
+            // curl: the static busybox's wget crashes when it resolves.
+            &["curl", "-sf", "-m", "3", &format!("http://{ip}{path}")],
+        )
+    }
+
+    fn deploy(&self, file: &str, yaml: &str, message: &str) {
+        self.repos.write(file, yaml);
+        let commit = self.repos.commit(message);
+        self.repos.push();
+        let revision = self.serve().wait_revision(&commit);
+        assert_eq!(
+            common::phase(&revision),
+            "Applied",
+            "revision {revision}"
+        );
+    }
+
+    fn pods(&self, app: &str) -> Vec<Value> {
+        items(
+            &self
+                .serve()
+                .get_ok(&format!("/api/v1/namespaces/default/pods?labelSelector=app%3D{app}")),
+        )
+    }
+
+    /// Polls the pods of `app` until `check` holds; panics with the pods and the agents'
+    /// logs after `limit`.
+    fn wait_pods(
+        &self,
+        app: &str,
+        what: &str,
+        limit: Duration,
+        check: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let pods = self.pods(app);
+            if check(&pods) {
+                return pods;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}; pods: {}\n{}",
+                    serde_json::to_string_pretty(&pods).unwrap_or_default(),
+                    self.agent_logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Containers runc runs for node `i`: id -> pid.
+    fn containers(&self, i: usize) -> BTreeMap<String, u64> {
+        let root = self.nodes[i].state.join("runc");
+        let text = quiet("runc", &["--root", s(&root), "list", "--format", "json"])
+            .unwrap_or_default();
+        let list: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["status"] == "running")
+            .filter_map(|c| Some((c["id"].as_str()?.to_string(), c["pid"].as_u64()?)))
+            .collect()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill_agent(i);
+        }
+        // Containers, then their mounts and pod namespaces, then nodes, bridge, processes.
+        let mut pod_netns = BTreeSet::new();
+        for node in &self.nodes {
+            let root = node.state.join("runc");
+            let text = quiet("runc", &["--root", s(&root), "list", "-q"]).unwrap_or_default();
+            for id in text.lines().filter(|l| !l.is_empty()) {
+                let _ = quiet("runc", &["--root", s(&root), "delete", "--force", id]);
+                let uid: String = id.chars().take(36).collect();
+                pod_netns.insert(tend::agent::network::plan::pod_names(&uid).netns);
+            }
+            let ipam = std::fs::read_to_string(node.state.join("network/ipam.json"))
+                .unwrap_or_default();
+            if let Ok(v) = serde_json::from_str::<Value>(&ipam) {
+                for uid in v["pods"].as_object().into_iter().flatten().map(|(k, _)| k) {
+                    pod_netns.insert(tend::agent::network::plan::pod_names(uid).netns);
+                }
+            }
+        }
+        let root = s(self.tmp.path()).to_string();
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let mut ours: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(1))
+            .filter(|m| m.starts_with(&root))
+            .collect();
+        ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in ours {
+            let _ = quiet("umount", &["-l", m]);
+        }
+        for netns in pod_netns {
+            let _ = quiet("ip", &["netns", "delete", &netns]);
+        }
+        for node in &self.nodes {
+            let _ = quiet("ip", &["netns", "delete", &node.netns]);
+        }
+        let _ = quiet("ip", &["link", "delete", &self.bridge]);
+        if let Some(mut registry) = self.registry.take() {
+            let _ = registry.kill();
+            let _ = registry.wait();
+        }
+        self.serve.take();
+    }
+}
+
+fn deployment(name: &str, replicas: u32, image: &str, extra: &str, container: &str) -> String {
+    format!(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels:
+      app: {name}
+  template:
+    metadata:
+      labels:
+        app: {name}
+    spec:
+      terminationGracePeriodSeconds: 2
+{extra}      containers:
+      - name: {name}
+        image: {image}
+{container}"
+    )
+}
+
+fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
+    v.pointer(pointer).and_then(Value::as_str).unwrap_or_default()
+}
+
+fn running_and_ready(p: &Value) -> bool {
+    text(p, "/status/phase") == "Running"
+        && p.pointer("/status/containerStatuses/0/ready") == Some(&Value::Bool(true))
+        && !text(p, "/status/podIP").is_empty()
+}
+
+fn restarts(p: &Value) -> u64 {
+    p.pointer("/status/containerStatuses/0/restartCount")
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
+}
+
+#[test]
+fn three_replicas_from_the_registry_spread_serve_and_survive_an_agent_kill() {
+    if !lab_possible("three_replicas_from_the_registry_spread_serve_and_survive_an_agent_kill") {
+        return;
+    }
+    let mut lab = Lab::start(3, &[]);
+    let image = format!("{}/web:v1", lab.registry_addr);
+    lab.deploy(
+        "web.yaml",
+        &deployment("web", 3, &image, "", ""),
+        "web v1",
+    );
+    let pods = lab.wait_pods("web", "3 pods Running and Ready", Duration::from_secs(90), |pods| {
+        pods.len() == 3 && pods.iter().all(running_and_ready)
+    });
+    let nodes: BTreeSet<&str> = pods.iter().map(|p| text(p, "/spec/nodeName")).collect();
+    assert_eq!(nodes.len(), 3, "one pod per node: {nodes:?}");
+    for p in &pods {
+        let node = text(p, "/spec/nodeName");
+        let i = lab.nodes.iter().position(|n| n.name == node).expect("a lab node");
+        assert_eq!(text(p, "/status/hostIP"), lab.nodes[i].address);
+        assert!(text(p, "/status/containerStatuses/0/imageID").contains("@sha256:"));
+    }
+
+    // Every pod answers on its IP from every node, with its version and its own hostname.
+    for p in &pods {
+        let ip = text(p, "/status/podIP");
+        let name = text(p, "/metadata/name");
+        assert_eq!(
+            lab.fetch_eventually(0, ip, "/").as_deref(),
+            Some("web v1\n"),
+            "pod {name} at {ip} never answered\n{}",
+            lab.agent_logs()
+        );
+        for i in 0..lab.nodes.len() {
+            assert_eq!(
+                lab.fetch(i, ip, "/").as_deref(),
+                Some("web v1\n"),
+                "pod {name} at {ip} from {}\n{}",
+                lab.nodes[i].name,
+                lab.agent_logs()
+            );
+            assert_eq!(
+                lab.fetch(i, ip, "/cgi-bin/hostname").as_deref(),
+                Some(format!("{name}\n").as_str()),
+                "hostname of {name} from {}",
+                lab.nodes[i].name
+            );
+        }
+    }
+
+    // kill -9 of node02's agent: its pod keeps serving while the agent is down, and the
+    // restarted agent adopts it: same pods, IPs, restart counts and container processes.
+    let before: BTreeMap<String, (String, u64)> = pods
+        .iter()
+        .map(|p| {
+            (
+                text(p, "/metadata/name").to_string(),
+                (text(p, "/status/podIP").to_string(), restarts(p)),
+            )
+        })
+        .collect();
+    let containers = lab.containers(1);
+    assert_eq!(containers.len(), 1, "node02 runs one container");
+    lab.kill_agent(1);
+    let on_node02 = pods
+        .iter()
+        .find(|p| text(p, "/spec/nodeName") == "node02")
+        .expect("a pod on node02");
+    let ip = text(on_node02, "/status/podIP").to_string();
+    for _ in 0..3 {
+        assert_eq!(lab.fetch(0, &ip, "/").as_deref(), Some("web v1\n"));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    lab.start_agent(1);
+    // A few sync periods of the new agent.
+    std::thread::sleep(Duration::from_secs(5));
+    let after = lab.wait_pods("web", "the pods after the restart", Duration::from_secs(30), |pods| {
+        pods.len() == 3 && pods.iter().all(running_and_ready)
+    });
+    let after: BTreeMap<String, (String, u64)> = after
+        .iter()
+        .map(|p| {
+            (
+                text(p, "/metadata/name").to_string(),
+                (text(p, "/status/podIP").to_string(), restarts(p)),
+            )
+        })
+        .collect();
+    assert_eq!(before, after, "pods, IPs and restart counts\n{}", lab.agent_logs());
+    assert_eq!(lab.containers(1), containers, "the same container process");
+    assert_eq!(lab.fetch(2, &ip, "/").as_deref(), Some("web v1\n"));
+
+    // A new version rolls out over the real pods.
+    let image = format!("{}/web:v2", lab.registry_addr);
+    lab.deploy(
+        "web.yaml",
+        &deployment("web", 3, &image, "", ""),
+        "web v2",
+    );
+    let pods = lab.wait_pods("web", "3 pods of v2", Duration::from_secs(90), |pods| {
+        pods.len() == 3
+            && pods.iter().all(|p| {
+                running_and_ready(p) && text(p, "/spec/containers/0/image").ends_with("web:v2")
+            })
+    });
+    for p in &pods {
+        assert_eq!(
+            lab.fetch(0, text(p, "/status/podIP"), "/").as_deref(),
+            Some("web v2\n")
+        );
+    }
+}
