@@ -306,6 +306,24 @@ fn syncer_runs_a_pod_restarts_it_and_deletes_it_in_order() {
     assert_eq!(calls.len(), 2, "{calls:?}");
     assert_eq!(calls[0], Call::Delete { id: id.clone() });
     assert!(matches!(&calls[1], Call::Run { id: i, .. } if *i == id));
+    let events: Vec<(&str, String)> = f
+        .syncer
+        .take_events(&uid)
+        .into_iter()
+        .map(|e| (e.reason, e.message))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            (
+                "Pulled",
+                "Container image \"web:v1\" already present on machine".to_string()
+            ),
+            ("Created", "Created container web".to_string()),
+            ("Started", "Started container web".to_string()),
+        ]
+    );
+    assert!(f.syncer.take_events(&uid).is_empty(), "taken once");
     {
         let net = f.syncer.network();
         let applied = &net.ops().applied;
@@ -483,6 +501,7 @@ mod real {
         fn ensure(&self, image: &str, _policy: Option<&str>) -> Result<ReadyImage, ImageError> {
             Ok(ReadyImage {
                 image_id: format!("{image}@sha256:dir"),
+                pulled: false,
                 config: ImageConfig {
                     entrypoint: Some(vec!["/bin/httpd".into()]),
                     cmd: Some(

@@ -255,6 +255,66 @@ async fn join_token_may_register_its_node_but_not_touch_deployments() {
 }
 
 #[tokio::test]
+async fn agents_post_events_that_are_counted_not_piled_up() {
+    let (_dir, server) = start_default().await;
+    let event = json!({
+        "involvedObject": {"kind": "Pod", "name": "web-1", "namespace": "default", "uid": "u1"},
+        "reason": "BackOff",
+        "message": "Back-off restarting failed container web in pod web-1",
+        "type": "Warning",
+        "source": {"component": "kubelet", "host": "n1"},
+    });
+    for _ in 0..3 {
+        let response = server
+            .join(Method::POST, "/api/v1/namespaces/default/events")
+            .json(&event)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+    let (status, list) = json_of(
+        server
+            .admin(Method::GET, "/api/v1/namespaces/default/events")
+            .send()
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let items = list["items"].as_array().cloned().unwrap_or_default();
+    assert_eq!(items.len(), 1, "{list}");
+    assert_eq!(items[0]["count"], 3);
+    assert_eq!(items[0]["involvedObject"]["name"], "web-1");
+    assert_eq!(items[0]["type"], "Warning");
+    assert_eq!(items[0]["source"]["component"], "kubelet");
+    // An event that names no object is refused with the reason.
+    let response = server
+        .join(Method::POST, "/api/v1/namespaces/default/events")
+        .json(&json!({"reason": "X"}))
+        .send()
+        .await
+        .expect("send");
+    let (status, body) = json_of(response).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("involvedObject"),
+        "{body}"
+    );
+    // The join token still may not read events.
+    let response = server
+        .join(Method::GET, "/api/v1/namespaces/default/events")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn not_found_is_a_status_object() {
     let (_dir, server) = start_default().await;
     let response = server

@@ -160,9 +160,7 @@ impl Lab {
                 log: lab.tmp.path().join(format!("node{i:02}.log")),
                 state,
                 agent: None,
-                images: air
-                    .contains(&i)
-                    .then(|| lab.tmp.path().join("air-images")),
+                images: air.contains(&i).then(|| lab.tmp.path().join("air-images")),
             });
             run("ip", &["netns", "add", &netns]);
             run(
@@ -406,19 +404,13 @@ impl Lab {
         let commit = self.repos.commit(message);
         self.repos.push();
         let revision = self.serve().wait_revision(&commit);
-        assert_eq!(
-            common::phase(&revision),
-            "Applied",
-            "revision {revision}"
-        );
+        assert_eq!(common::phase(&revision), "Applied", "revision {revision}");
     }
 
     fn pods(&self, app: &str) -> Vec<Value> {
-        items(
-            &self
-                .serve()
-                .get_ok(&format!("/api/v1/namespaces/default/pods?labelSelector=app%3D{app}")),
-        )
+        items(&self.serve().get_ok(&format!(
+            "/api/v1/namespaces/default/pods?labelSelector=app%3D{app}"
+        )))
     }
 
     /// Polls the pods of `app` until `check` holds; panics with the pods and the agents'
@@ -428,7 +420,7 @@ impl Lab {
         app: &str,
         what: &str,
         limit: Duration,
-        check: impl Fn(&[Value]) -> bool,
+        mut check: impl FnMut(&[Value]) -> bool,
     ) -> Vec<Value> {
         let deadline = Instant::now() + limit;
         loop {
@@ -450,8 +442,8 @@ impl Lab {
     /// Containers runc runs for node `i`: id -> pid.
     fn containers(&self, i: usize) -> BTreeMap<String, u64> {
         let root = self.nodes[i].state.join("runc");
-        let text = quiet("runc", &["--root", s(&root), "list", "--format", "json"])
-            .unwrap_or_default();
+        let text =
+            quiet("runc", &["--root", s(&root), "list", "--format", "json"]).unwrap_or_default();
         let list: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         list.as_array()
             .into_iter()
@@ -477,8 +469,8 @@ impl Drop for Lab {
                 let uid: String = id.chars().take(36).collect();
                 pod_netns.insert(tend::agent::network::plan::pod_names(&uid).netns);
             }
-            let ipam = std::fs::read_to_string(node.state.join("network/ipam.json"))
-                .unwrap_or_default();
+            let ipam =
+                std::fs::read_to_string(node.state.join("network/ipam.json")).unwrap_or_default();
             if let Ok(v) = serde_json::from_str::<Value>(&ipam) {
                 for uid in v["pods"].as_object().into_iter().flatten().map(|(k, _)| k) {
                     pod_netns.insert(tend::agent::network::plan::pod_names(uid).netns);
@@ -536,7 +528,9 @@ spec:
 }
 
 fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
-    v.pointer(pointer).and_then(Value::as_str).unwrap_or_default()
+    v.pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
 }
 
 fn running_and_ready(p: &Value) -> bool {
@@ -558,19 +552,22 @@ fn three_replicas_from_the_registry_spread_serve_and_survive_an_agent_kill() {
     }
     let mut lab = Lab::start(3, &[]);
     let image = format!("{}/web:v1", lab.registry_addr);
-    lab.deploy(
-        "web.yaml",
-        &deployment("web", 3, &image, "", ""),
-        "web v1",
+    lab.deploy("web.yaml", &deployment("web", 3, &image, "", ""), "web v1");
+    let pods = lab.wait_pods(
+        "web",
+        "3 pods Running and Ready",
+        Duration::from_secs(90),
+        |pods| pods.len() == 3 && pods.iter().all(running_and_ready),
     );
-    let pods = lab.wait_pods("web", "3 pods Running and Ready", Duration::from_secs(90), |pods| {
-        pods.len() == 3 && pods.iter().all(running_and_ready)
-    });
     let nodes: BTreeSet<&str> = pods.iter().map(|p| text(p, "/spec/nodeName")).collect();
     assert_eq!(nodes.len(), 3, "one pod per node: {nodes:?}");
     for p in &pods {
         let node = text(p, "/spec/nodeName");
-        let i = lab.nodes.iter().position(|n| n.name == node).expect("a lab node");
+        let i = lab
+            .nodes
+            .iter()
+            .position(|n| n.name == node)
+            .expect("a lab node");
         assert_eq!(text(p, "/status/hostIP"), lab.nodes[i].address);
         assert!(text(p, "/status/containerStatuses/0/imageID").contains("@sha256:"));
     }
@@ -628,9 +625,12 @@ fn three_replicas_from_the_registry_spread_serve_and_survive_an_agent_kill() {
     lab.start_agent(1);
     // A few sync periods of the new agent.
     std::thread::sleep(Duration::from_secs(5));
-    let after = lab.wait_pods("web", "the pods after the restart", Duration::from_secs(30), |pods| {
-        pods.len() == 3 && pods.iter().all(running_and_ready)
-    });
+    let after = lab.wait_pods(
+        "web",
+        "the pods after the restart",
+        Duration::from_secs(30),
+        |pods| pods.len() == 3 && pods.iter().all(running_and_ready),
+    );
     let after: BTreeMap<String, (String, u64)> = after
         .iter()
         .map(|p| {
@@ -640,17 +640,18 @@ fn three_replicas_from_the_registry_spread_serve_and_survive_an_agent_kill() {
             )
         })
         .collect();
-    assert_eq!(before, after, "pods, IPs and restart counts\n{}", lab.agent_logs());
+    assert_eq!(
+        before,
+        after,
+        "pods, IPs and restart counts\n{}",
+        lab.agent_logs()
+    );
     assert_eq!(lab.containers(1), containers, "the same container process");
     assert_eq!(lab.fetch(2, &ip, "/").as_deref(), Some("web v1\n"));
 
     // A new version rolls out over the real pods.
     let image = format!("{}/web:v2", lab.registry_addr);
-    lab.deploy(
-        "web.yaml",
-        &deployment("web", 3, &image, "", ""),
-        "web v2",
-    );
+    lab.deploy("web.yaml", &deployment("web", 3, &image, "", ""), "web v2");
     let pods = lab.wait_pods("web", "3 pods of v2", Duration::from_secs(90), |pods| {
         pods.len() == 3
             && pods.iter().all(|p| {
@@ -663,4 +664,150 @@ fn three_replicas_from_the_registry_spread_serve_and_survive_an_agent_kill() {
             Some("web v2\n")
         );
     }
+}
+
+fn waiting_reason(p: &Value) -> String {
+    text(p, "/status/containerStatuses/0/state/waiting/reason").to_string()
+}
+
+#[test]
+fn crash_loops_missing_images_probes_and_air_gapped_images() {
+    if !lab_possible("crash_loops_missing_images_probes_and_air_gapped_images") {
+        return;
+    }
+    let lab = Lab::start(2, &[2]);
+    let reg = lab.registry_addr.clone();
+    let on_node02 = "      nodeSelector:\n        kubernetes.io/hostname: node02\n";
+    lab.repos.write(
+        "crash.yaml",
+        &deployment(
+            "crash",
+            1,
+            &format!("{reg}/web:v1"),
+            "",
+            "        command: [\"sh\", \"-c\", \"echo crashing in $(hostname); exit 3\"]\n",
+        ),
+    );
+    lab.repos.write(
+        "ghost.yaml",
+        &deployment("ghost", 1, &format!("{reg}/ghost:v1"), "", ""),
+    );
+    lab.repos.write(
+        "air.yaml",
+        &deployment(
+            "air",
+            1,
+            "airgap/web:v1",
+            on_node02,
+            "        imagePullPolicy: Never\n",
+        ),
+    );
+    lab.repos.write(
+        "sick.yaml",
+        &deployment(
+            "sick",
+            1,
+            &format!("{reg}/web:v1"),
+            "",
+            "        livenessProbe:\n          httpGet: {path: /missing, port: 80}\n          periodSeconds: 1\n          failureThreshold: 2\n",
+        ),
+    );
+    lab.repos.write(
+        "unready.yaml",
+        &deployment(
+            "unready",
+            1,
+            &format!("{reg}/web:v1"),
+            "",
+            "        readinessProbe:\n          httpGet: {path: /missing, port: 80}\n          periodSeconds: 1\n",
+        ),
+    );
+    let commit = lab.repos.commit("failures");
+    lab.repos.push();
+    assert_eq!(
+        common::phase(&lab.serve().wait_revision(&commit)),
+        "Applied"
+    );
+
+    // The air-gapped image runs from the node's store with imagePullPolicy: Never.
+    let air = lab.wait_pods(
+        "air",
+        "the air-gapped pod Running",
+        Duration::from_secs(60),
+        |p| p.len() == 1 && running_and_ready(&p[0]),
+    );
+    assert_eq!(text(&air[0], "/spec/nodeName"), "node02");
+    assert_eq!(
+        lab.fetch_eventually(0, text(&air[0], "/status/podIP"), "/")
+            .as_deref(),
+        Some("web v1\n")
+    );
+
+    // A missing image: ErrImagePull, then ImagePullBackOff.
+    let mut seen = BTreeSet::new();
+    lab.wait_pods(
+        "ghost",
+        "ErrImagePull then ImagePullBackOff",
+        Duration::from_secs(60),
+        |p| {
+            if let Some(pod) = p.first() {
+                seen.insert(waiting_reason(pod));
+            }
+            seen.contains("ErrImagePull") && seen.contains("ImagePullBackOff")
+        },
+    );
+
+    // A readiness probe that fails keeps a running pod out of Ready.
+    lab.wait_pods(
+        "unready",
+        "the unready pod Running",
+        Duration::from_secs(60),
+        |p| p.len() == 1 && text(&p[0], "/status/phase") == "Running",
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let unready = lab.pods("unready");
+    assert_eq!(unready.len(), 1);
+    let ready = unready[0]
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Ready")
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(ready["status"], "False", "{:?}", unready[0]["status"]);
+    assert_eq!(
+        unready[0].pointer("/status/containerStatuses/0/ready"),
+        Some(&Value::Bool(false))
+    );
+    assert_eq!(text(&unready[0], "/status/phase"), "Running");
+
+    // A failing liveness probe restarts the container.
+    lab.wait_pods("sick", "a liveness restart", Duration::from_secs(60), |p| {
+        p.len() == 1 && restarts(&p[0]) >= 1
+    });
+
+    // A crashing container: CrashLoopBackOff with a growing restart count, and its logs.
+    let mut reasons = BTreeSet::new();
+    let crash = lab.wait_pods(
+        "crash",
+        "restartCount 2 and CrashLoopBackOff",
+        Duration::from_secs(90),
+        |p| {
+            if let Some(pod) = p.first() {
+                reasons.insert(waiting_reason(pod));
+            }
+            p.len() == 1 && restarts(&p[0]) >= 2 && reasons.contains("CrashLoopBackOff")
+        },
+    );
+    let name = text(&crash[0], "/metadata/name").to_string();
+    assert_eq!(
+        crash[0].pointer("/status/containerStatuses/0/lastState/terminated/exitCode"),
+        Some(&Value::from(3))
+    );
+    let logs = lab.serve().cli_ok(&["logs", &name]);
+    assert!(
+        logs.contains(&format!("crashing in {name}")),
+        "logs: {logs:?}"
+    );
 }

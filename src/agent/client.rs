@@ -261,6 +261,18 @@ impl AgentClient {
         }
     }
 
+    /// Posts an Event (the server counts repeats of the same reason and message).
+    pub async fn post_event(&self, namespace: &str, event: &Value) -> Result<(), ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/api/v1/namespaces/{namespace}/events"),
+            &[],
+            Some(event),
+        )
+        .await
+        .map(drop)
+    }
+
     /// Every Node (the agents' routes to other nodes' pod CIDRs come from them).
     pub async fn list_nodes(&self) -> Result<Vec<Value>, ClientError> {
         let list = self.call(Method::GET, "/api/v1/nodes", &[], None).await?;

@@ -2,6 +2,7 @@
 //!
 //! - [`client`]: the agents' HTTP client (several servers, join token, node status, pod
 //!   list+watch that resumes and relists).
+//! - [`events`]: the Events a node reports about its pods (pulls, starts, kills, back-offs).
 //! - [`image`]: the image store: references, pulls from OCI registries (oci-client), blobs
 //!   by verified digest, layers unpacked with whiteouts, `--images` archive import.
 //! - [`network`]: the pod network: IPs from the node's pod CIDR, a bridge, a network
@@ -21,6 +22,7 @@
 //! labels an admin sets therefore survive agent restarts, as in Kubernetes.
 
 pub mod client;
+pub mod events;
 pub mod image;
 pub mod network;
 pub mod node;

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
 use super::client::{AgentClient, PodEvent, backoff, namespace_and_name, with_status};
+use super::events::{event_object, status_events};
 use super::image::{ImageStore, OciRegistry};
 use super::network::ip::IpCommands;
 use super::network::ipam::{Cidr, IpamStore};
@@ -279,7 +280,11 @@ pub async fn run(args: AgentArgs, mut shutdown: watch::Receiver<bool>) -> anyhow
     };
     let (done_tx, mut done) = mpsc::unbounded_channel();
     let mut agent = Agent {
-        client: AgentClient::from_token_file(args.servers.clone(), &args.token_file)?,
+        client: Arc::new(AgentClient::from_token_file(
+            args.servers.clone(),
+            &args.token_file,
+        )?),
+        node: args.name.clone(),
         syncer,
         pods: BTreeMap::new(),
         reported: BTreeMap::new(),
@@ -324,7 +329,8 @@ pub async fn run(args: AgentArgs, mut shutdown: watch::Receiver<bool>) -> anyhow
 type Done = (String, Result<SyncOutcome, String>);
 
 struct Agent {
-    client: AgentClient,
+    client: Arc<AgentClient>,
+    node: String,
     syncer: Arc<Syncer>,
     /// The newest version of each pod bound here, by uid.
     pods: BTreeMap<String, Value>,
@@ -458,6 +464,7 @@ impl Agent {
         match outcome {
             Err(e) => tracing::warn!(%uid, "sync: {e}"),
             Ok(SyncOutcome::Deleted) => {
+                self.post_events(&uid, None);
                 if let Some(pod) = self.pods.remove(&uid) {
                     let (ns, name) = namespace_and_name(&pod);
                     match self.client.delete_pod(&ns, &name).await {
@@ -471,11 +478,43 @@ impl Agent {
                 self.again.remove(&uid);
                 return;
             }
-            Ok(SyncOutcome::Status(status)) => self.report(&uid, status).await,
+            Ok(SyncOutcome::Status(status)) => {
+                self.post_events(&uid, Some(&status));
+                self.report(&uid, status).await
+            }
         }
         if self.again.remove(&uid) {
             self.start_sync(&uid);
         }
+    }
+
+    /// Sends the events the sync noted, and the back-offs its new status entered, in the
+    /// background (events are best effort: a lost one never holds a pod back).
+    fn post_events(&self, uid: &str, status: Option<&Value>) {
+        let Some(pod) = self.pods.get(uid) else {
+            self.syncer.take_events(uid);
+            return;
+        };
+        let (ns, name) = namespace_and_name(pod);
+        let mut notes = self.syncer.take_events(uid);
+        if let Some(status) = status {
+            notes.extend(status_events(&name, self.reported.get(uid), status));
+        }
+        if notes.is_empty() {
+            return;
+        }
+        let events: Vec<Value> = notes
+            .iter()
+            .map(|n| event_object(pod, &self.node, n))
+            .collect();
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            for event in events {
+                if let Err(e) = client.post_event(&ns, &event).await {
+                    tracing::debug!(pod = %name, "posting an event: {e}");
+                }
+            }
+        });
     }
 
     async fn report(&mut self, uid: &str, status: Value) {

@@ -20,6 +20,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Container;
 use serde_json::{Value, json};
 
+use super::events::PodNote;
 use super::image::{
     ImageError, ImageRef, ImageStore, OciRegistry, PreparedRootfs, PullPolicy, RegistryAuth,
     RootfsMethod,
@@ -364,6 +365,8 @@ pub fn status_changed(previous: Option<&Value>, next: &Value) -> bool {
 pub struct ReadyImage {
     /// `imageID`: the reference with its manifest digest.
     pub image_id: String,
+    /// Whether the registry was asked (false: the node had it and the policy allowed that).
+    pub pulled: bool,
     pub config: bundle::ImageConfig,
 }
 
@@ -411,6 +414,7 @@ impl Images for StoreImages {
         let c = &outcome.image.config;
         Ok(ReadyImage {
             image_id: format!("{}@{}", reference.name(), outcome.image.manifest_digest),
+            pulled: outcome.pulled,
             config: bundle::ImageConfig {
                 entrypoint: Some(c.entrypoint.clone()).filter(|v| !v.is_empty()),
                 cmd: Some(c.cmd.clone()).filter(|v| !v.is_empty()),
@@ -470,6 +474,7 @@ impl Images for FakeImages {
         }
         Ok(ReadyImage {
             image_id: format!("{image}@sha256:fake"),
+            pulled: false,
             config: bundle::ImageConfig {
                 entrypoint: Some(vec!["/bin/true".into()]),
                 ..Default::default()
@@ -582,6 +587,8 @@ pub struct PodSyncer<N: PodNet> {
     /// How often a stopping container is polled.
     pub poll: Duration,
     memory: Mutex<BTreeMap<String, PodMemory>>,
+    /// Events noted while acting, by pod uid, until [`PodSyncer::take_events`].
+    notes: Mutex<BTreeMap<String, Vec<PodNote>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -616,7 +623,20 @@ impl<N: PodNet> PodSyncer<N> {
             host_ip,
             poll: Duration::from_millis(100),
             memory: Mutex::new(BTreeMap::new()),
+            notes: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    fn note(&self, uid: &str, note: PodNote) {
+        lock(&self.notes)
+            .entry(uid.to_string())
+            .or_default()
+            .push(note);
+    }
+
+    /// The events noted for pod `uid` since the last call, oldest first.
+    pub fn take_events(&self, uid: &str) -> Vec<PodNote> {
+        lock(&self.notes).remove(uid).unwrap_or_default()
     }
 
     pub fn network(&self) -> MutexGuard<'_, N> {
@@ -808,6 +828,29 @@ impl<N: PodNet> PodSyncer<N> {
                     .ensure(&image, spec.image_pull_policy.as_deref())
                 {
                     Ok(ready) => {
+                        if ready.pulled {
+                            self.note(
+                                uid,
+                                PodNote::normal("Pulling", format!("Pulling image \"{image}\"")),
+                            );
+                            self.note(
+                                uid,
+                                PodNote::normal(
+                                    "Pulled",
+                                    format!("Successfully pulled image \"{image}\""),
+                                ),
+                            );
+                        } else {
+                            self.note(
+                                uid,
+                                PodNote::normal(
+                                    "Pulled",
+                                    format!(
+                                        "Container image \"{image}\" already present on machine"
+                                    ),
+                                ),
+                            );
+                        }
                         entry.image = ImageObserved::Ready {
                             image_id: ready.image_id,
                         };
@@ -822,6 +865,20 @@ impl<N: PodNet> PodSyncer<N> {
                             .saturating_mul(1 << (failures - 1).min(5))
                             .min(IMAGE_MAX_BACKOFF);
                         tracing::warn!(pod = %name, container = %container, "image {image}: {e}");
+                        let never = matches!(e, ImageError::NeverPull(_));
+                        self.note(
+                            uid,
+                            PodNote::warning(
+                                "Failed",
+                                format!("Failed to pull image \"{image}\": {e}"),
+                            ),
+                        );
+                        let error = if never {
+                            "ErrImageNeverPull"
+                        } else {
+                            "ErrImagePull"
+                        };
+                        self.note(uid, PodNote::warning("Failed", format!("Error: {error}")));
                         entry.image = ImageObserved::Failed {
                             message: e.to_string(),
                             never_pull: matches!(e, ImageError::NeverPull(_)),
@@ -925,9 +982,17 @@ impl<N: PodNet> PodSyncer<N> {
                     path: config.clone(),
                     source,
                 })?;
+                self.note(
+                    uid,
+                    PodNote::normal("Created", format!("Created container {container}")),
+                );
                 self.runtime
                     .run(&id, &dir)
                     .map_err(runtime_err(&container))?;
+                self.note(
+                    uid,
+                    PodNote::normal("Started", format!("Started container {container}")),
+                );
                 memory.started.insert(container.clone(), now);
                 memory.finished.remove(&container);
             }
@@ -936,6 +1001,10 @@ impl<N: PodNet> PodSyncer<N> {
                 grace,
             } => {
                 let id = container_id(uid, &container);
+                self.note(
+                    uid,
+                    PodNote::normal("Killing", format!("Stopping container {container}")),
+                );
                 runc::stop(self.runtime.as_ref(), &id, grace, self.poll)
                     .map_err(runtime_err(&container))?;
                 self.runtime.delete(&id).map_err(runtime_err(&container))?;

@@ -26,8 +26,8 @@ pub fn authenticate(tokens: &Tokens, headers: &HeaderMap) -> Option<Identity> {
 /// get their own, issue 8): it may register, list and update Nodes (create, read, replace,
 /// status),
 /// read the server version, read pods, services and endpoints (list and watch too, for a node's
-/// own pods and the load balancing of every Service), write pod status, and delete pods (a
-/// node deletes a pod once it has stopped it); nothing else.
+/// own pods and the load balancing of every Service), write pod status, post events, and
+/// delete pods (a node deletes a pod once it has stopped it); nothing else.
 pub fn authorize(identity: Identity, method: &Method, route: &Route) -> Decision {
     if identity == Identity::Admin {
         return Decision::Allow;
@@ -47,6 +47,11 @@ pub fn authorize(identity: Identity, method: &Method, route: &Route) -> Decision
             *method == Method::GET || *method == Method::PUT
         }
         Route::Collection { kind, .. } if agent_reads(*kind) => *method == Method::GET,
+        // Events about its pods (pulls, starts, kills, back-offs), aggregated by the server.
+        Route::Collection {
+            kind: Kind::Event,
+            namespace: Some(_),
+        } => *method == Method::POST,
         Route::Object(key) if key.kind == Kind::Pod => {
             *method == Method::GET || *method == Method::DELETE
         }
@@ -109,6 +114,14 @@ mod tests {
         );
         assert_eq!(
             authorize(Identity::Join, &Method::GET, &nodes),
+            Decision::Allow
+        );
+        let events = Route::Collection {
+            kind: Kind::Event,
+            namespace: Some("default".into()),
+        };
+        assert_eq!(
+            authorize(Identity::Join, &Method::POST, &events),
             Decision::Allow
         );
         assert_eq!(

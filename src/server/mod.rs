@@ -236,6 +236,17 @@ async fn dispatch(
                     .into_response(),
             )
         }
+        (
+            Route::Collection {
+                kind: Kind::Event,
+                namespace: Some(namespace),
+            },
+            Method::POST,
+        ) => {
+            let body = limits::read_body(req.into_body(), limit).await?;
+            let event = objects::record_event(store, &namespace, &body).await?;
+            Ok((StatusCode::CREATED, Json(event)).into_response())
+        }
         (Route::Collection { kind, namespace }, Method::POST) => {
             let namespace = match (kind.namespaced(), namespace) {
                 (true, Some(ns)) => ns,
