@@ -46,6 +46,9 @@ pub struct AgentArgs {
     /// The node's InternalIP (every pod's hostIP).
     #[arg(long, default_value = "127.0.0.1")]
     pub address: Ipv4Addr,
+    /// Port of the log endpoint on `--address` (the control plane asks it for `tend logs`).
+    #[arg(long, default_value_t = super::logs::DEFAULT_PORT)]
+    pub port: u16,
     /// Capacity (and allocatable), Kubernetes quantities.
     #[arg(long, default_value = "cpu=4,memory=8Gi,pods=110")]
     pub capacity: String,
@@ -178,12 +181,16 @@ pub async fn run(args: AgentArgs, mut shutdown: watch::Receiver<bool>) -> anyhow
         );
     }
     let client = AgentClient::from_token_file(args.servers.clone(), &args.token_file)?;
+    let log_key = super::logs::read_key(&args.token_file)?;
+    let log_listener = super::logs::bind(args.address.into(), args.port).await?;
+    let log_port = log_listener.local_addr().map_or(args.port, |a| a.port());
     let registration = Registration {
         client,
         name: args.name.clone(),
         address: args.address.into(),
         version: concat!("tend-", env!("CARGO_PKG_VERSION")).to_string(),
         runtime: "runc".to_string(),
+        port: Some(log_port),
         labels,
         capacity,
     };
@@ -232,6 +239,19 @@ pub async fn run(args: AgentArgs, mut shutdown: watch::Receiver<bool>) -> anyhow
         auth: RegistryAuth::Anonymous,
         handle: tokio::runtime::Handle::current(),
     });
+    let bound_pods = super::logs::PodDirectory::default();
+    let log_server = tokio::spawn(super::logs::serve(
+        log_listener,
+        Arc::new(super::logs::LogServer {
+            node: args.name.clone(),
+            key: log_key,
+            pods: bound_pods.clone(),
+            source: super::logs::LogSource::Files(Arc::new(super::logs::RuntimeLogs(
+                runtime.clone(),
+            ))),
+            poll: Duration::from_millis(250),
+        }),
+    ));
     let syncer: Arc<Syncer> = Arc::new(PodSyncer::new(
         runtime,
         network,
@@ -282,8 +302,10 @@ pub async fn run(args: AgentArgs, mut shutdown: watch::Receiver<bool>) -> anyhow
             },
             Some((uid, outcome)) = done.recv() => agent.on_done(uid, outcome).await,
         }
+        bound_pods.replace(agent.pods.values());
     }
     follower.abort();
+    log_server.abort();
     tracing::info!(node = %args.name, "stopped; containers keep running");
     Ok(())
 }

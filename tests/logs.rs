@@ -1,0 +1,369 @@
+//! `tend logs` end to end: the agent's log endpoint over a real socket with log files on
+//! disk (signatures, tail, previous, follow), then `tend serve` with simulated nodes that
+//! serve logs, read through the CLI.
+
+mod common;
+
+use common::{Repos, Serve, SimNode};
+use serde_json::{Value, json};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tend::agent::logs::{
+    self, ContainerLogs, LogServer, LogSource, PodDirectory, files, sign,
+};
+
+const KEY: &[u8] = b"the-join-token";
+
+/// Log files in a directory; "running" as the test says.
+struct DirLogs {
+    dir: PathBuf,
+    running: AtomicBool,
+}
+
+impl ContainerLogs for DirLogs {
+    fn log_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.log"))
+    }
+    fn running(&self, _id: &str) -> bool {
+        self.running.load(Ordering::SeqCst)
+    }
+}
+
+/// An agent's log endpoint on 127.0.0.1, serving one pod `shop/web-1` (uid `u1`, containers
+/// `web` and `sidecar`); stopped when dropped.
+struct Endpoint {
+    base: String,
+    logs: Arc<DirLogs>,
+    _dir: tempfile::TempDir,
+    task: tokio::task::JoinHandle<()>,
+    http: reqwest::Client,
+}
+
+impl Endpoint {
+    async fn start() -> Endpoint {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let logs = Arc::new(DirLogs {
+            dir: dir.path().to_path_buf(),
+            running: AtomicBool::new(true),
+        });
+        let pods = PodDirectory::default();
+        let pod = json!({"metadata": {"name": "web-1", "namespace": "shop", "uid": "u1"},
+            "spec": {"containers": [{"name": "web"}, {"name": "sidecar"}]}});
+        pods.replace([&pod]);
+        let listener = logs::bind([127, 0, 0, 1].into(), 0).await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let server = Arc::new(LogServer {
+            node: "n1".into(),
+            key: KEY.to_vec(),
+            pods,
+            source: LogSource::Files(logs.clone()),
+            poll: Duration::from_millis(20),
+        });
+        let task = tokio::spawn(logs::serve(listener, server));
+        Endpoint {
+            base,
+            logs,
+            _dir: dir,
+            task,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn write(&self, id: &str, text: &str) {
+        std::fs::write(self.logs.log_path(id), text).expect("write log");
+    }
+
+    /// GET `path` with `authorization` (None: no header).
+    async fn get_with(&self, path: &str, authorization: Option<String>) -> (u16, String) {
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        if let Some(a) = authorization {
+            req = req.header("Authorization", a);
+        }
+        let resp = req.send().await.expect("send");
+        let code = resp.status().as_u16();
+        (code, resp.text().await.expect("body"))
+    }
+
+    /// GET `path`, signed as the control plane signs.
+    async fn get(&self, path: &str) -> (u16, String) {
+        let header = sign::sign(KEY, "GET", path, sign::unix_now());
+        self.get_with(path, Some(header)).await
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn message(body: &str) -> String {
+    serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v["message"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn agent_endpoint_serves_signed_requests_for_its_pods() {
+    let e = Endpoint::start().await;
+    let lines: String = (1..=5).map(|i| format!("line {i}\n")).collect();
+    e.write("u1-web", &lines);
+
+    let (code, body) = e.get("/containerLogs/shop/web-1/web").await;
+    assert_eq!((code, body.as_str()), (200, lines.as_str()));
+    let (code, body) = e.get("/containerLogs/shop/web-1/web?tailLines=2").await;
+    assert_eq!((code, body.as_str()), (200, "line 4\nline 5\n"));
+    let (code, body) = e.get("/containerLogs/shop/web-1/web?tailLines=0").await;
+    assert_eq!((code, body.as_str()), (200, ""));
+
+    // No previous instance yet; after a restart's rotation, there is one.
+    let (code, body) = e.get("/containerLogs/shop/web-1/web?previous=true").await;
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(
+        message(&body),
+        "previous terminated container \"web\" in pod \"web-1\" not found"
+    );
+    assert!(files::rotate(&e.logs.log_path("u1-web")).expect("rotate"));
+    e.write("u1-web", "second instance\n");
+    let (code, body) = e.get("/containerLogs/shop/web-1/web?previous=true").await;
+    assert_eq!((code, body.as_str()), (200, lines.as_str()));
+    let (code, body) = e.get("/containerLogs/shop/web-1/web").await;
+    assert_eq!((code, body.as_str()), (200, "second instance\n"));
+
+    // A container without a log yet, an unknown container, an unknown pod.
+    let (code, body) = e.get("/containerLogs/shop/web-1/sidecar").await;
+    assert_eq!(code, 400, "{body}");
+    assert!(message(&body).contains("is waiting to start"), "{body}");
+    let (code, body) = e.get("/containerLogs/shop/web-1/db").await;
+    assert_eq!(code, 404, "{body}");
+    assert_eq!(message(&body), "container db is not valid for pod web-1");
+    let (code, body) = e.get("/containerLogs/default/web-1/web").await;
+    assert_eq!(code, 404, "{body}");
+    assert_eq!(message(&body), "pod default/web-1 is not bound to node n1");
+    let (code, body) = e.get("/containerLogs/shop/web-1/web?tailLines=x").await;
+    assert_eq!(code, 400, "{body}");
+}
+
+#[tokio::test]
+async fn agent_endpoint_refuses_unsigned_and_misused_signatures() {
+    let e = Endpoint::start().await;
+    e.write("u1-web", "secret\n");
+    let path = "/containerLogs/shop/web-1/web";
+    let now = sign::unix_now();
+
+    let (code, body) = e.get_with(path, None).await;
+    assert_eq!(code, 401, "{body}");
+    assert!(message(&body).starts_with("missing Authorization header"), "{body}");
+    // The join token itself, as a bearer token, is not how the control plane asks.
+    let (code, _) = e
+        .get_with(path, Some("Bearer the-join-token".into()))
+        .await;
+    assert_eq!(code, 401);
+    // Another key.
+    let (code, body) = e
+        .get_with(path, Some(sign::sign(b"other", "GET", path, now)))
+        .await;
+    assert_eq!(code, 401);
+    assert!(message(&body).contains("does not match"), "{body}");
+    // A signature of another path (another container's log) replayed on this one.
+    let other = sign::sign(KEY, "GET", "/containerLogs/shop/web-1/sidecar", now);
+    let (code, _) = e.get_with(path, Some(other)).await;
+    assert_eq!(code, 401);
+    // Too old.
+    let (code, body) = e
+        .get_with(path, Some(sign::sign(KEY, "GET", path, now - 120)))
+        .await;
+    assert_eq!(code, 401);
+    assert!(message(&body).contains("away from the node's clock"), "{body}");
+    // The same request, signed now, goes through.
+    let (code, body) = e.get(path).await;
+    assert_eq!((code, body.as_str()), (200, "secret\n"));
+}
+
+#[tokio::test]
+async fn following_streams_new_lines_until_the_container_stops() {
+    let e = Endpoint::start().await;
+    e.write("u1-web", "old 1\nold 2\n");
+    let path = "/containerLogs/shop/web-1/web?tailLines=1&follow=true";
+    let header = sign::sign(KEY, "GET", path, sign::unix_now());
+    let mut resp = e
+        .http
+        .get(format!("{}{path}", e.base))
+        .header("Authorization", header)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut appended = false;
+    loop {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+            .await
+            .expect("a chunk in time")
+            .expect("read");
+        let Some(chunk) = chunk else { break };
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+        if seen == "old 2\n" && !appended {
+            // New lines reach the open stream; then the container stops and the stream ends.
+            use std::io::Write as _;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(e.logs.log_path("u1-web"))
+                .expect("open");
+            f.write_all(b"new 3\n").expect("append");
+            appended = true;
+        }
+        if seen.ends_with("new 3\n") {
+            e.logs.running.store(false, Ordering::SeqCst);
+        }
+        assert!(Instant::now() < deadline, "follow did not end: {seen:?}");
+    }
+    assert_eq!(seen, "old 2\nnew 3\n");
+}
+
+// ---- through the control plane ----
+
+fn pod(name: &str, node: Option<&str>, containers: &[&str], annotation: Option<&str>) -> Value {
+    let mut pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"containers": containers.iter().map(|c| json!({"name": c, "image": "busybox"})).collect::<Vec<_>>()}});
+    match node {
+        Some(n) => pod["spec"]["nodeName"] = json!(n),
+        // Fits no node: stays unscheduled.
+        None => pod["spec"]["nodeSelector"] = json!({"tend.dev/nowhere": "true"}),
+    }
+    if let Some(a) = annotation {
+        pod["metadata"]["annotations"] = json!({"kubectl.kubernetes.io/default-container": a});
+    }
+    pod
+}
+
+fn create(serve: &Serve, path: &str, object: &Value) {
+    let resp = reqwest::blocking::Client::new()
+        .post(format!("{}{path}", serve.url))
+        .bearer_auth(&serve.token)
+        .json(object)
+        .send()
+        .expect("post");
+    assert_eq!(resp.status().as_u16(), 201, "{:?}", resp.text());
+}
+
+/// `tend logs ARGS` with `token`: (exit code, stdout, stderr).
+fn logs_cli(serve: &Serve, token: &str, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(common::TEND)
+        .args(["--server", &serve.url, "--token", token, "logs"])
+        .args(args)
+        .env_remove("TEND_TOKEN")
+        .output()
+        .expect("tend logs runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn tend_logs_reads_through_the_control_plane_from_the_pods_node() {
+    let repos = Repos::new();
+    repos.write("README.md", "nothing to deploy\n");
+    repos.commit("empty");
+    let serve = Serve::start(&["--repo", repos.work.to_str().unwrap()], &repos.state());
+    let _node = SimNode::start(&serve, "node-a", "");
+    let node = serve.wait_for("/api/v1/nodes/node-a", "node-a's log port", |n| {
+        n.pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
+            .and_then(Value::as_u64)
+            .is_some_and(|p| p > 0)
+    });
+    assert_eq!(node["status"]["addresses"][0]["address"], "127.0.0.1");
+    let pods = "/api/v1/namespaces/default/pods";
+    create(&serve, pods, &pod("solo", Some("node-a"), &["web"], None));
+    create(&serve, pods, &pod("duo", Some("node-a"), &["a", "b"], None));
+    create(&serve, pods, &pod("picked", Some("node-a"), &["a", "b"], Some("b")));
+    create(&serve, pods, &pod("pending", None, &["web"], None));
+    for name in ["solo", "duo", "picked"] {
+        serve.wait_for(&format!("{pods}/{name}"), "pod running", |p| {
+            p.pointer("/status/phase") == Some(&json!("Running"))
+        });
+    }
+    let admin = serve.token.clone();
+
+    let (code, out, err) = logs_cli(&serve, &admin, &["solo"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "sim-node node-a pod solo container web\n");
+    let (code, out, _) = logs_cli(&serve, &admin, &["pod/solo", "--tail", "1", "-f"]);
+    assert_eq!(code, 0);
+    assert_eq!(out, "sim-node node-a pod solo container web\n");
+    let (code, out, _) = logs_cli(&serve, &admin, &["duo", "-c", "b", "-n", "default"]);
+    assert_eq!(code, 0);
+    assert_eq!(out, "sim-node node-a pod duo container b\n");
+    let (code, out, _) = logs_cli(&serve, &admin, &["picked"]);
+    assert_eq!(code, 0);
+    assert_eq!(out, "sim-node node-a pod picked container b\n");
+
+    // Errors: one line, exit 2.
+    for (args, expected) in [
+        (
+            &["duo"][..],
+            "error: a container name must be specified for pod duo, choose one of: [a b]\n",
+        ),
+        (&["duo", "-c", "zz"][..], "error: container zz is not valid for pod duo\n"),
+        (&["missing"][..], "error: pods \"missing\" not found\n"),
+        (&["pending"][..], "error: pod pending does not have a host assigned\n"),
+        (
+            &["solo", "--previous"][..],
+            "error: previous terminated container \"web\" in pod \"solo\" not found\n",
+        ),
+    ] {
+        let (code, out, err) = logs_cli(&serve, &admin, args);
+        assert_eq!((code, out.as_str(), err.as_str()), (2, "", expected), "{args:?}");
+    }
+
+    // Only the admin token reads logs: a join token (any node's) may not; no token is 401.
+    let join = std::fs::read_to_string(serve.state.join("join.token")).expect("join token");
+    let (code, _, err) = logs_cli(&serve, join.trim(), &["solo"]);
+    assert_eq!(code, 2);
+    assert_eq!(err, "error: the join token may not read pod logs\n");
+    let http = reqwest::blocking::Client::new();
+    let url = format!("{}{pods}/solo/log", serve.url);
+    let resp = http.get(&url).bearer_auth(join.trim()).send().expect("get");
+    assert_eq!(resp.status().as_u16(), 403);
+    let resp = http.get(&url).send().expect("get");
+    assert_eq!(resp.status().as_u16(), 401);
+    let (code, _, err) = logs_cli(&serve, "not-a-token", &["solo"]);
+    assert_eq!(code, 2);
+    assert!(err.starts_with("error: unauthorized: "), "{err}");
+
+    // A node whose agent does not answer: 502 naming the node and its address.
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    create(
+        &serve,
+        "/api/v1/nodes",
+        &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "ghost"}, "spec": {},
+            "status": {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+                       "daemonEndpoints": {"kubeletEndpoint": {"Port": closed}}}}),
+    );
+    create(&serve, pods, &pod("haunted", Some("ghost"), &["web"], None));
+    let resp = http
+        .get(format!("{}{pods}/haunted/log", serve.url))
+        .bearer_auth(&admin)
+        .send()
+        .expect("get");
+    assert_eq!(resp.status().as_u16(), 502);
+    let (code, _, err) = logs_cli(&serve, &admin, &["haunted"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.starts_with(&format!(
+            "error: cannot reach the agent of node ghost at 127.0.0.1:{closed}: "
+        )),
+        "{err}"
+    );
+}
