@@ -11,9 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use tend::agent::logs::{
-    self, ContainerLogs, LogServer, LogSource, PodDirectory, files, sign,
-};
+use tend::agent::logs::{self, ContainerLogs, LogServer, LogSource, PodDirectory, files, sign};
 
 const KEY: &[u8] = b"the-join-token";
 
@@ -157,11 +155,12 @@ async fn agent_endpoint_refuses_unsigned_and_misused_signatures() {
 
     let (code, body) = e.get_with(path, None).await;
     assert_eq!(code, 401, "{body}");
-    assert!(message(&body).starts_with("missing Authorization header"), "{body}");
+    assert!(
+        message(&body).starts_with("missing Authorization header"),
+        "{body}"
+    );
     // The join token itself, as a bearer token, is not how the control plane asks.
-    let (code, _) = e
-        .get_with(path, Some("Bearer the-join-token".into()))
-        .await;
+    let (code, _) = e.get_with(path, Some("Bearer the-join-token".into())).await;
     assert_eq!(code, 401);
     // Another key.
     let (code, body) = e
@@ -178,7 +177,10 @@ async fn agent_endpoint_refuses_unsigned_and_misused_signatures() {
         .get_with(path, Some(sign::sign(KEY, "GET", path, now - 120)))
         .await;
     assert_eq!(code, 401);
-    assert!(message(&body).contains("away from the node's clock"), "{body}");
+    assert!(
+        message(&body).contains("away from the node's clock"),
+        "{body}"
+    );
     // The same request, signed now, goes through.
     let (code, body) = e.get(path).await;
     assert_eq!((code, body.as_str()), (200, "secret\n"));
@@ -284,7 +286,11 @@ fn tend_logs_reads_through_the_control_plane_from_the_pods_node() {
     let pods = "/api/v1/namespaces/default/pods";
     create(&serve, pods, &pod("solo", Some("node-a"), &["web"], None));
     create(&serve, pods, &pod("duo", Some("node-a"), &["a", "b"], None));
-    create(&serve, pods, &pod("picked", Some("node-a"), &["a", "b"], Some("b")));
+    create(
+        &serve,
+        pods,
+        &pod("picked", Some("node-a"), &["a", "b"], Some("b")),
+    );
     create(&serve, pods, &pod("pending", None, &["web"], None));
     for name in ["solo", "duo", "picked"] {
         serve.wait_for(&format!("{pods}/{name}"), "pod running", |p| {
@@ -312,16 +318,26 @@ fn tend_logs_reads_through_the_control_plane_from_the_pods_node() {
             &["duo"][..],
             "error: a container name must be specified for pod duo, choose one of: [a b]\n",
         ),
-        (&["duo", "-c", "zz"][..], "error: container zz is not valid for pod duo\n"),
+        (
+            &["duo", "-c", "zz"][..],
+            "error: container zz is not valid for pod duo\n",
+        ),
         (&["missing"][..], "error: pods \"missing\" not found\n"),
-        (&["pending"][..], "error: pod pending does not have a host assigned\n"),
+        (
+            &["pending"][..],
+            "error: pod pending does not have a host assigned\n",
+        ),
         (
             &["solo", "--previous"][..],
             "error: previous terminated container \"web\" in pod \"solo\" not found\n",
         ),
     ] {
         let (code, out, err) = logs_cli(&serve, &admin, args);
-        assert_eq!((code, out.as_str(), err.as_str()), (2, "", expected), "{args:?}");
+        assert_eq!(
+            (code, out.as_str(), err.as_str()),
+            (2, "", expected),
+            "{args:?}"
+        );
     }
 
     // Only the admin token reads logs: a join token (any node's) may not; no token is 401.
@@ -366,4 +382,126 @@ fn tend_logs_reads_through_the_control_plane_from_the_pods_node() {
         )),
         "{err}"
     );
+}
+
+// ---- the agent's pod sync keeps one previous log and removes logs with the pod ----
+
+use tend::agent::network::ipam::IpamStore;
+use tend::agent::network::{NodeNetwork, PodNetwork, RecordingNetOps};
+use tend::agent::pods::{FakeImages, PodSyncer, SyncOutcome, container_id};
+use tend::agent::runtime::runc::{
+    ContainerRuntime, ContainerState, ExecOutput, RecordingRuntime, RuntimeError, Signal,
+};
+
+/// The recording runtime, with logs in a directory: each run appends `instance N`, as a
+/// container's output would.
+struct LoggingRuntime {
+    inner: RecordingRuntime,
+    dir: PathBuf,
+    runs: std::sync::atomic::AtomicU32,
+}
+
+impl ContainerRuntime for LoggingRuntime {
+    fn run(&self, id: &str, bundle: &std::path::Path) -> Result<u32, RuntimeError> {
+        use std::io::Write as _;
+        let n = self.runs.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(id))
+            .expect("log");
+        writeln!(log, "instance {n}").expect("write");
+        self.inner.run(id, bundle)
+    }
+    fn state(&self, id: &str) -> Result<Option<ContainerState>, RuntimeError> {
+        self.inner.state(id)
+    }
+    fn kill(&self, id: &str, signal: Signal) -> Result<(), RuntimeError> {
+        self.inner.kill(id, signal)
+    }
+    fn delete(&self, id: &str) -> Result<(), RuntimeError> {
+        self.inner.delete(id)
+    }
+    fn list(&self) -> Result<Vec<ContainerState>, RuntimeError> {
+        self.inner.list()
+    }
+    fn log_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.log"))
+    }
+    fn exec(
+        &self,
+        id: &str,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutput, RuntimeError> {
+        self.inner.exec(id, argv, timeout)
+    }
+}
+
+#[test]
+fn a_restart_keeps_the_previous_log_and_deletion_removes_both() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = Arc::new(LoggingRuntime {
+        inner: RecordingRuntime::default(),
+        dir: dir.path().to_path_buf(),
+        runs: Default::default(),
+    });
+    let network = PodNetwork::open(
+        RecordingNetOps::default(),
+        NodeNetwork {
+            pod_cidr: "10.244.1.0/24".parse().expect("cidr"),
+            cluster_cidr: "10.244.0.0/16".parse().expect("cidr"),
+            peers: Vec::new(),
+        },
+        IpamStore::new(dir.path().join("ipam.json")),
+    )
+    .expect("network");
+    let mut syncer = PodSyncer::new(
+        runtime.clone(),
+        network,
+        Arc::new(FakeImages::default()),
+        dir.path(),
+        std::net::Ipv4Addr::new(172, 31, 0, 2),
+    );
+    syncer.poll = Duration::from_millis(1);
+    let t = |s: i64| jiff::Timestamp::from_second(1_700_000_000 + s).expect("time");
+    let mut p = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web-1", "namespace": "default", "uid": "u-logs"},
+        "spec": {"nodeName": "n1", "restartPolicy": "Always",
+                 "containers": [{"name": "web", "image": "web:v1"}]}});
+    let id = container_id("u-logs", "web");
+    let log = runtime.log_path(&id);
+    let previous = files::previous_path(&log);
+    let logs = logs::RuntimeLogs(runtime.clone());
+
+    let SyncOutcome::Status(status) = syncer.sync(&p, t(0)).expect("sync") else {
+        panic!("deleted")
+    };
+    p["status"] = status;
+    assert_eq!(std::fs::read_to_string(&log).expect("log"), "instance 1\n");
+    assert!(!previous.exists());
+    assert!(logs.running(&id));
+
+    // Exits, backs off 10 s, starts again: the first instance's log is the previous one.
+    runtime.inner.exit(&id, 1);
+    assert!(!logs.running(&id));
+    let SyncOutcome::Status(status) = syncer.sync(&p, t(1)).expect("sync") else {
+        panic!("deleted")
+    };
+    p["status"] = status;
+    let SyncOutcome::Status(status) = syncer.sync(&p, t(13)).expect("sync") else {
+        panic!("deleted")
+    };
+    assert_eq!(status["containerStatuses"][0]["restartCount"], 1);
+    assert_eq!(std::fs::read_to_string(&log).expect("log"), "instance 2\n");
+    assert_eq!(
+        std::fs::read_to_string(&previous).expect("previous"),
+        "instance 1\n"
+    );
+
+    // The pod goes: both logs with it.
+    p["status"] = status;
+    p["metadata"]["deletionTimestamp"] = json!(t(20).to_string());
+    assert_eq!(syncer.sync(&p, t(20)).expect("sync"), SyncOutcome::Deleted);
+    assert!(!log.exists() && !previous.exists());
 }

@@ -233,25 +233,20 @@ pub async fn run(args: AgentArgs, mut shutdown: watch::Receiver<bool>) -> anyhow
         .setup_node()
         .context("setting up the node's pod network")?;
     let runtime: Arc<dyn ContainerRuntime> = Arc::new(Runc::new("runc", &args.state)?);
+    let bound_pods = super::logs::PodDirectory::default();
+    let log_server = super::logs::spawn_for_runtime(
+        log_listener,
+        &args.name,
+        log_key,
+        bound_pods.clone(),
+        runtime.clone(),
+    );
     let images = Arc::new(StoreImages {
         store,
         registry: OciRegistry::new(args.insecure_registry.clone()),
         auth: RegistryAuth::Anonymous,
         handle: tokio::runtime::Handle::current(),
     });
-    let bound_pods = super::logs::PodDirectory::default();
-    let log_server = tokio::spawn(super::logs::serve(
-        log_listener,
-        Arc::new(super::logs::LogServer {
-            node: args.name.clone(),
-            key: log_key,
-            pods: bound_pods.clone(),
-            source: super::logs::LogSource::Files(Arc::new(super::logs::RuntimeLogs(
-                runtime.clone(),
-            ))),
-            poll: Duration::from_millis(250),
-        }),
-    ));
     let syncer: Arc<Syncer> = Arc::new(PodSyncer::new(
         runtime,
         network,

@@ -93,7 +93,9 @@ impl Client {
             return Err(bad_url("the scheme must be http or https".into()));
         }
         let http = Http::builder()
-            .connect_timeout(timeout.map_or(Duration::from_secs(5), |t| t.min(Duration::from_secs(5))))
+            .connect_timeout(
+                timeout.map_or(Duration::from_secs(5), |t| t.min(Duration::from_secs(5))),
+            )
             .timeout(timeout)
             .user_agent(concat!("tend/", env!("CARGO_PKG_VERSION")))
             .build()

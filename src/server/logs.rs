@@ -82,7 +82,11 @@ pub fn agent_endpoint(node: &Value) -> Result<String, ApiError> {
         .and_then(Value::as_str)
         .unwrap_or_default();
     let unreachable = |why: String| {
-        ApiError::new(StatusCode::BAD_GATEWAY, "BadGateway", format!("node {name} {why}"))
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "BadGateway",
+            format!("node {name} {why}"),
+        )
     };
     let ip = node
         .pointer("/status/addresses")
@@ -169,9 +173,7 @@ async fn respond(
         .pointer("/spec/nodeName")
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty())
-        .ok_or_else(|| {
-            ApiError::bad_request(format!("pod {name} does not have a host assigned"))
-        })?
+        .ok_or_else(|| ApiError::bad_request(format!("pod {name} does not have a host assigned")))?
         .to_string();
     let container = choose_container(&pod, requested.as_deref())?;
     let node_key = ObjectKey::new(Kind::Node, "", &node_name);
@@ -276,7 +278,10 @@ mod tests {
 
     #[test]
     fn the_only_container_is_the_default() {
-        assert_eq!(choose_container(&pod(&["web"], None), None), Ok("web".into()));
+        assert_eq!(
+            choose_container(&pod(&["web"], None), None),
+            Ok("web".into())
+        );
         assert_eq!(
             choose_container(&pod(&["web"], None), Some("")),
             Ok("web".into())
@@ -328,7 +333,10 @@ mod tests {
         no_port["status"]["daemonEndpoints"] = json!({});
         let err = agent_endpoint(&no_port).unwrap_err();
         assert_eq!(err.code, StatusCode::BAD_GATEWAY);
-        assert!(err.message.starts_with("node n1 advertises no log endpoint"));
+        assert!(
+            err.message
+                .starts_with("node n1 advertises no log endpoint")
+        );
         let mut no_ip = node;
         no_ip["status"]["addresses"] = json!([]);
         assert!(

@@ -113,7 +113,10 @@ mod tests {
         assert!(rotate(&log).expect("rotate"));
         let previous = previous_path(&log);
         assert_eq!(previous, dir.path().join("uid-web.log.previous"));
-        assert_eq!(std::fs::read_to_string(&previous).expect("read"), "second\n");
+        assert_eq!(
+            std::fs::read_to_string(&previous).expect("read"),
+            "second\n"
+        );
         std::fs::write(&log, "third\n").expect("write");
         remove(&log).expect("remove");
         assert!(!log.exists() && !previous.exists());

@@ -249,6 +249,24 @@ pub async fn serve(listener: tokio::net::TcpListener, server: Arc<LogServer>) {
     }
 }
 
+/// Serves the runtime's log files (`tend agent`) on `listener` until the task is aborted.
+pub fn spawn_for_runtime(
+    listener: tokio::net::TcpListener,
+    node: &str,
+    key: Vec<u8>,
+    pods: PodDirectory,
+    runtime: Arc<dyn ContainerRuntime>,
+) -> tokio::task::JoinHandle<()> {
+    let server = LogServer {
+        node: node.to_string(),
+        key,
+        pods,
+        source: LogSource::Files(Arc::new(RuntimeLogs(runtime))),
+        poll: Duration::from_millis(250),
+    };
+    tokio::spawn(serve(listener, Arc::new(server)))
+}
+
 async fn container_logs(
     State(server): State<Arc<LogServer>>,
     UrlPath((namespace, pod, container)): UrlPath<(String, String, String)>,
@@ -302,10 +320,7 @@ async fn respond(
             if options.previous {
                 return Err(no_previous());
             }
-            let text = format!(
-                "sim-node {} pod {pod} container {container}\n",
-                server.node
-            );
+            let text = format!("sim-node {} pod {pod} container {container}\n", server.node);
             let len = text.len() as u64;
             let start = files::tail_offset(
                 &mut Cursor::new(text.as_bytes()),
@@ -363,11 +378,7 @@ async fn respond(
             }))
         }
     };
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        body,
-    )
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
 }
 
 /// Opens `path` positioned at its last `tail` lines; returns the file and its inode (to see

@@ -125,7 +125,10 @@ mod tests {
         for (method, path) in [
             ("GET", "/containerLogs/default/web-1/db?tailLines=10"),
             ("GET", "/containerLogs/default/web-1/web"),
-            ("GET", "/containerLogs/default/web-1/web?tailLines=10&previous=true"),
+            (
+                "GET",
+                "/containerLogs/default/web-1/web?tailLines=10&previous=true",
+            ),
             ("POST", PATH),
         ] {
             assert_eq!(
@@ -147,7 +150,10 @@ mod tests {
         let header = sign(KEY, "GET", PATH, 1_000);
         assert_eq!(
             verify(KEY, "GET", PATH, Some(&header), 1_061),
-            Err(SignatureError::Skew { ts: 1_000, skew: 61 })
+            Err(SignatureError::Skew {
+                ts: 1_000,
+                skew: 61
+            })
         );
         assert_eq!(
             verify(KEY, "GET", PATH, Some(&header), 900),
