@@ -1,6 +1,7 @@
 //! `tend logs` end to end: the agent's log endpoint over a real socket with log files on
-//! disk (signatures, tail, previous, follow), then `tend serve` with simulated nodes that
-//! serve logs, read through the CLI.
+//! disk (signatures, tail, previous, follow), the pod sync keeping one previous log, the API
+//! streaming a followed log from an agent, then `tend serve` with simulated nodes that serve
+//! logs, read through the CLI.
 
 mod common;
 
@@ -12,6 +13,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tend::agent::logs::{self, ContainerLogs, LogServer, LogSource, PodDirectory, files, sign};
+use tend::agent::network::ipam::IpamStore;
+use tend::agent::network::{NodeNetwork, PodNetwork, RecordingNetOps};
+use tend::agent::pods::{FakeImages, PodSyncer, SyncOutcome, container_id};
+use tend::agent::runtime::runc::{
+    ContainerRuntime, ContainerState, ExecOutput, RecordingRuntime, RuntimeError, Signal,
+};
 
 const KEY: &[u8] = b"the-join-token";
 
@@ -386,13 +393,6 @@ fn tend_logs_reads_through_the_control_plane_from_the_pods_node() {
 
 // ---- the agent's pod sync keeps one previous log and removes logs with the pod ----
 
-use tend::agent::network::ipam::IpamStore;
-use tend::agent::network::{NodeNetwork, PodNetwork, RecordingNetOps};
-use tend::agent::pods::{FakeImages, PodSyncer, SyncOutcome, container_id};
-use tend::agent::runtime::runc::{
-    ContainerRuntime, ContainerState, ExecOutput, RecordingRuntime, RuntimeError, Signal,
-};
-
 /// The recording runtime, with logs in a directory: each run appends `instance N`, as a
 /// container's output would.
 struct LoggingRuntime {
@@ -504,4 +504,88 @@ fn a_restart_keeps_the_previous_log_and_deletion_removes_both() {
     p["metadata"]["deletionTimestamp"] = json!(t(20).to_string());
     assert_eq!(syncer.sync(&p, t(20)).expect("sync"), SyncOutcome::Deleted);
     assert!(!log.exists() && !previous.exists());
+}
+
+// ---- the API streams a followed log from an agent ----
+
+#[tokio::test]
+async fn the_api_streams_a_followed_log_from_the_agent() {
+    use tend::server::{self, ApiState, Tokens};
+    use tend::store::memory::MemoryStore;
+    use tend::store::{Op, Store};
+
+    let e = Endpoint::start().await;
+    e.write("u1-sidecar", "first\n");
+    // The cluster's join token is the endpoint's key.
+    let state = tempfile::tempdir().expect("tempdir");
+    std::fs::write(state.path().join("join.token"), "the-join-token\n").expect("join token");
+    let tokens = Tokens::load_or_create(state.path()).expect("tokens");
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let port: u16 = e
+        .base
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    store
+        .commit(vec![
+            Op::Create(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
+                "spec": {}, "status": {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+                "daemonEndpoints": {"kubeletEndpoint": {"Port": port}}}})),
+            Op::Create(json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "web-1", "namespace": "shop"},
+                "spec": {"nodeName": "n1", "containers": [{"name": "web"}, {"name": "sidecar"}]}})),
+        ])
+        .expect("create");
+    let (refresh, _) = tokio::sync::mpsc::channel(1);
+    let api = Arc::new(ApiState {
+        store,
+        tokens: tokens.clone(),
+        webhook_secret: None,
+        source_refresh: refresh,
+        source_writer: None,
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server_task = tokio::spawn(server::serve(listener, server::router(api), async move {
+        let _ = stopped.await;
+    }));
+
+    let mut resp = e
+        .http
+        .get(format!(
+            "{base}/api/v1/namespaces/shop/pods/web-1/log?container=sidecar&follow=true"
+        ))
+        .bearer_auth(&tokens.admin)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+        .await
+        .expect("a chunk in time")
+        .expect("read")
+    {
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+        if seen == "first\n" {
+            use std::io::Write as _;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(e.logs.log_path("u1-sidecar"))
+                .expect("open");
+            f.write_all(b"second\n").expect("append");
+        }
+        if seen.ends_with("second\n") {
+            e.logs.running.store(false, Ordering::SeqCst);
+        }
+        assert!(Instant::now() < deadline, "follow did not end: {seen:?}");
+    }
+    assert_eq!(seen, "first\nsecond\n");
+    let _ = stop.send(());
+    let _ = server_task.await;
 }

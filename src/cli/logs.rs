@@ -15,6 +15,7 @@ pub struct LogsArgs {
     /// The container, when the pod has several.
     #[arg(short, long)]
     pub container: Option<String>,
+    /// The pod's namespace.
     #[arg(short, long, default_value = "default")]
     pub namespace: String,
     /// The previous instance's log (before the last restart).
