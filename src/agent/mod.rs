@@ -7,6 +7,8 @@
 //!   by verified digest, layers unpacked with whiteouts, `--images` archive import.
 //! - [`network`]: the pod network: IPs from the node's pod CIDR, a bridge, a network
 //!   namespace and veth per pod, routes to other nodes, masquerade (iproute2 and nft).
+//! - [`logs`]: the log endpoint the control plane asks (`/containerLogs/...`, signed with
+//!   the join token), log files kept across one restart.
 //! - [`node`]: `tend agent`: preflight, registration, heartbeats, following its pods,
 //!   adopting containers after a restart.
 //! - [`pods`]: one pod's sync: a pure plan (image, network, containers, restart policy,
@@ -24,6 +26,7 @@
 pub mod client;
 pub mod events;
 pub mod image;
+pub mod logs;
 pub mod network;
 pub mod node;
 pub mod pods;
@@ -114,6 +117,8 @@ pub struct NodeIdentity<'a> {
     pub version: &'a str,
     /// `containerRuntimeVersion`.
     pub runtime: &'a str,
+    /// The port of the node's log endpoint (`daemonEndpoints.kubeletEndpoint.Port`), if any.
+    pub port: Option<u16>,
 }
 
 /// A node's status after a heartbeat at `now` (conditions as [`heartbeat_conditions`]).
@@ -123,7 +128,7 @@ pub fn node_status(
     previous: Option<&Value>,
     now: &str,
 ) -> Value {
-    json!({
+    let mut status = json!({
         "capacity": capacity,
         "allocatable": capacity,
         "addresses": [
@@ -138,7 +143,11 @@ pub fn node_status(
             "architecture": std::env::consts::ARCH,
             "containerRuntimeVersion": node.runtime,
         },
-    })
+    });
+    if let Some(port) = node.port {
+        status["daemonEndpoints"] = json!({"kubeletEndpoint": {"Port": port}});
+    }
+    status
 }
 
 /// Now, with millisecond precision, for heartbeats: short grace periods work in tests.

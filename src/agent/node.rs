@@ -47,6 +47,9 @@ pub struct AgentArgs {
     /// The node's InternalIP (every pod's hostIP).
     #[arg(long, default_value = "127.0.0.1")]
     pub address: Ipv4Addr,
+    /// Port of the log endpoint on `--address` (the control plane asks it for `tend logs`).
+    #[arg(long, default_value_t = super::logs::DEFAULT_PORT)]
+    pub port: u16,
     /// Capacity (and allocatable), Kubernetes quantities.
     #[arg(long, default_value = "cpu=4,memory=8Gi,pods=110")]
     pub capacity: String,
@@ -209,12 +212,16 @@ pub async fn run(args: AgentArgs, mut shutdown: watch::Receiver<bool>) -> anyhow
         );
     }
     let client = AgentClient::from_token_file(args.servers.clone(), &args.token_file)?;
+    let log_key = super::logs::read_key(&args.token_file)?;
+    let log_listener = super::logs::bind(args.address.into(), args.port).await?;
+    let log_port = log_listener.local_addr().map_or(args.port, |a| a.port());
     let registration = Registration {
         client,
         name: args.name.clone(),
         address: args.address.into(),
         version: concat!("tend-", env!("CARGO_PKG_VERSION")).to_string(),
         runtime: "runc".to_string(),
+        port: Some(log_port),
         labels,
         capacity,
     };
@@ -257,6 +264,14 @@ pub async fn run(args: AgentArgs, mut shutdown: watch::Receiver<bool>) -> anyhow
         .setup_node()
         .context("setting up the node's pod network")?;
     let runtime: Arc<dyn ContainerRuntime> = Arc::new(Runc::new("runc", &args.state)?);
+    let bound_pods = super::logs::PodDirectory::default();
+    let log_server = super::logs::spawn_for_runtime(
+        log_listener,
+        &args.name,
+        log_key,
+        bound_pods.clone(),
+        runtime.clone(),
+    );
     let images = Arc::new(StoreImages {
         store,
         registry: OciRegistry::new(args.insecure_registry.clone()),
@@ -320,8 +335,10 @@ pub async fn run(args: AgentArgs, mut shutdown: watch::Receiver<bool>) -> anyhow
             },
             Some((uid, outcome)) = done.recv() => agent.on_done(uid, outcome).await,
         }
+        bound_pods.replace(agent.pods.values());
     }
     follower.abort();
+    log_server.abort();
     tracing::info!(node = %args.name, "stopped; containers keep running");
     Ok(())
 }

@@ -724,6 +724,9 @@ impl<N: PodNet> PodSyncer<N> {
                 match action {
                     PodAction::ReportStatus(status) => last_status = status,
                     PodAction::DeletePodObject => {
+                        for c in &containers {
+                            self.remove_logs(&container_id(uid, &c.name));
+                        }
                         let dir = self.pods_dir.join(uid);
                         remove_dir(&dir).map_err(|source| SyncError::Io {
                             pod: name.to_string(),
@@ -986,6 +989,10 @@ impl<N: PodNet> PodSyncer<N> {
                     uid,
                     PodNote::normal("Created", format!("Created container {container}")),
                 );
+                // `tend logs --previous` reads the instance before this one.
+                if let Err(e) = super::logs::files::rotate(&self.runtime.log_path(&id)) {
+                    tracing::warn!(pod = %name, %container, "keeping the previous log: {e}");
+                }
                 self.runtime
                     .run(&id, &dir)
                     .map_err(runtime_err(&container))?;
@@ -1041,7 +1048,17 @@ impl<N: PodNet> PodSyncer<N> {
     /// Stops and removes a container of a pod this node no longer runs (adoption clean-up).
     pub fn remove_orphan(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
         runc::stop(self.runtime.as_ref(), id, grace, self.poll)?;
-        self.runtime.delete(id)
+        self.runtime.delete(id)?;
+        self.remove_logs(id);
+        Ok(())
+    }
+
+    /// Removes a container's current and previous logs (its pod is gone).
+    fn remove_logs(&self, id: &str) {
+        let log = self.runtime.log_path(id);
+        if let Err(e) = super::logs::files::remove(&log) {
+            tracing::warn!("removing {}: {e}", log.display());
+        }
     }
 }
 

@@ -14,6 +14,8 @@ pub struct Registration {
     pub version: String,
     /// `containerRuntimeVersion` the node reports.
     pub runtime: String,
+    /// The port of the node's log endpoint, advertised in its status.
+    pub port: Option<u16>,
     pub labels: Map<String, Value>,
     pub capacity: Map<String, Value>,
 }
@@ -25,6 +27,7 @@ impl Registration {
             address: self.address,
             version: &self.version,
             runtime: &self.runtime,
+            port: self.port,
         };
         node_status(&identity, &self.capacity, previous, &now_millis())
     }

@@ -36,6 +36,9 @@ pub struct SimNodeArgs {
     /// The node's InternalIP (and every pod's hostIP).
     #[arg(long, default_value = "127.0.0.1")]
     pub address: Ipv4Addr,
+    /// Port of the (simulated) log endpoint on `--address`; 0 picks a free one.
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
     /// Capacity (and allocatable), Kubernetes quantities.
     #[arg(long, default_value = "cpu=4,memory=8Gi,pods=110")]
     pub capacity: String,
@@ -59,6 +62,7 @@ impl SimNodeArgs {
             name: name.to_string(),
             labels: String::new(),
             address: Ipv4Addr::LOCALHOST,
+            port: 0,
             capacity: "cpu=4,memory=8Gi,pods=110".into(),
             heartbeat: Duration::from_secs(2),
             start_delay: Duration::from_millis(100),
@@ -206,12 +210,15 @@ pub async fn run(args: SimNodeArgs, mut shutdown: watch::Receiver<bool>) -> anyh
     let labels = parse_pairs("--labels", &args.labels).map_err(anyhow::Error::msg)?;
     let capacity = parse_pairs("--capacity", &args.capacity).map_err(anyhow::Error::msg)?;
     let client = AgentClient::from_token_file(args.servers.clone(), &args.token_file)?;
+    let bound_pods = super::logs::PodDirectory::default();
+    let (log_port, log_server) = sim_log_endpoint(&args, bound_pods.clone()).await?;
     let registration = Registration {
         client: AgentClient::from_token_file(args.servers.clone(), &args.token_file)?,
         name: args.name.clone(),
         address: args.address.into(),
         version: "tend-sim".to_string(),
         runtime: "sim://0".to_string(),
+        port: log_port,
         labels,
         capacity,
     };
@@ -263,10 +270,42 @@ pub async fn run(args: SimNodeArgs, mut shutdown: watch::Receiver<bool>) -> anyh
             },
             Some((key, uid, step)) = steps.recv() => node.on_step(key, &uid, step).await,
         }
+        bound_pods.replace(node.pods.values().map(|p| &p.latest));
     }
     follower.abort();
+    if let Some(server) = log_server {
+        server.abort();
+    }
     tracing::info!(node = %node.args.name, "stopped");
     Ok(())
+}
+
+/// Starts the simulated log endpoint. A node that cannot listen still simulates pods (it
+/// advertises no port, and `tend logs` says the agent is unreachable).
+async fn sim_log_endpoint(
+    args: &SimNodeArgs,
+    pods: super::logs::PodDirectory,
+) -> anyhow::Result<(Option<u16>, Option<tokio::task::JoinHandle<()>>)> {
+    let key = super::logs::read_key(&args.token_file)?;
+    let listener = match super::logs::bind(args.address.into(), args.port).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::warn!(node = %args.name, "{e}; serving no logs");
+            return Ok((None, None));
+        }
+    };
+    let port = listener.local_addr().map_or(args.port, |a| a.port());
+    let server = std::sync::Arc::new(super::logs::LogServer {
+        node: args.name.clone(),
+        key,
+        pods,
+        source: super::logs::LogSource::Simulated,
+        poll: Duration::from_millis(250),
+    });
+    Ok((
+        Some(port),
+        Some(tokio::spawn(super::logs::serve(listener, server))),
+    ))
 }
 
 impl Node {

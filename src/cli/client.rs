@@ -74,6 +74,16 @@ impl Client {
 
     /// A client whose requests give up after `timeout` (connecting: at most 5 s).
     pub fn with_timeout(opts: &ClientOptions, timeout: Duration) -> Result<Client, ClientError> {
+        Client::build(opts, Some(timeout))
+    }
+
+    /// A client for answers read as they come (`tend logs -f`): connecting gives up after 5 s,
+    /// reading never.
+    pub fn streaming(opts: &ClientOptions) -> Result<Client, ClientError> {
+        Client::build(opts, None)
+    }
+
+    fn build(opts: &ClientOptions, timeout: Option<Duration>) -> Result<Client, ClientError> {
         let bad_url = |reason: String| ClientError::BadUrl {
             url: opts.server.clone(),
             reason,
@@ -83,7 +93,9 @@ impl Client {
             return Err(bad_url("the scheme must be http or https".into()));
         }
         let http = Http::builder()
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .connect_timeout(
+                timeout.map_or(Duration::from_secs(5), |t| t.min(Duration::from_secs(5))),
+            )
             .timeout(timeout)
             .user_agent(concat!("tend/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -163,6 +175,17 @@ impl Client {
         format!("{}{path}", self.server())
     }
 
+    /// `GET path?query` with the body left to read (a log, endless when followed).
+    pub fn get_stream(&self, path: &str, query: &[(&str, &str)]) -> Result<Response, ClientError> {
+        let resp = self.send(Method::GET, path, query, None)?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let text = resp.text().unwrap_or_default();
+        Err(status_error(status, &text))
+    }
+
     fn request(
         &self,
         method: Method,
@@ -170,6 +193,17 @@ impl Client {
         query: &[(&str, &str)],
         body: Option<&Value>,
     ) -> Result<Value, ClientError> {
+        let resp = self.send(method, path, query, body)?;
+        self.answer(path, resp)
+    }
+
+    fn send(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<Response, ClientError> {
         let mut url = self.base.clone();
         let base_path = url.path().trim_end_matches('/').to_string();
         url.set_path(&format!("{base_path}{path}"));
@@ -186,7 +220,7 @@ impl Client {
         if let Some(body) = body {
             req = req.json(body);
         }
-        let resp = req.send().map_err(|e| {
+        req.send().map_err(|e| {
             if e.is_connect() || e.is_timeout() {
                 ClientError::Unreachable {
                     url: self.server().to_string(),
@@ -198,8 +232,7 @@ impl Client {
                     reason: error_chain(&e),
                 }
             }
-        })?;
-        self.answer(path, resp)
+        })
     }
 
     fn answer(&self, path: &str, resp: Response) -> Result<Value, ClientError> {

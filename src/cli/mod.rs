@@ -4,6 +4,7 @@
 //! - [`client`]: blocking HTTP client of the API (token, timeouts, Status errors).
 //! - [`get`], [`describe`]: the reading verbs; [`columns`] and the describers are pure
 //!   renderers of Kubernetes-shaped JSON; [`table`] aligns cells as kubectl does.
+//! - [`logs`]: a container's log through the control plane (streamed, `-f`).
 //! - [`output`]: `-o json|yaml|name`; [`humanize`]: ages, times, labels, selectors.
 
 pub mod client;
@@ -13,6 +14,7 @@ pub mod diff;
 pub mod get;
 pub mod humanize;
 pub mod label;
+pub mod logs;
 pub mod output;
 pub mod rollout;
 pub mod scale;
@@ -70,6 +72,8 @@ pub enum Command {
     Scale(scale::ScaleArgs),
     /// Add, change or remove node labels.
     Label(label::LabelArgs),
+    /// Print a container's log (-p: the previous instance's, -f: follow).
+    Logs(logs::LogsArgs),
     /// Print the client version (and the server's, when reachable).
     Version,
 }
@@ -117,6 +121,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Describe(args) => describe::run(args, &Client::new(&options())?)?,
         Command::Scale(args) => scale::run(args, &Client::new(&options())?)?,
         Command::Label(args) => label::run(args, &Client::new(&options())?)?,
+        Command::Logs(args) => {
+            let client = Client::streaming(&options())?;
+            return logs::run(args, &client, &mut std::io::stdout().lock());
+        }
         Command::Rollout(args) => {
             let (printed, succeeded) = rollout::run(args, &Client::new(&options())?)?;
             print(&printed);

@@ -1,10 +1,12 @@
 //! The HTTP API (axum): Kubernetes-style REST paths over the store (list, get, watch, create,
 //! replace, status, delete), bearer-token authentication and authorisation, the signed git
-//! webhook, and the bounds that keep one client from starving the others.
+//! webhook, pod logs proxied from the nodes' agents ([`logs`]), and the bounds that keep one
+//! client from starving the others.
 
 pub mod auth;
 pub mod fields;
 pub mod limits;
+pub mod logs;
 pub mod objects;
 pub mod path;
 pub mod rollout;
@@ -72,6 +74,7 @@ pub fn router_with_limits(state: Arc<ApiState>, limits: Limits) -> Router {
     });
     Router::new()
         .route(rollout::ROUTE, axum::routing::any(rollout::handle))
+        .route(logs::ROUTE, axum::routing::any(logs::handle))
         .fallback(handle)
         .layer(middleware::from_fn_with_state(Arc::clone(&shared), admit))
         .layer(middleware::from_fn(log_request))

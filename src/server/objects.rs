@@ -216,6 +216,59 @@ fn parse_rv(value: Option<&Value>) -> Result<Option<u64>, ApiError> {
     }
 }
 
+/// `POST` of an Event (the agents report pulls, starts, kills and back-offs this way):
+/// recorded as the controllers record theirs, so that the same reason and message about the
+/// same object bumps `count` instead of piling up.
+pub async fn record_event(
+    store: &Arc<dyn Store>,
+    namespace: &str,
+    body: &[u8],
+) -> Result<Value, ApiError> {
+    let event: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the Event is not JSON: {e}")))?;
+    let field = |pointer: &str| {
+        event
+            .pointer(pointer)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    let required = |pointer: &str| {
+        field(pointer).ok_or_else(|| ApiError::bad_request(format!("the Event has no {pointer}")))
+    };
+    let kind = required("/involvedObject/kind")?;
+    if Kind::from_name(&kind).is_none() {
+        return Err(ApiError::bad_request(format!(
+            "the Event's involvedObject.kind {kind:?} is not a kind tend knows"
+        )));
+    }
+    let involved = json!({
+        "kind": kind,
+        "metadata": {
+            "name": required("/involvedObject/name")?,
+            "namespace": field("/involvedObject/namespace").unwrap_or_else(|| namespace.to_string()),
+            "uid": field("/involvedObject/uid"),
+        },
+    });
+    let reason = required("/reason")?;
+    let message = field("/message").unwrap_or_default();
+    let event_type = field("/type").unwrap_or_else(|| "Normal".to_string());
+    let component = field("/source/component").unwrap_or_else(|| "kubelet".to_string());
+    let answer = json!({"kind": "Event", "reason": reason, "message": message});
+    let store = Arc::clone(store);
+    tokio::task::spawn_blocking(move || {
+        crate::controller::events::EventRecorder::new(
+            store,
+            Arc::new(crate::controller::runtime::SystemClock),
+        )
+        .record(&involved, &event_type, &reason, &message, &component)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("store task failed: {e}")))?
+    .map_err(ApiError::from)?;
+    Ok(answer)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,55 +331,3 @@ mod tests {
     }
 }
 
-/// `POST` of an Event (the agents report pulls, starts, kills and back-offs this way):
-/// recorded as the controllers record theirs, so that the same reason and message about the
-/// same object bumps `count` instead of piling up.
-pub async fn record_event(
-    store: &Arc<dyn Store>,
-    namespace: &str,
-    body: &[u8],
-) -> Result<Value, ApiError> {
-    let event: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("the Event is not JSON: {e}")))?;
-    let field = |pointer: &str| {
-        event
-            .pointer(pointer)
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-    };
-    let required = |pointer: &str| {
-        field(pointer).ok_or_else(|| ApiError::bad_request(format!("the Event has no {pointer}")))
-    };
-    let kind = required("/involvedObject/kind")?;
-    if Kind::from_name(&kind).is_none() {
-        return Err(ApiError::bad_request(format!(
-            "the Event's involvedObject.kind {kind:?} is not a kind tend knows"
-        )));
-    }
-    let involved = json!({
-        "kind": kind,
-        "metadata": {
-            "name": required("/involvedObject/name")?,
-            "namespace": field("/involvedObject/namespace").unwrap_or_else(|| namespace.to_string()),
-            "uid": field("/involvedObject/uid"),
-        },
-    });
-    let reason = required("/reason")?;
-    let message = field("/message").unwrap_or_default();
-    let event_type = field("/type").unwrap_or_else(|| "Normal".to_string());
-    let component = field("/source/component").unwrap_or_else(|| "kubelet".to_string());
-    let answer = json!({"kind": "Event", "reason": reason, "message": message});
-    let store = Arc::clone(store);
-    tokio::task::spawn_blocking(move || {
-        crate::controller::events::EventRecorder::new(
-            store,
-            Arc::new(crate::controller::runtime::SystemClock),
-        )
-        .record(&involved, &event_type, &reason, &message, &component)
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("store task failed: {e}")))?
-    .map_err(ApiError::from)?;
-    Ok(answer)
-}
