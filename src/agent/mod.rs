@@ -8,6 +8,9 @@
 //!   namespace and veth per pod, routes to other nodes, masquerade (iproute2 and nft).
 //! - [`node`]: `tend agent`: preflight, registration, heartbeats, following its pods,
 //!   adopting containers after a restart.
+//! - [`init`]: init containers, one at a time before the app containers (pure).
+//! - [`hooks`]: postStart and preStop hooks (exec, httpGet, sleep) behind a runner trait.
+//! - [`services`]: Service environment variables for containers and the node's Service cache.
 //! - [`pods`]: one pod's sync: a pure plan (image, network, containers, restart policy,
 //!   deletion) and the executor that applies it through the traits below, returning status.
 //! - [`runtime`]: containers with runc: OCI bundles from the image config and the pod spec,
@@ -21,12 +24,15 @@
 //! labels an admin sets therefore survive agent restarts, as in Kubernetes.
 
 pub mod client;
+pub mod hooks;
 pub mod image;
+pub mod init;
 pub mod network;
 pub mod node;
 pub mod pods;
 pub mod registration;
 pub mod runtime;
+pub mod services;
 pub mod sim;
 
 use serde_json::{Map, Value, json};
