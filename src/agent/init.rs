@@ -236,10 +236,14 @@ fn waiting_entry(c: &Container, observed: &PodObserved) -> Value {
     entry
 }
 
-/// A completed init container of an initialized pod: from the runtime when it still shows
-/// the exit, else as the pod's status last said, else plainly Completed (the pod is known to
-/// be initialized, e.g. its app containers run after an agent restart).
+/// A completed init container of an initialized pod: as the pod's status last said once it
+/// said Completed (a restarted agent no longer knows the times and image), else from the
+/// runtime's exit, else plainly Completed (the pod is known to be initialized, e.g. its app
+/// containers run after an agent restart).
 fn completed_entry(pod: &Value, c: &Container, observed: &PodObserved) -> Value {
+    if let Some(previous) = completed_in_status(pod, &c.name) {
+        return previous;
+    }
     let o = observed.containers.get(&c.name);
     let exit: Option<Exit> = match o.and_then(|o| o.runtime) {
         Some(restart::Observed::Exited(exit)) if exit.exit_code == 0 => Some(exit),
@@ -247,11 +251,6 @@ fn completed_entry(pod: &Value, c: &Container, observed: &PodObserved) -> Value 
             .and_then(|o| o.tracked.last_exit)
             .filter(|e| e.exit_code == 0),
     };
-    if exit.is_none()
-        && let Some(previous) = completed_in_status(pod, &c.name)
-    {
-        return previous;
-    }
     let mut entry = base_entry(c, o);
     entry["ready"] = json!(true);
     entry["state"] = match exit {
