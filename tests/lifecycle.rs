@@ -119,13 +119,25 @@ fn init_containers_run_one_at_a_time_before_the_app() {
     assert!(runs(&actions).is_empty());
     let s = status(&actions);
     assert_eq!(s["phase"], "Pending");
-    assert_eq!(s["initContainerStatuses"][0]["state"]["waiting"]["reason"], "PodInitializing");
-    assert_eq!(s["initContainerStatuses"][1]["state"]["waiting"]["reason"], "PodInitializing");
-    assert_eq!(s["containerStatuses"][0]["state"]["waiting"]["reason"], "PodInitializing");
+    assert_eq!(
+        s["initContainerStatuses"][0]["state"]["waiting"]["reason"],
+        "PodInitializing"
+    );
+    assert_eq!(
+        s["initContainerStatuses"][1]["state"]["waiting"]["reason"],
+        "PodInitializing"
+    );
+    assert_eq!(
+        s["containerStatuses"][0]["state"]["waiting"]["reason"],
+        "PodInitializing"
+    );
     let initialized = condition(&s, "Initialized");
     assert_eq!(initialized["status"], "False");
     assert_eq!(initialized["reason"], "ContainersNotInitialized");
-    assert_eq!(initialized["message"], "containers with incomplete status: [a b]");
+    assert_eq!(
+        initialized["message"],
+        "containers with incomplete status: [a b]"
+    );
     assert_eq!(condition(&s, "Ready")["status"], "False");
 
     // a's image is there: a starts, nothing else.
@@ -179,17 +191,29 @@ fn init_containers_run_one_at_a_time_before_the_app() {
     );
     let s = status(&actions);
     assert_eq!(condition(&s, "Initialized")["status"], "True");
-    assert_eq!(s["containerStatuses"][0]["state"]["waiting"]["reason"], "PodInitializing");
-    assert_eq!(s["initContainerStatuses"][1]["state"]["terminated"]["exitCode"], 0);
+    assert_eq!(
+        s["containerStatuses"][0]["state"]["waiting"]["reason"],
+        "PodInitializing"
+    );
+    assert_eq!(
+        s["initContainerStatuses"][1]["state"]["terminated"]["exitCode"],
+        0
+    );
 
     // The app runs: Running and Ready, init containers still reported Completed.
     let web = container("web:v1", Some(Observed::Running { started_at: t(9) }));
-    let actions = plan_pod(&p, &observed(&[("a", a_done), ("b", b_done), ("web", web)]), t(10));
+    let actions = plan_pod(
+        &p,
+        &observed(&[("a", a_done), ("b", b_done), ("web", web)]),
+        t(10),
+    );
     assert!(runs(&actions).is_empty());
     let s = status(&actions);
     assert_eq!(s["phase"], "Running");
     assert_eq!(condition(&s, "Ready")["status"], "True");
-    let inits = s["initContainerStatuses"].as_array().expect("init statuses");
+    let inits = s["initContainerStatuses"]
+        .as_array()
+        .expect("init statuses");
     assert_eq!(inits.len(), 2);
     for init in inits {
         assert_eq!(init["state"]["terminated"]["reason"], "Completed");
@@ -204,13 +228,22 @@ fn a_failing_init_container_backs_off_under_always_and_on_failure() {
         let p = pod(policy);
         let failed = container("init:v1", Some(Observed::Exited(exit(1, 0, 1))));
         let plan = tend::agent::pods::plan(&p, &observed(&[("a", failed.clone())]), t(1));
-        assert!(runs(&plan.actions).is_empty(), "{policy}: not before the back-off");
+        assert!(
+            runs(&plan.actions).is_empty(),
+            "{policy}: not before the back-off"
+        );
         let s = status(&plan.actions);
         assert_eq!(s["phase"], "Pending", "{policy}");
         let a = &s["initContainerStatuses"][0];
-        assert_eq!(a["state"]["waiting"]["reason"], "CrashLoopBackOff", "{policy}");
+        assert_eq!(
+            a["state"]["waiting"]["reason"], "CrashLoopBackOff",
+            "{policy}"
+        );
         assert_eq!(a["lastState"]["terminated"]["exitCode"], 1);
-        assert_eq!(s["containerStatuses"][0]["state"]["waiting"]["reason"], "PodInitializing");
+        assert_eq!(
+            s["containerStatuses"][0]["state"]["waiting"]["reason"],
+            "PodInitializing"
+        );
         // 10 s later it starts again, counted.
         let mut later = failed.clone();
         later.tracked = plan.tracked["a"];
@@ -245,7 +278,10 @@ fn a_failed_init_container_fails_the_pod_under_never() {
         assert_eq!(a["state"]["terminated"]["reason"], "Error");
         assert_eq!(a["state"]["terminated"]["exitCode"], 3);
         assert_eq!(a["ready"], false);
-        assert_eq!(s["initContainerStatuses"][1]["state"]["waiting"]["reason"], "PodInitializing");
+        assert_eq!(
+            s["initContainerStatuses"][1]["state"]["waiting"]["reason"],
+            "PodInitializing"
+        );
         assert_eq!(condition(&s, "Initialized")["status"], "False");
     }
 }
@@ -284,7 +320,10 @@ fn a_restarted_agent_does_not_run_completed_init_containers_again() {
     assert!(runs(&actions).is_empty(), "{actions:?}");
     let s = status(&actions);
     assert_eq!(s["phase"], "Running");
-    assert_eq!(s["initContainerStatuses"][0]["state"]["terminated"]["reason"], "Completed");
+    assert_eq!(
+        s["initContainerStatuses"][0]["state"]["terminated"]["reason"],
+        "Completed"
+    );
 
     // Nothing in the status, but the app container runs: initialized too.
     let p = pod("Always");
@@ -299,8 +338,14 @@ fn deletion_stops_init_containers_too() {
     let actions = plan_pod(
         &p,
         &observed(&[
-            ("a", container("init:v1", Some(Observed::Exited(exit(0, 0, 1))))),
-            ("web", container("web:v1", Some(Observed::Running { started_at: t(1) }))),
+            (
+                "a",
+                container("init:v1", Some(Observed::Exited(exit(0, 0, 1)))),
+            ),
+            (
+                "web",
+                container("web:v1", Some(Observed::Running { started_at: t(1) })),
+            ),
         ]),
         t(2),
     );
@@ -380,13 +425,19 @@ fn syncer_runs_init_containers_in_order_then_the_app() {
     p["status"] = s.clone();
     assert_eq!(started(&f.runtime), [id("a")]);
     assert_eq!(s["phase"], "Pending");
-    assert!(s["initContainerStatuses"][0]["state"]["running"].is_object(), "{s}");
+    assert!(
+        s["initContainerStatuses"][0]["state"]["running"].is_object(),
+        "{s}"
+    );
 
     f.runtime.exit(&id("a"), 0);
     let s = synced(f.syncer.sync(&p, t(1)).expect("sync"));
     p["status"] = s.clone();
     assert_eq!(started(&f.runtime), [id("a"), id("b")]);
-    assert_eq!(s["initContainerStatuses"][0]["state"]["terminated"]["reason"], "Completed");
+    assert_eq!(
+        s["initContainerStatuses"][0]["state"]["terminated"]["reason"],
+        "Completed"
+    );
 
     f.runtime.exit(&id("b"), 0);
     let s = synced(f.syncer.sync(&p, t(2)).expect("sync"));
@@ -399,7 +450,10 @@ fn syncer_runs_init_containers_in_order_then_the_app() {
     f.runtime.exit(&id("web"), 1);
     synced(f.syncer.sync(&p, t(3)).expect("sync"));
     let s = synced(f.syncer.sync(&p, t(14)).expect("sync"));
-    assert_eq!(started(&f.runtime), [id("a"), id("b"), id("web"), id("web")]);
+    assert_eq!(
+        started(&f.runtime),
+        [id("a"), id("b"), id("web"), id("web")]
+    );
     assert_eq!(s["containerStatuses"][0]["restartCount"], 1);
 }
 
@@ -419,7 +473,10 @@ fn a_new_syncer_resumes_an_initialized_pod_without_rerunning_init_containers() {
     let s = synced(f.syncer.sync(&p, t(6)).expect("sync"));
     assert_eq!(started(&f.runtime), [id("a"), id("b"), id("web")]);
     assert_eq!(s["phase"], "Running");
-    assert_eq!(s["initContainerStatuses"], p["status"]["initContainerStatuses"]);
+    assert_eq!(
+        s["initContainerStatuses"],
+        p["status"]["initContainerStatuses"]
+    );
 }
 
 fn hooked_pod() -> Value {
@@ -493,9 +550,15 @@ fn a_failed_post_start_kills_the_container_and_the_policy_restarts_it() {
     f.runtime.exec_codes.lock().expect("lock").clear();
     let s = synced(f.syncer.sync(&p, t(11)).expect("sync"));
     assert_eq!(s["containerStatuses"][0]["restartCount"], 1);
-    assert!(s["containerStatuses"][0]["state"]["running"].is_object(), "{s}");
+    assert!(
+        s["containerStatuses"][0]["state"]["running"].is_object(),
+        "{s}"
+    );
     let calls = exec_and_kills(&f.runtime);
-    assert_eq!(calls[4..], ["run".to_string(), "exec hook-start".to_string()]);
+    assert_eq!(
+        calls[4..],
+        ["run".to_string(), "exec hook-start".to_string()]
+    );
 }
 
 #[test]
@@ -512,7 +575,11 @@ fn pre_stop_is_skipped_for_an_exited_container() {
 }
 
 fn config_env(dir: &std::path::Path, container: &str) -> Vec<String> {
-    let path = dir.join("pods").join(UID).join(container).join("config.json");
+    let path = dir
+        .join("pods")
+        .join(UID)
+        .join(container)
+        .join("config.json");
     let text = std::fs::read_to_string(&path).expect("config.json");
     let config: Value = serde_json::from_str(&text).expect("json");
     config["process"]["env"]
@@ -540,8 +607,7 @@ fn containers_get_the_service_variables_of_their_namespace() {
     ]);
     let syncer = f.syncer.with_services(Arc::new(services));
     let mut p = hooked_pod();
-    p["spec"]["containers"][0]["env"] =
-        json!([{"name": "CART_API_SERVICE_PORT", "value": "8080"}, {"name": "URL", "value": "$(CART_API_PORT)"}]);
+    p["spec"]["containers"][0]["env"] = json!([{"name": "CART_API_SERVICE_PORT", "value": "8080"}, {"name": "URL", "value": "$(CART_API_PORT)"}]);
     synced(syncer.sync(&p, t(0)).expect("sync"));
     let env = config_env(f.dir.path(), "web");
     for expected in [
@@ -553,7 +619,10 @@ fn containers_get_the_service_variables_of_their_namespace() {
         "CART_API_SERVICE_PORT=8080",
         "URL=tcp://10.96.0.20:80",
     ] {
-        assert!(env.contains(&expected.to_string()), "{expected} not in {env:?}");
+        assert!(
+            env.contains(&expected.to_string()),
+            "{expected} not in {env:?}"
+        );
     }
     assert!(!env.iter().any(|e| e.starts_with("ADMIN_")), "{env:?}");
 }
@@ -821,7 +890,11 @@ mod real {
 
         // postStart ran inside the app container before it was reported Running.
         let out = runtime
-            .exec(&web_id, &["cat".into(), "/tmp/started".into()], Duration::from_secs(5))
+            .exec(
+                &web_id,
+                &["cat".into(), "/tmp/started".into()],
+                Duration::from_secs(5),
+            )
             .expect("exec");
         assert_eq!((out.exit_code, out.output.as_str()), (Some(0), "started\n"));
 
@@ -841,4 +914,47 @@ mod real {
         assert_eq!(runtime.state(&web_id).expect("state"), None);
         assert_eq!(runtime.state(&init_id).expect("state"), None);
     }
+}
+
+#[test]
+fn http_get_hooks_go_to_the_pod_ip_through_the_hook_runner() {
+    use tend::agent::hooks::{HookAction, RecordingHooks};
+    let f = fakes();
+    let hooks = Arc::new(RecordingHooks::default());
+    let syncer = f.syncer.with_hooks(hooks.clone());
+    let mut p = hooked_pod();
+    p["spec"]["containers"][0]["ports"] = json!([{"name": "admin", "containerPort": 9000}]);
+    p["spec"]["containers"][0]["lifecycle"] = json!({
+        "postStart": {"httpGet": {"port": "admin", "path": "warm",
+            "httpHeaders": [{"name": "X-Hook", "value": "start"}]}},
+        "preStop": {"sleep": {"seconds": 1}},
+    });
+    p["status"] = synced(syncer.sync(&p, t(0)).expect("sync"));
+    p["metadata"]["deletionTimestamp"] = json!("2024-01-01T00:00:00Z");
+    syncer.sync(&p, t(1)).expect("delete");
+    let id = container_id(UID, "web");
+    assert_eq!(
+        hooks.calls(),
+        [
+            (
+                id.clone(),
+                HookAction::HttpGet {
+                    url: "http://10.244.1.2:9000/warm".into(),
+                    headers: vec![("X-Hook".into(), "start".into())],
+                }
+            ),
+            (
+                id,
+                HookAction::Sleep {
+                    duration: Duration::from_secs(1)
+                }
+            ),
+        ]
+    );
+    // Hooks ran through the runner, not as exec in the runtime.
+    assert!(
+        !exec_and_kills(&f.runtime)
+            .iter()
+            .any(|c| c.starts_with("exec"))
+    );
 }

@@ -135,11 +135,7 @@ pub fn hook_action(
         if !(1..=65535).contains(&port) {
             return Err(invalid(format!("port {port} is out of range")));
         }
-        let scheme = get
-            .scheme
-            .as_deref()
-            .unwrap_or("HTTP")
-            .to_ascii_lowercase();
+        let scheme = get.scheme.as_deref().unwrap_or("HTTP").to_ascii_lowercase();
         let path = get.path.clone().unwrap_or_default();
         let path = if path.starts_with('/') {
             path
@@ -346,11 +342,9 @@ pub fn stop(
     poll: Duration,
 ) -> Result<Option<i32>, RuntimeError> {
     let mut grace_left = grace;
-    let container = target.container.filter(|c| {
-        c.lifecycle
-            .as_ref()
-            .is_some_and(|l| l.pre_stop.is_some())
-    });
+    let container = target
+        .container
+        .filter(|c| c.lifecycle.as_ref().is_some_and(|l| l.pre_stop.is_some()));
     let running = match container {
         Some(_) => runtime
             .state(target.id)?
@@ -423,13 +417,14 @@ mod tests {
 
     #[test]
     fn http_get_resolves_ports_host_and_path() {
-        let url = |get: serde_json::Value, ip| {
-            match hook_action(&container(json!({"preStop": {"httpGet": get}})), Hook::PreStop, ip)
-            {
-                Ok(Some(HookAction::HttpGet { url, .. })) => Ok(url),
-                Ok(other) => panic!("not an httpGet: {other:?}"),
-                Err(e) => Err(e.to_string()),
-            }
+        let url = |get: serde_json::Value, ip| match hook_action(
+            &container(json!({"preStop": {"httpGet": get}})),
+            Hook::PreStop,
+            ip,
+        ) {
+            Ok(Some(HookAction::HttpGet { url, .. })) => Ok(url),
+            Ok(other) => panic!("not an httpGet: {other:?}"),
+            Err(e) => Err(e.to_string()),
         };
         assert_eq!(
             url(json!({"port": 8080, "path": "/stop"}), IP),
@@ -440,12 +435,21 @@ mod tests {
             Ok("http://10.244.1.2:8080/quit".into())
         );
         assert_eq!(
-            url(json!({"port": "9000", "host": "127.0.0.1", "scheme": "HTTPS"}), IP),
+            url(
+                json!({"port": "9000", "host": "127.0.0.1", "scheme": "HTTPS"}),
+                IP
+            ),
             Ok("https://127.0.0.1:9000/".into())
         );
-        assert_eq!(url(json!({"port": ""}), IP), Ok("http://10.244.1.2:80/".into()));
+        assert_eq!(
+            url(json!({"port": ""}), IP),
+            Ok("http://10.244.1.2:80/".into())
+        );
         let missing = url(json!({"port": "admin"}), IP).expect_err("no such port");
-        assert!(missing.contains("no container port named \"admin\""), "{missing}");
+        assert!(
+            missing.contains("no container port named \"admin\""),
+            "{missing}"
+        );
         let no_ip = url(json!({"port": 80}), None).expect_err("no ip");
         assert!(no_ip.contains("no IP"), "{no_ip}");
     }
@@ -490,7 +494,10 @@ mod tests {
             .expect("a 500 is still an answer");
         let request = server.join().expect("server");
         assert!(request.starts_with("GET /drain HTTP/1.1"), "{request}");
-        assert!(request.to_lowercase().contains("x-reason: rollout"), "{request}");
+        assert!(
+            request.to_lowercase().contains("x-reason: rollout"),
+            "{request}"
+        );
         // Nobody listens there any more.
         let err = hooks
             .run("c", &action, Duration::from_secs(2))
@@ -501,10 +508,12 @@ mod tests {
     #[test]
     fn exec_hook_exit_codes() {
         let runtime = Arc::new(runc::RecordingRuntime::default());
+        runtime.run("c", std::path::Path::new("/b")).expect("run");
         runtime
-            .run("c", std::path::Path::new("/b"))
-            .expect("run");
-        runtime.exec_codes.lock().expect("lock").insert("false".into(), 1);
+            .exec_codes
+            .lock()
+            .expect("lock")
+            .insert("false".into(), 1);
         let hooks = RuntimeHooks::new(runtime.clone());
         let exec = |cmd: &str| HookAction::Exec {
             command: vec![cmd.to_string()],

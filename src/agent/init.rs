@@ -151,7 +151,10 @@ pub fn report_initialized(pod: &Value, observed: &PodObserved, status: &mut Valu
 /// Whether initialization is over: the app containers have run, or the pod's status or the
 /// runtime says every init container completed.
 fn initialized(pod: &Value, observed: &PodObserved) -> bool {
-    let apps: BTreeSet<String> = list(pod, "containers").into_iter().map(|c| c.name).collect();
+    let apps: BTreeSet<String> = list(pod, "containers")
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
     let app_started = observed.containers.iter().any(|(name, c)| {
         apps.contains(name)
             && (c.runtime.is_some_and(|r| r != restart::Observed::Absent)
@@ -284,10 +287,7 @@ fn not_initialized(status: &mut Value, pod: &Value, incomplete: &[&str], now: Ti
         "message": format!("containers with incomplete status: [{}]", incomplete.join(" ")),
         "lastTransitionTime": since,
     });
-    if let Some(conditions) = status
-        .get_mut("conditions")
-        .and_then(Value::as_array_mut)
-    {
+    if let Some(conditions) = status.get_mut("conditions").and_then(Value::as_array_mut) {
         match conditions
             .iter_mut()
             .find(|c| c.get("type").and_then(Value::as_str) == Some("Initialized"))

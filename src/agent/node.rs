@@ -241,8 +241,7 @@ pub async fn run(args: AgentArgs, mut shutdown: watch::Receiver<bool>) -> anyhow
         shutdown.clone(),
     ));
     let syncer: Arc<Syncer> = Arc::new(
-        PodSyncer::new(runtime, network, images, &args.state, args.address)
-            .with_services(services),
+        PodSyncer::new(runtime, network, images, &args.state, args.address).with_services(services),
     );
 
     let (events_tx, mut events) = mpsc::channel(256);

@@ -20,11 +20,11 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Container;
 use serde_json::{Value, json};
 
+use super::hooks::{self, HookRunner, RuntimeHooks};
 use super::image::{
     ImageError, ImageRef, ImageStore, OciRegistry, PreparedRootfs, PullPolicy, RegistryAuth,
     RootfsMethod,
 };
-use super::hooks::{self, HookRunner, RuntimeHooks};
 use super::network::{NetError, NetOps, PodNetwork};
 use super::runtime::bundle::{self, BundleError, PodContext};
 use super::runtime::restart::{self, Exit, RestartPolicy, Tracked};

@@ -157,11 +157,18 @@ pub fn service_env(services: &[Service], namespace: &str, links: bool) -> Vec<(S
         env.push((service_port.clone(), first.port.to_string()));
         for p in &ports {
             if let Some(name) = p.name.as_deref().filter(|n| !n.is_empty()) {
-                env.push((format!("{service_port}_{}", env_name(name)), p.port.to_string()));
+                env.push((
+                    format!("{service_port}_{}", env_name(name)),
+                    p.port.to_string(),
+                ));
             }
         }
         for (i, p) in ports.iter().enumerate() {
-            let protocol = p.protocol.as_deref().filter(|p| !p.is_empty()).unwrap_or("TCP");
+            let protocol = p
+                .protocol
+                .as_deref()
+                .filter(|p| !p.is_empty())
+                .unwrap_or("TCP");
             let lower = protocol.to_lowercase();
             let host_port = if ip.contains(':') {
                 format!("[{ip}]:{}", p.port)
@@ -210,9 +217,7 @@ mod tests {
     }
 
     fn lookup<'a>(env: &'a [(String, String)], name: &str) -> Option<&'a str> {
-        env.iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        env.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
     #[test]
@@ -288,10 +293,7 @@ mod tests {
         assert_eq!(lookup(&env, "KUBERNETES_SERVICE_HOST"), Some("10.96.0.1"));
         assert_eq!(lookup(&env, "KUBERNETES_SERVICE_PORT"), Some("443"));
         assert_eq!(lookup(&env, "KUBERNETES_SERVICE_PORT_HTTPS"), Some("443"));
-        assert_eq!(
-            lookup(&env, "KUBERNETES_PORT"),
-            Some("tcp://10.96.0.1:443")
-        );
+        assert_eq!(lookup(&env, "KUBERNETES_PORT"), Some("tcp://10.96.0.1:443"));
         // enableServiceLinks: false drops the namespace's services, never `kubernetes`.
         let env = service_env(&services, "shop", false);
         assert_eq!(lookup(&env, "CART_SERVICE_HOST"), None);
@@ -315,7 +317,10 @@ mod tests {
         assert_eq!(env[0].0, "ALPHA_SERVICE_HOST");
         assert_eq!(lookup(&env, "ALPHA_PORT"), Some("tcp://[fd00::10]:80"));
         assert_eq!(lookup(&env, "ALPHA_PORT_80_TCP_ADDR"), Some("fd00::10"));
-        assert_eq!(env.last().map(|(n, _)| n.as_str()), Some("ZETA_PORT_1_TCP_ADDR"));
+        assert_eq!(
+            env.last().map(|(n, _)| n.as_str()),
+            Some("ZETA_PORT_1_TCP_ADDR")
+        );
     }
 
     #[test]

@@ -351,7 +351,10 @@ pub fn pod_status(pod: &Value, clock: &Clock) -> PodStatus {
     // initializes.
     let init_total = array(pod, "/spec/initContainers").len();
     let mut initializing = false;
-    for (i, status) in array(pod, "/status/initContainerStatuses").iter().enumerate() {
+    for (i, status) in array(pod, "/status/initContainerStatuses")
+        .iter()
+        .enumerate()
+    {
         restarts += int_at(status, "/restartCount", 0);
         if let Some(finished) = status
             .pointer("/lastState/terminated/finishedAt")
@@ -809,25 +812,46 @@ mod tests {
         };
         let init_wait = |r: &str| json!({"state": {"waiting": {"reason": r}}, "restartCount": 0});
         let done = json!({"state": {"terminated": {"exitCode": 0, "reason": "Completed"}}});
-        let app_wait = json!([{"name": "web", "state": {"waiting": {"reason": "PodInitializing"}}}]);
+        let app_wait =
+            json!([{"name": "web", "state": {"waiting": {"reason": "PodInitializing"}}}]);
         let status = |p: &Value| pod_status(p, &clock());
-        let p = pod(json!([init_wait("PodInitializing"), init_wait("PodInitializing")]), app_wait.clone(), false);
+        let p = pod(
+            json!([init_wait("PodInitializing"), init_wait("PodInitializing")]),
+            app_wait.clone(),
+            false,
+        );
         assert_eq!(status(&p).reason, "Init:0/2");
-        let p = pod(json!([done.clone(), {"state": {"running": {}}}]), app_wait.clone(), false);
+        let p = pod(
+            json!([done.clone(), {"state": {"running": {}}}]),
+            app_wait.clone(),
+            false,
+        );
         assert_eq!(status(&p).reason, "Init:1/2");
         let crash = json!({"state": {"waiting": {"reason": "CrashLoopBackOff"}}, "restartCount": 3,
             "lastState": {"terminated": {"exitCode": 1, "finishedAt": "2024-05-01T11:59:00Z"}}});
-        let p = pod(json!([crash, init_wait("PodInitializing")]), app_wait.clone(), false);
+        let p = pod(
+            json!([crash, init_wait("PodInitializing")]),
+            app_wait.clone(),
+            false,
+        );
         let s = status(&p);
-        assert_eq!((s.reason.as_str(), s.restarts.as_str()), ("Init:CrashLoopBackOff", "3 (60s ago)"));
+        assert_eq!(
+            (s.reason.as_str(), s.restarts.as_str()),
+            ("Init:CrashLoopBackOff", "3 (60s ago)")
+        );
         let error = json!({"state": {"terminated": {"exitCode": 2, "reason": "Error"}}});
         let p = pod(json!([done.clone(), error]), app_wait.clone(), false);
         assert_eq!(status(&p).reason, "Init:Error");
-        let p = pod(json!([done.clone(), {"state": {"terminated": {"exitCode": 3}}}]), app_wait.clone(), false);
+        let p = pod(
+            json!([done.clone(), {"state": {"terminated": {"exitCode": 3}}}]),
+            app_wait.clone(),
+            false,
+        );
         assert_eq!(status(&p).reason, "Init:ExitCode:3");
         let p = pod(json!([done.clone(), done.clone()]), app_wait, true);
         assert_eq!(status(&p).reason, "PodInitializing");
-        let running = json!([{"name": "web", "ready": true, "restartCount": 0, "state": {"running": {}}}]);
+        let running =
+            json!([{"name": "web", "ready": true, "restartCount": 0, "state": {"running": {}}}]);
         let mut p = pod(json!([done.clone(), done]), running, true);
         p["status"]["phase"] = json!("Running");
         let s = status(&p);
