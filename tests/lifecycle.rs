@@ -958,3 +958,40 @@ fn http_get_hooks_go_to_the_pod_ip_through_the_hook_runner() {
             .any(|c| c.starts_with("exec"))
     );
 }
+
+#[test]
+fn an_init_container_image_pull_failure_is_reported_and_backs_off() {
+    let p = pod("Always");
+    let failed = |fresh| ContainerObserved {
+        image: ImageObserved::Failed {
+            message: "manifest unknown".into(),
+            never_pull: false,
+            failures: 1,
+            retry_at: t(10),
+            fresh,
+        },
+        runtime: None,
+        tracked: Tracked::default(),
+    };
+    let actions = plan_pod(&p, &observed(&[("a", failed(true))]), t(0));
+    let a = &status(&actions)["initContainerStatuses"][0];
+    assert_eq!(a["state"]["waiting"]["reason"], "ErrImagePull");
+    assert_eq!(a["state"]["waiting"]["message"], "manifest unknown");
+    let actions = plan_pod(&p, &observed(&[("a", failed(false))]), t(5));
+    assert_eq!(
+        status(&actions)["initContainerStatuses"][0]["state"]["waiting"]["reason"],
+        "ImagePullBackOff"
+    );
+    assert_eq!(
+        actions.len(),
+        1,
+        "no retry before the back-off: {actions:?}"
+    );
+    let actions = plan_pod(&p, &observed(&[("a", failed(false))]), t(10));
+    assert_eq!(
+        actions[0],
+        PodAction::EnsureImage {
+            container: "a".into()
+        }
+    );
+}
