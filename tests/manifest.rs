@@ -760,6 +760,17 @@ fn replicas_containers_and_images() {
         "          name: http\n        env:\n        - name: \"A\\u0007B\"\n",
         "invalid environment variable name",
     );
+    // Names are unique across init and app containers; init containers have no hooks.
+    deployment_error(
+        "      containers:\n",
+        "      initContainers:\n      - name: web\n        image: busybox\n      containers:\n",
+        "container name \"web\" is used twice",
+    );
+    deployment_error(
+        "      containers:\n",
+        "      initContainers:\n      - name: setup\n        image: busybox\n        lifecycle:\n          postStart:\n            exec:\n              command: [\"true\"]\n      containers:\n",
+        "spec.template.spec.initContainers[0].lifecycle: may not be set for init containers",
+    );
 }
 
 #[test]

@@ -302,6 +302,31 @@ impl AgentClient {
         Ok((items, rv))
     }
 
+    /// Every Service in every namespace (for containers' Service variables). Items that do not
+    /// parse as a Service are skipped with a warning rather than failing the whole list.
+    pub async fn list_services(
+        &self,
+    ) -> Result<Vec<k8s_openapi::api::core::v1::Service>, ClientError> {
+        let list = self
+            .call(Method::GET, "/api/v1/services", &[], None)
+            .await?;
+        let items = list
+            .get("items")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        Ok(items
+            .into_iter()
+            .filter_map(|item| match serde_json::from_value(item) {
+                Ok(service) => Some(service),
+                Err(e) => {
+                    tracing::warn!("a listed service does not parse: {e}");
+                    None
+                }
+            })
+            .collect())
+    }
+
     /// Follows the pods matching `field_selector` until `shutdown`: lists, then watches from
     /// the list's resourceVersion; after a broken connection watches again from the last
     /// resourceVersion seen; lists again on 410. Ends when `events` is closed.

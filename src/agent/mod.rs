@@ -11,6 +11,9 @@
 //!   the join token), log files kept across one restart.
 //! - [`node`]: `tend agent`: preflight, registration, heartbeats, following its pods,
 //!   adopting containers after a restart.
+//! - [`init`]: init containers, one at a time before the app containers (pure).
+//! - [`hooks`]: postStart and preStop hooks (exec, httpGet, sleep) behind a runner trait.
+//! - [`services`]: Service environment variables for containers and the node's Service cache.
 //! - [`pods`]: one pod's sync: a pure plan (image, network, containers, restart policy,
 //!   deletion) and the executor that applies it through the traits below, returning status.
 //! - [`runtime`]: containers with runc: OCI bundles from the image config and the pod spec,
@@ -25,13 +28,16 @@
 
 pub mod client;
 pub mod events;
+pub mod hooks;
 pub mod image;
+pub mod init;
 pub mod logs;
 pub mod network;
 pub mod node;
 pub mod pods;
 pub mod registration;
 pub mod runtime;
+pub mod services;
 pub mod sim;
 
 use serde_json::{Map, Value, json};

@@ -26,6 +26,7 @@ use super::network::{NodeNetwork, PeerRoute, PodNetwork, peer_routes};
 use super::pods::{PodSyncer, StoreImages, SyncOutcome, grace_period, status_changed};
 use super::registration::Registration;
 use super::runtime::runc::{ContainerRuntime, Runc, become_subreaper};
+use super::services::{ServiceCache, keep_services};
 use super::sim::parse_delay;
 use super::{now_millis, parse_pairs};
 
@@ -278,13 +279,16 @@ pub async fn run(args: AgentArgs, mut shutdown: watch::Receiver<bool>) -> anyhow
         docker_config: args.registry_config.clone().or_else(default_docker_config),
         handle: tokio::runtime::Handle::current(),
     });
-    let syncer: Arc<Syncer> = Arc::new(PodSyncer::new(
-        runtime,
-        network,
-        images,
-        &args.state,
-        args.address,
+    let services = Arc::new(ServiceCache::default());
+    tokio::spawn(keep_services(
+        AgentClient::from_token_file(args.servers.clone(), &args.token_file)?,
+        services.clone(),
+        args.sync_period,
+        shutdown.clone(),
     ));
+    let syncer: Arc<Syncer> = Arc::new(
+        PodSyncer::new(runtime, network, images, &args.state, args.address).with_services(services),
+    );
 
     let (events_tx, mut events) = mpsc::channel(256);
     let follower = {

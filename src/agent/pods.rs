@@ -21,6 +21,7 @@ use k8s_openapi::api::core::v1::Container;
 use serde_json::{Value, json};
 
 use super::events::PodNote;
+use super::hooks::{self, HookRunner, RuntimeHooks};
 use super::image::{
     ImageError, ImageRef, ImageStore, OciRegistry, PreparedRootfs, PullPolicy, RegistryAuth,
     RootfsMethod,
@@ -29,6 +30,7 @@ use super::network::{NetError, NetOps, PodNetwork};
 use super::runtime::bundle::{self, BundleError, PodContext};
 use super::runtime::restart::{self, Exit, RestartPolicy, Tracked};
 use super::runtime::runc::{self, ContainerRuntime, RuntimeError, Status};
+use super::services::{ServiceSource, StaticServices};
 
 /// Image pull back-off: 10 s, doubling, at most 5 min (as the kubelet).
 pub const IMAGE_BACKOFF: Duration = Duration::from_secs(10);
@@ -132,6 +134,7 @@ pub fn grace_period(pod: &Value) -> Duration {
 /// Like [`plan_pod`], with the restart bookkeeping for the executor to keep.
 pub fn plan(pod: &Value, observed: &PodObserved, now: Timestamp) -> PodPlan {
     let containers = containers_of(pod);
+    let inits = super::init::init_containers_of(pod);
     let mut tracked: BTreeMap<String, Tracked> = observed
         .containers
         .iter()
@@ -141,7 +144,7 @@ pub fn plan(pod: &Value, observed: &PodObserved, now: Timestamp) -> PodPlan {
 
     if pod.pointer("/metadata/deletionTimestamp").is_some() {
         let grace = grace_period(pod);
-        for c in &containers {
+        for c in containers.iter().chain(&inits) {
             let exists = observed
                 .containers
                 .get(&c.name)
@@ -158,6 +161,9 @@ pub fn plan(pod: &Value, observed: &PodObserved, now: Timestamp) -> PodPlan {
         actions.push(PodAction::TeardownNetwork);
         actions.push(PodAction::DeletePodObject);
         return PodPlan { actions, tracked };
+    }
+    if let Some(initializing) = super::init::plan_initializing(pod, observed, now) {
+        return initializing;
     }
 
     let policy =
@@ -272,9 +278,9 @@ pub fn plan(pod: &Value, observed: &PodObserved, now: Timestamp) -> PodPlan {
     } else if all_images_ready {
         actions.extend(runs);
     }
-    actions.push(PodAction::ReportStatus(pod_status(
-        pod, observed, &statuses, now,
-    )));
+    let mut status = pod_status(pod, observed, &statuses, now);
+    super::init::report_initialized(pod, observed, &mut status);
+    actions.push(PodAction::ReportStatus(status));
     PodPlan { actions, tracked }
 }
 
@@ -300,7 +306,12 @@ fn status_entry(mut base: Value, state: Value, last: Option<&Exit>, running: boo
 
 /// Phase, conditions, IPs and container statuses. Conditions keep their
 /// `lastTransitionTime` while their status holds; conditions the agent does not own are kept.
-fn pod_status(pod: &Value, observed: &PodObserved, statuses: &[Value], now: Timestamp) -> Value {
+pub(super) fn pod_status(
+    pod: &Value,
+    observed: &PodObserved,
+    statuses: &[Value],
+    now: Timestamp,
+) -> Value {
     let is = |s: &Value, key: &str| s.pointer(&format!("/state/{key}")).is_some();
     let all_running = !statuses.is_empty() && statuses.iter().all(|s| is(s, "running"));
     let all_terminated = !statuses.is_empty() && statuses.iter().all(|s| is(s, "terminated"));
@@ -549,6 +560,10 @@ pub enum SyncError {
     },
     #[error("pod {pod}: no metadata.uid")]
     NoUid { pod: String },
+    #[error(
+        "pod {pod} container {container:?}: the Services are not read yet (needed for its Service variables); retried at the next sync"
+    )]
+    ServicesUnread { pod: String, container: String },
 }
 
 /// What a sync ended with.
@@ -589,6 +604,10 @@ pub struct PodSyncer<N: PodNet> {
     memory: Mutex<BTreeMap<String, PodMemory>>,
     /// Events noted while acting, by pod uid, until [`PodSyncer::take_events`].
     notes: Mutex<BTreeMap<String, Vec<PodNote>>>,
+    /// postStart and preStop hooks.
+    hooks: Arc<dyn HookRunner>,
+    /// The Services containers learn through their environment.
+    services: Arc<dyn ServiceSource>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -616,7 +635,6 @@ impl<N: PodNet> PodSyncer<N> {
         host_ip: Ipv4Addr,
     ) -> Self {
         PodSyncer {
-            runtime,
             network: Mutex::new(network),
             images,
             pods_dir: state.join("pods"),
@@ -624,6 +642,9 @@ impl<N: PodNet> PodSyncer<N> {
             poll: Duration::from_millis(100),
             memory: Mutex::new(BTreeMap::new()),
             notes: Mutex::new(BTreeMap::new()),
+            hooks: Arc::new(RuntimeHooks::new(runtime.clone())),
+            runtime,
+            services: Arc::new(StaticServices(Vec::new())),
         }
     }
 
@@ -637,6 +658,18 @@ impl<N: PodNet> PodSyncer<N> {
     /// The events noted for pod `uid` since the last call, oldest first.
     pub fn take_events(&self, uid: &str) -> Vec<PodNote> {
         lock(&self.notes).remove(uid).unwrap_or_default()
+    }
+
+    /// Runs hooks with `hooks` instead of through the runtime (tests).
+    pub fn with_hooks(mut self, hooks: Arc<dyn HookRunner>) -> Self {
+        self.hooks = hooks;
+        self
+    }
+
+    /// Reads Services from `services` (the agent's cache) instead of knowing none.
+    pub fn with_services(mut self, services: Arc<dyn ServiceSource>) -> Self {
+        self.services = services;
+        self
     }
 
     pub fn network(&self) -> MutexGuard<'_, N> {
@@ -668,10 +701,10 @@ impl<N: PodNet> PodSyncer<N> {
         let mut memory = lock(&self.memory).get(&uid).cloned().unwrap_or_else(|| {
             // New to this agent (or the agent restarted): keep the restart counts reported.
             let mut m = PodMemory::default();
-            for s in pod
-                .pointer("/status/containerStatuses")
-                .and_then(Value::as_array)
-                .into_iter()
+            for s in ["containerStatuses", "initContainerStatuses"]
+                .iter()
+                .filter_map(|list| pod.pointer(&format!("/status/{list}")))
+                .filter_map(Value::as_array)
                 .flatten()
             {
                 if let (Some(n), Some(count)) = (
@@ -711,7 +744,7 @@ impl<N: PodNet> PodSyncer<N> {
         memory: &mut PodMemory,
         now: Timestamp,
     ) -> Result<SyncOutcome, SyncError> {
-        let containers = containers_of(pod);
+        let containers = super::init::all_containers_of(pod);
         let mut last_status = json!({});
         for _ in 0..5 {
             self.observe(uid, &containers, memory, now)?;
@@ -969,7 +1002,11 @@ impl<N: PodNet> PodSyncer<N> {
                     hosts_file: pod_dir.join("hosts"),
                     resolv_conf: pod_dir.join("resolv.conf"),
                     rootfs,
-                    service_env: Vec::new(),
+                    service_env: super::services::env_for_pod(self.services.as_ref(), pod)
+                        .ok_or_else(|| SyncError::ServicesUnread {
+                            pod: name.to_string(),
+                            container: container.clone(),
+                        })?,
                 };
                 let spec_json =
                     bundle::runtime_spec(&image_config, spec, &context).map_err(|source| {
@@ -1002,6 +1039,20 @@ impl<N: PodNet> PodSyncer<N> {
                 );
                 memory.started.insert(container.clone(), now);
                 memory.finished.remove(&container);
+                let target = hooks::HookTarget {
+                    pod: name,
+                    container: Some(spec),
+                    id: &id,
+                    pod_ip: memory.observed.ip,
+                };
+                hooks::post_start(
+                    self.hooks.as_ref(),
+                    self.runtime.as_ref(),
+                    &target,
+                    grace_period(pod),
+                    self.poll,
+                )
+                .map_err(runtime_err(&container))?;
             }
             PodAction::StopContainer {
                 name: container,
@@ -1012,8 +1063,20 @@ impl<N: PodNet> PodSyncer<N> {
                     uid,
                     PodNote::normal("Killing", format!("Stopping container {container}")),
                 );
-                runc::stop(self.runtime.as_ref(), &id, grace, self.poll)
-                    .map_err(runtime_err(&container))?;
+                let target = hooks::HookTarget {
+                    pod: name,
+                    container: containers.iter().find(|c| c.name == container),
+                    id: &id,
+                    pod_ip: memory.observed.ip,
+                };
+                hooks::stop(
+                    self.hooks.as_ref(),
+                    self.runtime.as_ref(),
+                    &target,
+                    grace,
+                    self.poll,
+                )
+                .map_err(runtime_err(&container))?;
                 self.runtime.delete(&id).map_err(runtime_err(&container))?;
                 let dir = self.pods_dir.join(uid).join(&container);
                 self.images

@@ -346,7 +346,54 @@ pub fn pod_status(pod: &Value, clock: &Clock) -> PodStatus {
     }
     let (mut ready, mut restarts, mut has_running) = (0, 0, false);
     let mut last_restart: Option<&str> = None;
-    for status in array(pod, "/status/containerStatuses").iter().rev() {
+    // Init containers first: the first one not completed names the status (`Init:1/2`,
+    // `Init:CrashLoopBackOff`, `Init:Error`), and their restarts are the pod's while it
+    // initializes.
+    let init_total = array(pod, "/spec/initContainers").len();
+    let mut initializing = false;
+    for (i, status) in array(pod, "/status/initContainerStatuses")
+        .iter()
+        .enumerate()
+    {
+        restarts += int_at(status, "/restartCount", 0);
+        if let Some(finished) = status
+            .pointer("/lastState/terminated/finishedAt")
+            .and_then(Value::as_str)
+        {
+            last_restart = last_restart.max(Some(finished));
+        }
+        let waiting = str_at(status, "/state/waiting/reason");
+        reason = if let Some(t) = status.pointer("/state/terminated") {
+            if int_at(t, "/exitCode", 0) == 0 {
+                continue;
+            }
+            let r = str_at(t, "/reason");
+            if !r.is_empty() {
+                format!("Init:{r}")
+            } else if int_at(t, "/signal", 0) != 0 {
+                format!("Init:Signal:{}", int_at(t, "/signal", 0))
+            } else {
+                format!("Init:ExitCode:{}", int_at(t, "/exitCode", 0))
+            }
+        } else if !waiting.is_empty() && waiting != "PodInitializing" {
+            format!("Init:{waiting}")
+        } else {
+            format!("Init:{i}/{init_total}")
+        };
+        initializing = true;
+        break;
+    }
+    let initialized = array(pod, "/status/conditions")
+        .iter()
+        .any(|c| str_at(c, "/type") == "Initialized" && str_at(c, "/status") == "True");
+    let app_statuses: &[Value] = if !initializing || initialized {
+        restarts = 0;
+        last_restart = None;
+        array(pod, "/status/containerStatuses")
+    } else {
+        &[]
+    };
+    for status in app_statuses.iter().rev() {
         restarts += int_at(status, "/restartCount", 0);
         if let Some(finished) = status
             .pointer("/lastState/terminated/finishedAt")
@@ -752,6 +799,63 @@ mod tests {
                 "xgp-web-5d4f8c7b9-abcde   1/1     Running   0          5s    10.244.1.2   node-1   <none>           <none>",
             ]
         );
+    }
+
+    #[test]
+    fn init_container_statuses_as_kubectl_shows_them() {
+        let pod = |inits: Value, apps: Value, initialized: bool| {
+            json!({"metadata": {"name": "p", "creationTimestamp": "2024-05-01T11:59:59Z"},
+                "spec": {"initContainers": [{"name": "a"}, {"name": "b"}], "containers": [{"name": "web"}]},
+                "status": {"phase": "Pending",
+                    "conditions": [{"type": "Initialized", "status": if initialized { "True" } else { "False" }}],
+                    "initContainerStatuses": inits, "containerStatuses": apps}})
+        };
+        let init_wait = |r: &str| json!({"state": {"waiting": {"reason": r}}, "restartCount": 0});
+        let done = json!({"state": {"terminated": {"exitCode": 0, "reason": "Completed"}}});
+        let app_wait =
+            json!([{"name": "web", "state": {"waiting": {"reason": "PodInitializing"}}}]);
+        let status = |p: &Value| pod_status(p, &clock());
+        let p = pod(
+            json!([init_wait("PodInitializing"), init_wait("PodInitializing")]),
+            app_wait.clone(),
+            false,
+        );
+        assert_eq!(status(&p).reason, "Init:0/2");
+        let p = pod(
+            json!([done.clone(), {"state": {"running": {}}}]),
+            app_wait.clone(),
+            false,
+        );
+        assert_eq!(status(&p).reason, "Init:1/2");
+        let crash = json!({"state": {"waiting": {"reason": "CrashLoopBackOff"}}, "restartCount": 3,
+            "lastState": {"terminated": {"exitCode": 1, "finishedAt": "2024-05-01T11:59:00Z"}}});
+        let p = pod(
+            json!([crash, init_wait("PodInitializing")]),
+            app_wait.clone(),
+            false,
+        );
+        let s = status(&p);
+        assert_eq!(
+            (s.reason.as_str(), s.restarts.as_str()),
+            ("Init:CrashLoopBackOff", "3 (60s ago)")
+        );
+        let error = json!({"state": {"terminated": {"exitCode": 2, "reason": "Error"}}});
+        let p = pod(json!([done.clone(), error]), app_wait.clone(), false);
+        assert_eq!(status(&p).reason, "Init:Error");
+        let p = pod(
+            json!([done.clone(), {"state": {"terminated": {"exitCode": 3}}}]),
+            app_wait.clone(),
+            false,
+        );
+        assert_eq!(status(&p).reason, "Init:ExitCode:3");
+        let p = pod(json!([done.clone(), done.clone()]), app_wait, true);
+        assert_eq!(status(&p).reason, "PodInitializing");
+        let running =
+            json!([{"name": "web", "ready": true, "restartCount": 0, "state": {"running": {}}}]);
+        let mut p = pod(json!([done.clone(), done]), running, true);
+        p["status"]["phase"] = json!("Running");
+        let s = status(&p);
+        assert_eq!((s.reason.as_str(), s.ready, s.total), ("Running", 1, 1));
     }
 
     #[test]

@@ -422,6 +422,23 @@ fn pod_spec(pod: &Map<String, Value>, path: &str, report: &mut Report) {
         {
             if let Value::Object(c) = c {
                 container(c, &item(&list_path, i), &mut names, report);
+                if list == "initContainers" {
+                    // As Kubernetes: an init container runs to completion, so hooks and
+                    // probes have nothing to act on.
+                    for forbidden in [
+                        "lifecycle",
+                        "livenessProbe",
+                        "readinessProbe",
+                        "startupProbe",
+                    ] {
+                        if c.contains_key(forbidden) {
+                            report.error(
+                                &field(&item(&list_path, i), forbidden),
+                                "may not be set for init containers",
+                            );
+                        }
+                    }
+                }
             }
         }
     }

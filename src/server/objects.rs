@@ -330,4 +330,3 @@ mod tests {
         assert!(parse_rv(Some(&json!("x"))).is_err());
     }
 }
-
