@@ -10,6 +10,10 @@
 //!   adopting containers after a restart.
 //! - [`pods`]: one pod's sync: a pure plan (image, network, containers, restart policy,
 //!   deletion) and the executor that applies it through the traits below, returning status.
+//! - [`probe`]: container probes, the pure part: specs with Kubernetes' defaults, named
+//!   ports, thresholds, startup gating, what a failed liveness probe does to restarts.
+//! - [`prober`]: running the probes (HTTP, TCP, exec) in a task per container instance on
+//!   their own schedule; a changed result makes the agent sync the pod at once.
 //! - [`runtime`]: containers with runc: OCI bundles from the image config and the pod spec,
 //!   the runc driver, restart policy and CrashLoopBackOff decisions.
 //! - [`sim`]: `tend sim-node`, a simulated node that marks its pods Running and Ready without
@@ -25,6 +29,8 @@ pub mod image;
 pub mod network;
 pub mod node;
 pub mod pods;
+pub mod probe;
+pub mod prober;
 pub mod registration;
 pub mod runtime;
 pub mod sim;

@@ -23,6 +23,7 @@ use super::network::ip::IpCommands;
 use super::network::ipam::{Cidr, IpamStore};
 use super::network::{NodeNetwork, PodNetwork};
 use super::pods::{PodSyncer, StoreImages, SyncOutcome, grace_period, status_changed};
+use super::prober::{NetProber, ProbeManager};
 use super::registration::Registration;
 use super::runtime::runc::{ContainerRuntime, Runc, become_subreaper};
 use super::sim::parse_delay;
@@ -232,13 +233,16 @@ pub async fn run(args: AgentArgs, mut shutdown: watch::Receiver<bool>) -> anyhow
         auth: RegistryAuth::Anonymous,
         handle: tokio::runtime::Handle::current(),
     });
-    let syncer: Arc<Syncer> = Arc::new(PodSyncer::new(
-        runtime,
-        network,
-        images,
-        &args.state,
-        args.address,
+    // Probes run on their own schedule; a changed result sends the pod's uid to sync it.
+    let (probed_tx, mut probed) = mpsc::unbounded_channel();
+    let probes = Arc::new(ProbeManager::new(
+        Arc::new(NetProber::new(runtime.clone()).map_err(anyhow::Error::msg)?),
+        probed_tx,
     ));
+    let syncer: Arc<Syncer> = Arc::new(
+        PodSyncer::new(runtime, network, images, &args.state, args.address)
+            .with_probes(probes.clone()),
+    );
 
     let (events_tx, mut events) = mpsc::channel(256);
     let follower = {
@@ -257,6 +261,7 @@ pub async fn run(args: AgentArgs, mut shutdown: watch::Receiver<bool>) -> anyhow
         again: BTreeSet::new(),
         adopted: false,
         done: done_tx,
+        probes,
     };
     let mut heartbeats = tokio::time::interval(args.heartbeat);
     heartbeats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -281,6 +286,7 @@ pub async fn run(args: AgentArgs, mut shutdown: watch::Receiver<bool>) -> anyhow
                 None => break,
             },
             Some((uid, outcome)) = done.recv() => agent.on_done(uid, outcome).await,
+            Some(uid) = probed.recv() => agent.start_sync(&uid),
         }
     }
     follower.abort();
@@ -302,6 +308,7 @@ struct Agent {
     again: BTreeSet<String>,
     adopted: bool,
     done: mpsc::UnboundedSender<Done>,
+    probes: Arc<ProbeManager>,
 }
 
 impl Agent {
@@ -406,10 +413,16 @@ impl Agent {
                 }
                 self.reported.remove(&uid);
                 self.syncer.forget(&uid);
+                self.probes.remove_pod(&uid);
                 self.again.remove(&uid);
                 return;
             }
-            Ok(SyncOutcome::Status(status)) => self.report(&uid, status).await,
+            Ok(SyncOutcome::Status(status)) => {
+                if let Some(pod) = self.pods.get(&uid) {
+                    self.probes.update(pod, &status);
+                }
+                self.report(&uid, status).await
+            }
         }
         if self.again.remove(&uid) {
             self.start_sync(&uid);

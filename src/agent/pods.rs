@@ -25,6 +25,8 @@ use super::image::{
     RootfsMethod,
 };
 use super::network::{NetError, NetOps, PodNetwork};
+use super::probe::{self, ProbeObserved};
+use super::prober::ProbeResults;
 use super::runtime::bundle::{self, BundleError, PodContext};
 use super::runtime::restart::{self, Exit, RestartPolicy, Tracked};
 use super::runtime::runc::{self, ContainerRuntime, RuntimeError, Status};
@@ -62,6 +64,8 @@ pub struct ContainerObserved {
     pub runtime: Option<restart::Observed>,
     /// Restart bookkeeping between rounds.
     pub tracked: Tracked,
+    /// What its probes said about the running instance (see [`super::probe`]).
+    pub probes: ProbeObserved,
 }
 
 /// What the agent knows of one pod: observation plus memory, everything [`plan_pod`] needs.
@@ -236,12 +240,20 @@ pub fn plan(pod: &Value, observed: &PodObserved, now: Timestamp) -> PodPlan {
                 ImageObserved::Ready { .. } => {}
             }
         }
-        let step = restart::step(
-            policy,
-            o.tracked,
-            o.runtime.unwrap_or(restart::Observed::Absent),
-            now,
-        );
+        let (mut runtime, mut tracked_now) =
+            (o.runtime.unwrap_or(restart::Observed::Absent), o.tracked);
+        // A failed liveness or startup probe: kill it, then restart as after an exit.
+        if let (restart::Observed::Running { started_at }, Some(_)) = (runtime, &o.probes.unhealthy)
+        {
+            let grace = o.probes.kill_grace.unwrap_or_else(|| grace_period(pod));
+            actions.push(PodAction::StopContainer {
+                name: c.name.clone(),
+                grace,
+            });
+            tracked_now = probe::after_kill(policy, tracked_now, started_at, now);
+            runtime = restart::Observed::Absent;
+        }
+        let step = restart::step(policy, tracked_now, runtime, now);
         tracked.insert(c.name.clone(), step.tracked);
         if step.start {
             runs.push(PodAction::RunContainer {
@@ -259,12 +271,11 @@ pub fn plan(pod: &Value, observed: &PodObserved, now: Timestamp) -> PodPlan {
         };
         let mut entry = base;
         entry["restartCount"] = json!(step.tracked.restart_count);
-        statuses.push(status_entry(
-            entry,
-            state,
-            step.last_state.as_ref(),
-            running,
-        ));
+        let mut entry = status_entry(entry, state, step.last_state.as_ref(), running);
+        let (started, ready) = probe::container_status(c, &o.probes, running);
+        entry["started"] = json!(started);
+        entry["ready"] = json!(ready);
+        statuses.push(entry);
     }
     if observed.ip.is_none() && !containers.is_empty() {
         actions.push(PodAction::SetupNetwork);
@@ -301,7 +312,7 @@ fn status_entry(mut base: Value, state: Value, last: Option<&Exit>, running: boo
 /// `lastTransitionTime` while their status holds; conditions the agent does not own are kept.
 fn pod_status(pod: &Value, observed: &PodObserved, statuses: &[Value], now: Timestamp) -> Value {
     let is = |s: &Value, key: &str| s.pointer(&format!("/state/{key}")).is_some();
-    let all_running = !statuses.is_empty() && statuses.iter().all(|s| is(s, "running"));
+    let all_ready = !statuses.is_empty() && statuses.iter().all(|s| s["ready"] == true);
     let all_terminated = !statuses.is_empty() && statuses.iter().all(|s| is(s, "terminated"));
     let ever_started = |s: &Value| {
         is(s, "running") || is(s, "terminated") || s.pointer("/lastState/terminated").is_some()
@@ -325,7 +336,7 @@ fn pod_status(pod: &Value, observed: &PodObserved, statuses: &[Value], now: Time
     } else {
         "ContainersNotReady"
     };
-    let conditions = super::pod_conditions(&previous, all_running, ready_reason, &now_text);
+    let conditions = super::pod_conditions(&previous, all_ready, ready_reason, &now_text);
     let mut status = json!({
         "phase": phase,
         "conditions": conditions,
@@ -571,6 +582,8 @@ pub struct PodSyncer<N: PodNet> {
     /// How often a stopping container is polled.
     pub poll: Duration,
     memory: Mutex<BTreeMap<String, PodMemory>>,
+    /// The probes' results, when the agent runs probes.
+    probes: Option<Arc<dyn ProbeResults>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -605,7 +618,14 @@ impl<N: PodNet> PodSyncer<N> {
             host_ip,
             poll: Duration::from_millis(100),
             memory: Mutex::new(BTreeMap::new()),
+            probes: None,
         }
+    }
+
+    /// Reads the containers' probe results from `probes` in every round.
+    pub fn with_probes(mut self, probes: Arc<dyn ProbeResults>) -> Self {
+        self.probes = Some(probes);
+        self
     }
 
     pub fn network(&self) -> MutexGuard<'_, N> {
@@ -751,12 +771,19 @@ impl<N: PodNet> PodSyncer<N> {
             if observed == restart::Observed::Absent {
                 memory.started.remove(&c.name);
             }
-            memory
+            let probes = match (&self.probes, observed) {
+                (Some(p), restart::Observed::Running { started_at }) => {
+                    p.observe(uid, &c.name, &started_at.to_string())
+                }
+                _ => ProbeObserved::default(),
+            };
+            let entry = memory
                 .observed
                 .containers
                 .entry(c.name.clone())
-                .or_default()
-                .runtime = Some(observed);
+                .or_default();
+            entry.runtime = Some(observed);
+            entry.probes = probes;
         }
         Ok(())
     }
