@@ -52,6 +52,7 @@ fn observed(runtime: Option<Observed>, tracked: Tracked) -> PodObserved {
                 image: ready_image(),
                 runtime,
                 tracked,
+                ..ContainerObserved::default()
             },
         )]),
     }

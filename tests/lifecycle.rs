@@ -75,6 +75,7 @@ fn container(image: &str, runtime: Option<Observed>) -> ContainerObserved {
         image: ready(image),
         runtime,
         tracked: Tracked::default(),
+        ..ContainerObserved::default()
     }
 }
 
@@ -973,6 +974,7 @@ fn an_init_container_image_pull_failure_is_reported_and_backs_off() {
         },
         runtime: None,
         tracked: Tracked::default(),
+        ..ContainerObserved::default()
     };
     let actions = plan_pod(&p, &observed(&[("a", failed(true))]), t(0));
     let a = &status(&actions)["initContainerStatuses"][0];

@@ -16,6 +16,10 @@
 //! - [`services`]: Service environment variables for containers and the node's Service cache.
 //! - [`pods`]: one pod's sync: a pure plan (image, network, containers, restart policy,
 //!   deletion) and the executor that applies it through the traits below, returning status.
+//! - [`probe`]: container probes, the pure part: specs with Kubernetes' defaults, named
+//!   ports, thresholds, startup gating, what a failed liveness probe does to restarts.
+//! - [`prober`]: running the probes (HTTP, TCP, exec) in a task per container instance on
+//!   their own schedule; a changed result makes the agent sync the pod at once.
 //! - [`runtime`]: containers with runc: OCI bundles from the image config and the pod spec,
 //!   the runc driver, restart policy and CrashLoopBackOff decisions.
 //! - [`sim`]: `tend sim-node`, a simulated node that marks its pods Running and Ready without
@@ -35,6 +39,8 @@ pub mod logs;
 pub mod network;
 pub mod node;
 pub mod pods;
+pub mod probe;
+pub mod prober;
 pub mod registration;
 pub mod runtime;
 pub mod services;

@@ -24,6 +24,7 @@ use super::network::ip::IpCommands;
 use super::network::ipam::{Cidr, IpamStore};
 use super::network::{NodeNetwork, PeerRoute, PodNetwork, peer_routes};
 use super::pods::{PodSyncer, StoreImages, SyncOutcome, grace_period, status_changed};
+use super::prober::{NetProber, ProbeManager};
 use super::registration::Registration;
 use super::runtime::runc::{ContainerRuntime, Runc, become_subreaper};
 use super::services::{ServiceCache, keep_services};
@@ -286,8 +287,16 @@ pub async fn run(args: AgentArgs, mut shutdown: watch::Receiver<bool>) -> anyhow
         args.sync_period,
         shutdown.clone(),
     ));
+    // Probes run on their own schedule; a changed result sends the pod's uid to sync it.
+    let (probed_tx, mut probed) = mpsc::unbounded_channel();
+    let probes = Arc::new(ProbeManager::new(
+        Arc::new(NetProber::new(runtime.clone()).map_err(anyhow::Error::msg)?),
+        probed_tx,
+    ));
     let syncer: Arc<Syncer> = Arc::new(
-        PodSyncer::new(runtime, network, images, &args.state, args.address).with_services(services),
+        PodSyncer::new(runtime, network, images, &args.state, args.address)
+            .with_services(services)
+            .with_probes(probes.clone()),
     );
 
     let (events_tx, mut events) = mpsc::channel(256);
@@ -312,6 +321,7 @@ pub async fn run(args: AgentArgs, mut shutdown: watch::Receiver<bool>) -> anyhow
         adopted: false,
         done: done_tx,
         peers: None,
+        probes,
     };
     agent.sync_peers(&args.name).await;
     let mut heartbeats = tokio::time::interval(args.heartbeat);
@@ -338,6 +348,7 @@ pub async fn run(args: AgentArgs, mut shutdown: watch::Receiver<bool>) -> anyhow
                 None => break,
             },
             Some((uid, outcome)) = done.recv() => agent.on_done(uid, outcome).await,
+            Some(uid) = probed.recv() => agent.start_sync(&uid),
         }
         bound_pods.replace(agent.pods.values());
     }
@@ -364,6 +375,7 @@ struct Agent {
     done: mpsc::UnboundedSender<Done>,
     /// The routes to other nodes' pod CIDRs last programmed (`None`: not yet).
     peers: Option<Vec<PeerRoute>>,
+    probes: Arc<ProbeManager>,
 }
 
 impl Agent {
@@ -496,11 +508,15 @@ impl Agent {
                 }
                 self.reported.remove(&uid);
                 self.syncer.forget(&uid);
+                self.probes.remove_pod(&uid);
                 self.again.remove(&uid);
                 return;
             }
             Ok(SyncOutcome::Status(status)) => {
                 self.post_events(&uid, Some(&status));
+                if let Some(pod) = self.pods.get(&uid) {
+                    self.probes.update(pod, &status);
+                }
                 self.report(&uid, status).await
             }
         }

@@ -27,6 +27,8 @@ use super::image::{
     RootfsMethod,
 };
 use super::network::{NetError, NetOps, PodNetwork};
+use super::probe::{self, ProbeObserved};
+use super::prober::ProbeResults;
 use super::runtime::bundle::{self, BundleError, PodContext};
 use super::runtime::restart::{self, Exit, RestartPolicy, Tracked};
 use super::runtime::runc::{self, ContainerRuntime, RuntimeError, Status};
@@ -65,6 +67,8 @@ pub struct ContainerObserved {
     pub runtime: Option<restart::Observed>,
     /// Restart bookkeeping between rounds.
     pub tracked: Tracked,
+    /// What its probes said about the running instance (see [`super::probe`]).
+    pub probes: ProbeObserved,
 }
 
 /// What the agent knows of one pod: observation plus memory, everything [`plan_pod`] needs.
@@ -243,12 +247,20 @@ pub fn plan(pod: &Value, observed: &PodObserved, now: Timestamp) -> PodPlan {
                 ImageObserved::Ready { .. } => {}
             }
         }
-        let step = restart::step(
-            policy,
-            o.tracked,
-            o.runtime.unwrap_or(restart::Observed::Absent),
-            now,
-        );
+        let (mut runtime, mut tracked_now) =
+            (o.runtime.unwrap_or(restart::Observed::Absent), o.tracked);
+        // A failed liveness or startup probe: kill it, then restart as after an exit.
+        if let (restart::Observed::Running { started_at }, Some(_)) = (runtime, &o.probes.unhealthy)
+        {
+            let grace = o.probes.kill_grace.unwrap_or_else(|| grace_period(pod));
+            actions.push(PodAction::StopContainer {
+                name: c.name.clone(),
+                grace,
+            });
+            tracked_now = probe::after_kill(policy, tracked_now, started_at, now);
+            runtime = restart::Observed::Absent;
+        }
+        let step = restart::step(policy, tracked_now, runtime, now);
         tracked.insert(c.name.clone(), step.tracked);
         if step.start {
             runs.push(PodAction::RunContainer {
@@ -266,12 +278,11 @@ pub fn plan(pod: &Value, observed: &PodObserved, now: Timestamp) -> PodPlan {
         };
         let mut entry = base;
         entry["restartCount"] = json!(step.tracked.restart_count);
-        statuses.push(status_entry(
-            entry,
-            state,
-            step.last_state.as_ref(),
-            running,
-        ));
+        let mut entry = status_entry(entry, state, step.last_state.as_ref(), running);
+        let (started, ready) = probe::container_status(c, &o.probes, running);
+        entry["started"] = json!(started);
+        entry["ready"] = json!(ready);
+        statuses.push(entry);
     }
     if observed.ip.is_none() && !containers.is_empty() {
         actions.push(PodAction::SetupNetwork);
@@ -313,7 +324,7 @@ pub(super) fn pod_status(
     now: Timestamp,
 ) -> Value {
     let is = |s: &Value, key: &str| s.pointer(&format!("/state/{key}")).is_some();
-    let all_running = !statuses.is_empty() && statuses.iter().all(|s| is(s, "running"));
+    let all_ready = !statuses.is_empty() && statuses.iter().all(|s| s["ready"] == true);
     let all_terminated = !statuses.is_empty() && statuses.iter().all(|s| is(s, "terminated"));
     let ever_started = |s: &Value| {
         is(s, "running") || is(s, "terminated") || s.pointer("/lastState/terminated").is_some()
@@ -337,7 +348,7 @@ pub(super) fn pod_status(
     } else {
         "ContainersNotReady"
     };
-    let conditions = super::pod_conditions(&previous, all_running, ready_reason, &now_text);
+    let conditions = super::pod_conditions(&previous, all_ready, ready_reason, &now_text);
     let mut status = json!({
         "phase": phase,
         "conditions": conditions,
@@ -608,6 +619,8 @@ pub struct PodSyncer<N: PodNet> {
     hooks: Arc<dyn HookRunner>,
     /// The Services containers learn through their environment.
     services: Arc<dyn ServiceSource>,
+    /// The probes' results, when the agent runs probes.
+    probes: Option<Arc<dyn ProbeResults>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -645,6 +658,7 @@ impl<N: PodNet> PodSyncer<N> {
             hooks: Arc::new(RuntimeHooks::new(runtime.clone())),
             runtime,
             services: Arc::new(StaticServices(Vec::new())),
+            probes: None,
         }
     }
 
@@ -669,6 +683,12 @@ impl<N: PodNet> PodSyncer<N> {
     /// Reads Services from `services` (the agent's cache) instead of knowing none.
     pub fn with_services(mut self, services: Arc<dyn ServiceSource>) -> Self {
         self.services = services;
+        self
+    }
+
+    /// Reads the containers' probe results from `probes` in every round.
+    pub fn with_probes(mut self, probes: Arc<dyn ProbeResults>) -> Self {
+        self.probes = Some(probes);
         self
     }
 
@@ -818,12 +838,19 @@ impl<N: PodNet> PodSyncer<N> {
             if observed == restart::Observed::Absent {
                 memory.started.remove(&c.name);
             }
-            memory
+            let probes = match (&self.probes, observed) {
+                (Some(p), restart::Observed::Running { started_at }) => {
+                    p.observe(uid, &c.name, &started_at.to_string())
+                }
+                _ => ProbeObserved::default(),
+            };
+            let entry = memory
                 .observed
                 .containers
                 .entry(c.name.clone())
-                .or_default()
-                .runtime = Some(observed);
+                .or_default();
+            entry.runtime = Some(observed);
+            entry.probes = probes;
         }
         Ok(())
     }
