@@ -906,12 +906,16 @@ mod real {
         assert_eq!(again["containerStatuses"][0]["restartCount"], 0);
 
         // Deletion: preStop writes to the app's stdout before SIGTERM ends it.
+        // Deletion removes the log file: read it through a descriptor opened before.
+        let mut log_file = std::fs::File::open(runtime.log_path(&web_id)).expect("web log");
         p["metadata"]["deletionTimestamp"] = json!(Timestamp::now().to_string());
         assert_eq!(
             syncer.sync(&p, Timestamp::now()).expect("delete"),
             SyncOutcome::Deleted
         );
-        let log = std::fs::read_to_string(runtime.log_path(&web_id)).expect("web log");
+        assert!(!runtime.log_path(&web_id).exists(), "the log is removed");
+        let mut log = String::new();
+        std::io::Read::read_to_string(&mut log_file, &mut log).expect("read the log");
         assert!(log.contains("prestop"), "log: {log:?}");
         assert_eq!(runtime.state(&web_id).expect("state"), None);
         assert_eq!(runtime.state(&init_id).expect("state"), None);
