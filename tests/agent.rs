@@ -405,9 +405,21 @@ fn syncer_reports_image_pull_errors_with_back_off() {
     );
     assert_eq!(f.images.calls(), ["ensure web:v1"]);
     assert!(f.runtime.calls().is_empty());
+    // The retry after the back-off fails again: ErrImagePull again, then back-off.
+    let s = synced(f.syncer.sync(&p, t(10)).expect("sync"));
+    assert_eq!(
+        s["containerStatuses"][0]["state"]["waiting"]["reason"], "ErrImagePull",
+        "{s}"
+    );
+    let s = synced(f.syncer.sync(&p, t(12)).expect("sync"));
+    assert_eq!(
+        s["containerStatuses"][0]["state"]["waiting"]["reason"],
+        "ImagePullBackOff"
+    );
+    assert_eq!(f.images.calls(), ["ensure web:v1", "ensure web:v1"]);
     // The image appears: the retry after the back-off runs the pod.
     f.images.missing.lock().expect("lock").clear();
-    let s = synced(f.syncer.sync(&p, t(11)).expect("sync"));
+    let s = synced(f.syncer.sync(&p, t(31)).expect("sync"));
     assert_eq!(s["phase"], "Running");
 }
 

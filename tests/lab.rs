@@ -810,4 +810,33 @@ fn crash_loops_missing_images_probes_and_air_gapped_images() {
         logs.contains(&format!("crashing in {name}")),
         "logs: {logs:?}"
     );
+    let previous = lab.serve().cli_ok(&["logs", &name, "--previous"]);
+    assert!(
+        previous.contains(&format!("crashing in {name}")),
+        "previous: {previous:?}"
+    );
+
+    // The agents' events, with the kubelet's reasons, counted by the server.
+    let events = items(&lab.serve().get_ok("/api/v1/namespaces/default/events"));
+    let about = |pod_prefix: &str, reason: &str, message: &str| {
+        events.iter().any(|e| {
+            text(e, "/involvedObject/name").starts_with(pod_prefix)
+                && text(e, "/reason") == reason
+                && text(e, "/message").contains(message)
+        })
+    };
+    assert!(about(
+        "crash-",
+        "BackOff",
+        "Back-off restarting failed container crash"
+    ));
+    assert!(about("crash-", "Started", "Started container crash"));
+    assert!(about("ghost-", "Failed", "Error: ErrImagePull"));
+    assert!(about("ghost-", "BackOff", "Back-off pulling image"));
+    assert!(about("air-", "Pulled", "already present on machine"));
+    let table = lab.serve().cli_ok(&["get", "pods"]);
+    assert!(
+        table.contains("CrashLoopBackOff") || table.contains("Error"),
+        "{table}"
+    );
 }

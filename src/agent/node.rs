@@ -187,6 +187,22 @@ fn uid_of(pod: &Value) -> String {
         .to_string()
 }
 
+/// Whether two versions of a pod differ at most in their status and resourceVersion.
+pub fn same_but_status(a: &Value, b: &Value) -> bool {
+    let strip = |p: &Value| {
+        let mut p = p.clone();
+        if let Some(o) = p.as_object_mut() {
+            o.remove("status");
+        }
+        if let Some(m) = p.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("resourceVersion");
+            m.remove("managedFields");
+        }
+        p
+    };
+    strip(a) == strip(b)
+}
+
 /// Container ids (`<uid>-<name>`) that belong to none of `bound` (pod uids).
 pub fn orphans<'a>(
     ids: impl IntoIterator<Item = &'a str>,
@@ -431,8 +447,16 @@ impl Agent {
             }
             PodEvent::Applied(pod) => {
                 let uid = uid_of(&pod);
+                // The echo of a status this agent wrote changes nothing to do: syncing on it
+                // would double the syncs and wipe a just-reported state (ErrImagePull) at once.
+                let only_status = self
+                    .pods
+                    .get(&uid)
+                    .is_some_and(|known| same_but_status(known, &pod));
                 self.pods.insert(uid.clone(), pod);
-                self.start_sync(&uid);
+                if !only_status {
+                    self.start_sync(&uid);
+                }
             }
             PodEvent::Deleted(pod) => self.on_gone(&uid_of(&pod)),
         }
@@ -585,6 +609,17 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_status_echo_is_not_a_change() {
+        let a = json!({"metadata": {"name": "p", "resourceVersion": "5"}, "spec": {"nodeName": "n1"}, "status": {"phase": "Pending"}});
+        let mut b = a.clone();
+        b["metadata"]["resourceVersion"] = json!("6");
+        b["status"]["phase"] = json!("Running");
+        assert!(same_but_status(&a, &b));
+        b["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        assert!(!same_but_status(&a, &b));
+    }
 
     #[test]
     fn cgroup_mounts_are_found_in_mountinfo() {

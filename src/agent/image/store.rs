@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// A descriptor in a manifest or an index.
 #[derive(Debug, Clone, Deserialize)]
@@ -114,6 +114,21 @@ pub struct PullOutcome {
 pub struct ImageStore {
     root: PathBuf,
     index_lock: Mutex<()>,
+    /// One pull of a reference at a time (pods sharing an image wait for the first pull
+    /// instead of fetching the same blobs again), and one unpack of a rootfs at a time.
+    pulls: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    unpack_lock: Mutex<()>,
+}
+
+/// A suffix no other writer in this process or another uses at the same time: temporary
+/// files are renamed into place, and two threads must never share one.
+fn unique_suffix() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
 }
 
 impl ImageStore {
@@ -126,6 +141,8 @@ impl ImageStore {
         Ok(ImageStore {
             root,
             index_lock: Mutex::new(()),
+            pulls: Mutex::new(BTreeMap::new()),
+            unpack_lock: Mutex::new(()),
         })
     }
 
@@ -155,7 +172,7 @@ impl ImageStore {
         if path.is_file() {
             return Ok(());
         }
-        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+        let tmp = path.with_extension(format!("tmp-{}", unique_suffix()));
         let mut f = fs::File::create(&tmp).map_err(ImageError::io(&tmp))?;
         f.write_all(bytes)
             .and_then(|()| f.sync_all())
@@ -205,7 +222,7 @@ impl ImageStore {
         let mut refs = self.references()?;
         refs.insert(reference.to_string(), digest.to_string());
         let path = self.index_path();
-        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+        let tmp = path.with_extension(format!("tmp-{}", unique_suffix()));
         let json = serde_json::to_vec_pretty(&refs).map_err(ImageError::json("index.json"))?;
         fs::write(&tmp, json).map_err(ImageError::io(&tmp))?;
         fs::rename(&tmp, &path).map_err(ImageError::io(&path))
@@ -260,6 +277,14 @@ impl ImageStore {
         policy: PullPolicy,
         auth: &RegistryAuth,
     ) -> Result<PullOutcome, ImageError> {
+        let gate = self
+            .pulls
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(reference.to_string())
+            .or_default()
+            .clone();
+        let _one_pull = gate.lock().await;
         match needs_pull(policy, self.is_present(reference)) {
             PullDecision::Fail => Err(ImageError::NeverPull(reference.to_string())),
             PullDecision::UseLocal => Ok(PullOutcome {
@@ -348,10 +373,17 @@ impl ImageStore {
         if dir.is_dir() {
             return Ok(dir);
         }
+        let _one_at_a_time = self
+            .unpack_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if dir.is_dir() {
+            return Ok(dir);
+        }
         let tmp = self.root.join("rootfs").join(format!(
             ".tmp-{}-{}",
             digest_hex(&image.config_digest)?,
-            std::process::id()
+            unique_suffix()
         ));
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir_all(&tmp).map_err(ImageError::io(&tmp))?;
