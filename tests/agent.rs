@@ -687,3 +687,47 @@ mod real {
         assert!(!out.status.success(), "still answering after deletion");
     }
 }
+
+#[test]
+fn a_container_that_cannot_start_says_why_and_backs_off() {
+    let f = fakes();
+    *f.runtime.run_error.lock().expect("lock") = Some(
+        "exec: \"/bin/nope\": stat /bin/nope: no such file or directory".to_string(),
+    );
+    let p = pod("Always");
+    let uid = p["metadata"]["uid"].as_str().expect("uid").to_string();
+    let s = synced(f.syncer.sync(&p, t(0)).expect("a start error is not a sync error"));
+    let c = &s["containerStatuses"][0];
+    assert_eq!(c["state"]["waiting"]["reason"], "CrashLoopBackOff", "{s}");
+    assert!(
+        c["state"]["waiting"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("/bin/nope")),
+        "{c}"
+    );
+    assert_eq!(c["lastState"]["terminated"]["reason"], "StartError");
+    assert_eq!(c["lastState"]["terminated"]["exitCode"], 128);
+    assert!(
+        f.syncer
+            .take_events(&uid)
+            .iter()
+            .any(|e| e.reason == "Failed" && e.message.contains("/bin/nope"))
+    );
+    // Back-off: no new attempt before 10 s; the attempt after it succeeds and clears it.
+    let runs = |f: &Fakes| {
+        f.runtime
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, Call::Run { .. }))
+            .count()
+    };
+    assert_eq!(runs(&f), 1);
+    synced(f.syncer.sync(&p, t(5)).expect("sync"));
+    assert_eq!(runs(&f), 1);
+    *f.runtime.run_error.lock().expect("lock") = None;
+    let s = synced(f.syncer.sync(&p, t(11)).expect("sync"));
+    assert_eq!(runs(&f), 2);
+    assert_eq!(s["phase"], "Running", "{s}");
+    assert_eq!(s["containerStatuses"][0]["restartCount"], 1);
+    assert!(s["containerStatuses"][0]["state"]["running"].is_object());
+}

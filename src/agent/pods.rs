@@ -599,6 +599,49 @@ struct PodMemory {
     images: BTreeMap<String, bundle::ImageConfig>,
     started: BTreeMap<String, Timestamp>,
     finished: BTreeMap<String, Timestamp>,
+    /// Containers that could not be started (runc or the bundle refused): when and why.
+    /// They count as exited with 128 (`StartError`), so restarts back off as for a crash.
+    start_errors: BTreeMap<String, (Timestamp, String)>,
+}
+
+/// The status with the reasons containers could not start: `StartError` with the message on
+/// their terminated state, and the message on the waiting state (`RunContainerError` while
+/// no back-off applies), as the kubelet reports them.
+pub fn with_start_errors(
+    mut status: Value,
+    errors: &BTreeMap<String, (Timestamp, String)>,
+) -> Value {
+    let Some(list) = status
+        .get_mut("containerStatuses")
+        .and_then(Value::as_array_mut)
+    else {
+        return status;
+    };
+    for entry in list {
+        let Some((_, message)) = entry
+            .get("name")
+            .and_then(Value::as_str)
+            .and_then(|n| errors.get(n))
+        else {
+            continue;
+        };
+        for key in ["/state/terminated", "/lastState/terminated"] {
+            if let Some(t) = entry.pointer_mut(key).and_then(Value::as_object_mut) {
+                t.insert("reason".into(), json!("StartError"));
+                t.insert("message".into(), json!(message));
+            }
+        }
+        if let Some(w) = entry
+            .pointer_mut("/state/waiting")
+            .and_then(Value::as_object_mut)
+        {
+            if w.get("reason").and_then(Value::as_str) == Some("ContainerCreating") {
+                w.insert("reason".into(), json!("RunContainerError"));
+            }
+            w.insert("message".into(), json!(message));
+        }
+    }
+    status
 }
 
 /// Runs the actions of [`plan_pod`] for one pod at a time. Syncs of different pods may run
@@ -775,7 +818,9 @@ impl<N: PodNet> PodSyncer<N> {
             let mut acted = false;
             for action in planned.actions {
                 match action {
-                    PodAction::ReportStatus(status) => last_status = status,
+                    PodAction::ReportStatus(status) => {
+                        last_status = with_start_errors(status, &memory.start_errors)
+                    }
                     PodAction::DeletePodObject => {
                         for c in &containers {
                             self.remove_logs(&container_id(uid, &c.name));
@@ -790,7 +835,31 @@ impl<N: PodNet> PodSyncer<N> {
                     }
                     action => {
                         acted = true;
-                        self.act(pod, name, uid, &containers, memory, action, now)?;
+                        let starting = match &action {
+                            PodAction::RunContainer { name, .. } => Some(name.clone()),
+                            _ => None,
+                        };
+                        match (
+                            self.act(pod, name, uid, &containers, memory, action, now),
+                            starting,
+                        ) {
+                            (Ok(()), Some(container)) => {
+                                memory.start_errors.remove(&container);
+                            }
+                            (Ok(()), None) => {}
+                            (
+                                Err(e @ (SyncError::Runtime { .. } | SyncError::Bundle { .. })),
+                                Some(container),
+                            ) => {
+                                // The pod's spec or image cannot run: say so in its status and
+                                // back off, rather than failing every sync without a word.
+                                tracing::warn!(pod = %name, %container, "cannot start: {e}");
+                                let _ = self.runtime.delete(&container_id(uid, &container));
+                                self.note(uid, PodNote::warning("Failed", format!("Error: {e}")));
+                                memory.start_errors.insert(container, (now, e.to_string()));
+                            }
+                            (Err(e), _) => return Err(e),
+                        }
                     }
                 }
             }
@@ -821,7 +890,14 @@ impl<N: PodNet> PodSyncer<N> {
                 })?;
             let started = *memory.started.entry(c.name.clone()).or_insert(now);
             let observed = match state {
-                None => restart::Observed::Absent,
+                None => match memory.start_errors.get(&c.name) {
+                    Some((at, _)) => restart::Observed::Exited(Exit {
+                        exit_code: 128,
+                        started_at: *at,
+                        finished_at: *at,
+                    }),
+                    None => restart::Observed::Absent,
+                },
                 Some(s) if s.status == Status::Stopped => {
                     let finished = *memory.finished.entry(c.name.clone()).or_insert(now);
                     restart::Observed::Exited(Exit {

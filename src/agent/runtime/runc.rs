@@ -554,6 +554,8 @@ pub struct RecordingRuntime {
     calls: Mutex<Vec<Call>>,
     containers: Mutex<BTreeMap<String, ContainerState>>,
     next_pid: Mutex<u32>,
+    /// When set, `run` fails with this output (as runc does for a missing executable).
+    pub run_error: Mutex<Option<String>>,
     /// Exit codes `exec` answers with, by the command's first word (0 when absent).
     pub exec_codes: Mutex<BTreeMap<String, i32>>,
 }
@@ -582,6 +584,14 @@ impl ContainerRuntime for RecordingRuntime {
             id: id.to_string(),
             bundle: bundle.to_path_buf(),
         });
+        if let Some(output) = lock(&self.run_error).clone() {
+            return Err(RuntimeError::Failed {
+                command: "runc run".into(),
+                id: id.to_string(),
+                status: "exit status: 1".into(),
+                output,
+            });
+        }
         let mut next = lock(&self.next_pid);
         *next += 1;
         let pid = 1000 + *next;
