@@ -691,12 +691,15 @@ mod real {
 #[test]
 fn a_container_that_cannot_start_says_why_and_backs_off() {
     let f = fakes();
-    *f.runtime.run_error.lock().expect("lock") = Some(
-        "exec: \"/bin/nope\": stat /bin/nope: no such file or directory".to_string(),
-    );
+    *f.runtime.run_error.lock().expect("lock") =
+        Some("exec: \"/bin/nope\": stat /bin/nope: no such file or directory".to_string());
     let p = pod("Always");
     let uid = p["metadata"]["uid"].as_str().expect("uid").to_string();
-    let s = synced(f.syncer.sync(&p, t(0)).expect("a start error is not a sync error"));
+    let s = synced(
+        f.syncer
+            .sync(&p, t(0))
+            .expect("a start error is not a sync error"),
+    );
     let c = &s["containerStatuses"][0];
     assert_eq!(c["state"]["waiting"]["reason"], "CrashLoopBackOff", "{s}");
     assert!(

@@ -122,6 +122,11 @@ struct RegistryProcess {
 
 impl RegistryProcess {
     fn start(w: &Path) -> RegistryProcess {
+        RegistryProcess::start_with(w, "")
+    }
+
+    /// With `extra` YAML appended to the registry's config (e.g. an `auth:` section).
+    fn start_with(w: &Path, extra: &str) -> RegistryProcess {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
@@ -130,7 +135,7 @@ impl RegistryProcess {
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp: {{addr: 127.0.0.1:{port}}}\n",
+                "version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp: {{addr: 127.0.0.1:{port}}}\n{extra}",
                 s(&w.join("registry"))
             ),
         )
@@ -501,4 +506,107 @@ fn escaping_entries_are_refused() {
         assert!(!w.path().join("evil").exists(), "{name}");
         assert!(!Path::new("/tmp/evil").exists() || name != "symlink");
     }
+}
+
+/// A registry that wants basic auth (htpasswd): anonymous pulls are refused with a clear
+/// error; the credentials of a Docker `config.json` for that registry pull, through the
+/// agent's `StoreImages` as `tend agent --registry-config` wires it.
+#[test]
+fn pull_with_basic_auth_from_a_docker_config() {
+    if !have_tools() {
+        return;
+    }
+    let htpasswd_found = Command::new("htpasswd")
+        .arg("-h")
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !htpasswd_found {
+        if std::env::var_os("CI").is_some() {
+            panic!("CI is set and htpasswd (apache2-utils) is missing");
+        }
+        eprintln!("SKIPPED: htpasswd (apache2-utils) is missing");
+        return;
+    }
+    let w = tempfile::Builder::new()
+        .prefix(&format!("tend-image-auth-{}-", std::process::id()))
+        .tempdir()
+        .expect("tempdir");
+    let img = build_image(w.path());
+    let htpasswd = w.path().join("htpasswd");
+    let out = Command::new("htpasswd")
+        .args(["-Bbn", "lab", "s3cret"])
+        .output()
+        .expect("htpasswd");
+    std::fs::write(&htpasswd, &out.stdout).expect("htpasswd file");
+    let registry = RegistryProcess::start_with(
+        w.path(),
+        &format!(
+            "auth: {{htpasswd: {{realm: tend-lab, path: {}}}}}\n",
+            s(&htpasswd)
+        ),
+    );
+    let host = format!("127.0.0.1:{}", registry.port);
+    run(
+        "skopeo",
+        &[
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            "lab:s3cret",
+            &format!("oci:{}:v1", s(&img)),
+            &format!("docker://{host}/private/web:v1"),
+        ],
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let images = |config: Option<PathBuf>, state: &str| tend::agent::pods::StoreImages {
+        store: ImageStore::open(&w.path().join(state)).expect("store"),
+        registry: OciRegistry::new(vec![host.clone()]),
+        docker_config: config,
+        handle: runtime.handle().clone(),
+    };
+    use tend::agent::pods::Images;
+    let image = format!("{host}/private/web:v1");
+
+    let anonymous = images(None, "anon").ensure(&image, Some("Always"));
+    let err = anonymous.expect_err("anonymous pull refused").to_string();
+    assert!(err.contains("private/web:v1"), "{err}");
+    assert!(
+        err.to_lowercase().contains("unauthorized") || err.contains("401"),
+        "{err}"
+    );
+
+    let config = w.path().join("config.json");
+    let wrong = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "lab:wrong");
+    std::fs::write(
+        &config,
+        format!(r#"{{"auths": {{"{host}": {{"auth": "{wrong}"}}}}}}"#),
+    )
+    .expect("config.json");
+    assert!(
+        images(Some(config.clone()), "wrong")
+            .ensure(&image, Some("Always"))
+            .is_err(),
+        "wrong password refused"
+    );
+    let right = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "lab:s3cret");
+    std::fs::write(
+        &config,
+        format!(r#"{{"auths": {{"http://{host}": {{"auth": "{right}"}}}}}}"#),
+    )
+    .expect("config.json");
+    let ready = images(Some(config), "right")
+        .ensure(&image, Some("Always"))
+        .expect("pull with the config's credentials");
+    assert!(ready.pulled);
+    assert!(ready.image_id.contains("@sha256:"), "{}", ready.image_id);
+    assert_eq!(
+        ready.config.entrypoint.as_deref(),
+        Some(&["/bin/httpd".to_string()][..])
+    );
 }
