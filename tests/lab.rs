@@ -559,6 +559,15 @@ fn three_replicas_from_the_registry_spread_serve_and_survive_an_agent_kill() {
         Duration::from_secs(90),
         |pods| pods.len() == 3 && pods.iter().all(running_and_ready),
     );
+    // For the README's walk-through (run with --no-capture to see it).
+    eprintln!(
+        "$ tend get pods -o wide\n{}",
+        lab.serve().cli_ok(&["get", "pods", "-o", "wide"])
+    );
+    eprintln!(
+        "$ tend get nodes\n{}",
+        lab.serve().cli_ok(&["get", "nodes"])
+    );
     let nodes: BTreeSet<&str> = pods.iter().map(|p| text(p, "/spec/nodeName")).collect();
     assert_eq!(nodes.len(), 3, "one pod per node: {nodes:?}");
     for p in &pods {
@@ -835,6 +844,12 @@ fn crash_loops_missing_images_probes_and_air_gapped_images() {
     assert!(about("ghost-", "BackOff", "Back-off pulling image"));
     assert!(about("air-", "Pulled", "already present on machine"));
     let table = lab.serve().cli_ok(&["get", "pods"]);
+    eprintln!("$ tend get pods\n{table}");
+    eprintln!("$ tend logs {name}\n{logs}");
+    eprintln!(
+        "$ tend get events\n{}",
+        lab.serve().cli_ok(&["get", "events"])
+    );
     assert!(
         table.contains("CrashLoopBackOff") || table.contains("Error"),
         "{table}"
