@@ -843,6 +843,12 @@ fn crash_loops_missing_images_probes_and_air_gapped_images() {
     assert!(about("ghost-", "Failed", "Error: ErrImagePull"));
     assert!(about("ghost-", "BackOff", "Back-off pulling image"));
     assert!(about("air-", "Pulled", "already present on machine"));
+    assert!(about(
+        "sick-",
+        "Unhealthy",
+        "Liveness probe failed: HTTP probe failed with statuscode: 404"
+    ));
+    assert!(about("unready-", "Unhealthy", "Readiness probe failed"));
     let table = lab.serve().cli_ok(&["get", "pods"]);
     eprintln!("$ tend get pods\n{table}");
     eprintln!("$ tend logs {name}\n{logs}");

@@ -305,10 +305,14 @@ pub async fn run(args: AgentArgs, mut shutdown: watch::Receiver<bool>) -> anyhow
     ));
     // Probes run on their own schedule; a changed result sends the pod's uid to sync it.
     let (probed_tx, mut probed) = mpsc::unbounded_channel();
-    let probes = Arc::new(ProbeManager::new(
-        Arc::new(NetProber::new(runtime.clone()).map_err(anyhow::Error::msg)?),
-        probed_tx,
-    ));
+    let (unhealthy_tx, mut unhealthy) = mpsc::unbounded_channel();
+    let probes = Arc::new(
+        ProbeManager::new(
+            Arc::new(NetProber::new(runtime.clone()).map_err(anyhow::Error::msg)?),
+            probed_tx,
+        )
+        .with_events(unhealthy_tx),
+    );
     let syncer: Arc<Syncer> = Arc::new(
         PodSyncer::new(runtime, network, images, &args.state, args.address)
             .with_services(services)
@@ -365,6 +369,7 @@ pub async fn run(args: AgentArgs, mut shutdown: watch::Receiver<bool>) -> anyhow
             },
             Some((uid, outcome)) = done.recv() => agent.on_done(uid, outcome).await,
             Some(uid) = probed.recv() => agent.start_sync(&uid),
+            Some((uid, note)) = unhealthy.recv() => agent.post_notes(&uid, vec![note]),
         }
         bound_pods.replace(agent.pods.values());
     }
@@ -556,14 +561,23 @@ impl Agent {
             self.syncer.take_events(uid);
             return;
         };
-        let (ns, name) = namespace_and_name(pod);
+        let (_, name) = namespace_and_name(pod);
         let mut notes = self.syncer.take_events(uid);
         if let Some(status) = status {
             notes.extend(status_events(&name, self.reported.get(uid), status));
         }
+        self.post_notes(uid, notes);
+    }
+
+    /// Posts `notes` about pod `uid` in the background.
+    fn post_notes(&self, uid: &str, notes: Vec<super::events::PodNote>) {
+        let Some(pod) = self.pods.get(uid) else {
+            return;
+        };
         if notes.is_empty() {
             return;
         }
+        let (ns, name) = namespace_and_name(pod);
         let events: Vec<Value> = notes
             .iter()
             .map(|n| event_object(pod, &self.node, n))

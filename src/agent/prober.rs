@@ -14,6 +14,7 @@
 //! The agent runs in the node's network namespace, where pod IPs are reachable over the
 //! node bridge, so HTTP and TCP probes connect to `podIP:port` from the agent itself.
 
+use super::events::PodNote;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -223,6 +224,8 @@ pub struct ProbeManager {
     changed: mpsc::UnboundedSender<String>,
     workers: Mutex<BTreeMap<Key, Worker>>,
     results: Arc<Mutex<BTreeMap<Key, Published>>>,
+    /// Receives `Unhealthy` events (pod uid, event) for failed probe runs, when set.
+    events: Option<mpsc::UnboundedSender<(String, PodNote)>>,
 }
 
 impl ProbeManager {
@@ -232,7 +235,15 @@ impl ProbeManager {
             changed,
             workers: Mutex::new(BTreeMap::new()),
             results: Arc::new(Mutex::new(BTreeMap::new())),
+            events: None,
         }
+    }
+
+    /// Sends an `Unhealthy` event for every failed probe run to `events`, as the kubelet
+    /// records them (`Liveness probe failed: HTTP probe failed with statuscode: 404`).
+    pub fn with_events(mut self, events: mpsc::UnboundedSender<(String, PodNote)>) -> Self {
+        self.events = Some(events);
+        self
     }
 
     /// After a sync of `pod` that reported `status`: a probe task for every running
@@ -341,6 +352,7 @@ impl ProbeManager {
                 runner: self.runner.clone(),
                 results: self.results.clone(),
                 changed: self.changed.clone(),
+                events: self.events.clone(),
                 key: key.clone(),
                 instance: instance.clone(),
                 pod: pod_name.clone(),
@@ -419,6 +431,7 @@ struct ProbeTask {
     runner: Arc<dyn ProbeRunner>,
     results: Arc<Mutex<BTreeMap<Key, Published>>>,
     changed: mpsc::UnboundedSender<String>,
+    events: Option<mpsc::UnboundedSender<(String, PodNote)>>,
     key: Key,
     instance: String,
     pod: String,
@@ -459,6 +472,11 @@ impl ProbeTask {
                 match &outcome {
                     ProbeOutcome::Failure(m) => {
                         tracing::debug!(pod = %self.pod, %container, "{kind} probe failed: {m}");
+                        if let Some(events) = &self.events {
+                            let note =
+                                PodNote::warning("Unhealthy", format!("{kind} probe failed: {m}"));
+                            let _ = events.send((self.key.0.clone(), note));
+                        }
                     }
                     ProbeOutcome::Error(e) if last_error.get(&kind) != Some(e) => {
                         tracing::warn!(pod = %self.pod, %container, "{kind} probe errored: {e}");
