@@ -111,6 +111,18 @@ impl Lab {
 
     /// Writes the bundle for `container` of pod `pod` and runs it as `<lab name>-<suffix>`.
     fn run(&self, suffix: &str, pod: &str, image: &ImageConfig, container: &Container) -> String {
+        self.run_on(&self.runtime, suffix, pod, image, container)
+    }
+
+    /// Like [`Lab::run`], started by `runtime` (e.g. one that goes through a reaper).
+    fn run_on(
+        &self,
+        runtime: &Runc,
+        suffix: &str,
+        pod: &str,
+        image: &ImageConfig,
+        container: &Container,
+    ) -> String {
         let id = format!("{}-{suffix}", self.name);
         let context = PodContext {
             pod_name: pod.into(),
@@ -128,7 +140,7 @@ impl Lab {
         )
         .expect("config.json");
         self.containers.borrow_mut().push(id.clone());
-        self.runtime.run(&id, &bundle).expect("runc run");
+        runtime.run(&id, &bundle).expect("runc run");
         id
     }
 
@@ -385,4 +397,65 @@ fn exec_runs_inside_the_container_with_its_exit_code_and_a_timeout() {
         .expect("exec");
     assert_eq!(slow.exit_code, None, "timed out");
     assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+/// Containers started through the node's reaper keep their exit codes for an agent that did
+/// not start them (an agent restarted after kill -9): the reaper is their parent and writes
+/// the code down.
+#[test]
+fn the_reaper_keeps_exit_codes_across_agent_restarts() {
+    let Some(lab) = Lab::new("the_reaper_keeps_exit_codes_across_agent_restarts") else {
+        return;
+    };
+    let state = lab.dir.path().join("state");
+    let reaper = tend::agent::runtime::reaper::ReaperClient::new(
+        Path::new(env!("CARGO_BIN_EXE_tend")),
+        &state,
+        Path::new("runc"),
+    );
+    reaper.ensure_running().expect("reaper starts");
+    let pid_file = state.join("reaper.pid");
+    let reaper_pid: i32 = fs::read_to_string(&pid_file)
+        .expect("reaper.pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    struct KillReaper(i32);
+    impl Drop for KillReaper {
+        fn drop(&mut self) {
+            // SAFETY: kill has no memory preconditions.
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
+    let _kill = KillReaper(reaper_pid);
+    let first = Runc::new("runc", &state)
+        .expect("runtime")
+        .with_reaper(reaper.clone());
+    let id = lab.run_on(
+        &first,
+        "reaped",
+        "web-abc",
+        &ImageConfig::default(),
+        &shell("sleep 0.3; echo bye; exit 5"),
+    );
+    drop(first);
+    // A new runtime, as a restarted agent has: it started nothing and is nobody's parent.
+    let second = Runc::new("runc", &state).expect("runtime");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let state = loop {
+        let s = second.state(&id).expect("state").expect("known to runc");
+        if s.status == Status::Stopped && s.exit_code.is_some() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no exit code: {s:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(state.exit_code, Some(5));
+    second.delete(&id).expect("delete");
+    assert!(
+        !tend::agent::runtime::reaper::exit_path(&lab.dir.path().join("state/runc"), &id).exists(),
+        "delete forgets the code"
+    );
+    // With nothing left to watch and its agent (this test) still here, the reaper stays.
+    assert!(reaper.is_up());
 }

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +26,7 @@ use super::network::{NodeNetwork, PeerRoute, PodNetwork, peer_routes};
 use super::pods::{PodSyncer, StoreImages, SyncOutcome, grace_period, status_changed};
 use super::prober::{NetProber, ProbeManager};
 use super::registration::Registration;
+use super::runtime::reaper::ReaperClient;
 use super::runtime::runc::{ContainerRuntime, Runc, become_subreaper};
 use super::services::{ServiceCache, keep_services};
 use super::sim::parse_delay;
@@ -281,7 +282,17 @@ pub async fn run(args: AgentArgs, mut shutdown: watch::Receiver<bool>) -> anyhow
     network
         .setup_node()
         .context("setting up the node's pod network")?;
-    let runtime: Arc<dyn ContainerRuntime> = Arc::new(Runc::new("runc", &args.state)?);
+    // Containers are started by the node's reaper, which keeps their exit codes when this
+    // agent is killed or restarted (tests without a `tend` binary run them directly).
+    let mut runc = Runc::new("runc", &args.state)?;
+    if let Ok(exe) = std::env::current_exe()
+        && exe.file_name().is_some_and(|n| n == "tend")
+    {
+        let reaper = ReaperClient::new(&exe, &args.state, Path::new("runc"));
+        reaper.ensure_running()?;
+        runc = runc.with_reaper(reaper);
+    }
+    let runtime: Arc<dyn ContainerRuntime> = Arc::new(runc);
     let bound_pods = super::logs::PodDirectory::default();
     let log_server = super::logs::spawn_for_runtime(
         log_listener,

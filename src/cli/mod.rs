@@ -64,6 +64,9 @@ pub enum Command {
     SimNode(crate::agent::sim::SimNodeArgs),
     /// Run the node agent: registers, runs the pods bound to this node with runc.
     Agent(crate::agent::node::AgentArgs),
+    /// The node's reaper, started by `tend agent`: runs containers and keeps exit codes.
+    #[command(hide = true)]
+    AgentReaper(ReaperArgs),
     /// Measure tend: `apply` (cold apply, one-file commit, memory) or `schedule` (pods/s).
     Bench(crate::bench::BenchArgs),
     /// Follow, list, undo, pause or resume rollouts (undo, pause and resume are commits).
@@ -76,6 +79,17 @@ pub enum Command {
     Logs(logs::LogsArgs),
     /// Print the client version (and the server's, when reachable).
     Version,
+}
+
+/// Flags of the hidden `tend agent-reaper` (started by `tend agent`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReaperArgs {
+    /// The agent's state directory.
+    #[arg(long)]
+    pub state: std::path::PathBuf,
+    /// The runc binary.
+    #[arg(long, default_value = "runc")]
+    pub runc: std::path::PathBuf,
 }
 
 /// What a reading command prints; written by [`run`] so that a closed pipe is not an error.
@@ -112,6 +126,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Agent(args) => {
             return crate::agent::node::main(args, &cli.server, cli.log_format);
+        }
+        Command::AgentReaper(args) => {
+            crate::agent::runtime::reaper::serve(&args.state, &args.runc)?;
+            return Ok(ExitCode::SUCCESS);
         }
         Command::Bench(args) => {
             crate::telemetry::init(cli.log_format);

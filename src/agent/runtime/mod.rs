@@ -3,8 +3,11 @@
 //!
 //! - [`bundle`]: `config.json` from the image config and a Kubernetes container (pure).
 //! - [`runc`]: the [`runc::ContainerRuntime`] trait, the real `runc` and a recording fake.
+//! - [`reaper`]: the node's reaper, which starts containers and keeps their exit codes
+//!   across agent restarts.
 //! - [`restart`]: restartPolicy, CrashLoopBackOff and the reported state/reason (pure).
 
 pub mod bundle;
+pub mod reaper;
 pub mod restart;
 pub mod runc;

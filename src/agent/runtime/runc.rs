@@ -179,6 +179,9 @@ pub struct Runc {
     logs: PathBuf,
     /// Pids of containers this process started, and their exit codes once reaped.
     children: Mutex<BTreeMap<String, Child>>,
+    /// When set, containers are started by the node's reaper, which keeps their exit codes
+    /// under `<root>/exits` (see [`super::reaper`]).
+    reaper: Option<super::reaper::ReaperClient>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -210,7 +213,38 @@ impl Runc {
             root,
             logs,
             children: Mutex::new(BTreeMap::new()),
+            reaper: None,
         })
+    }
+
+    /// Starts containers through the node's reaper (exit codes survive agent restarts).
+    pub fn with_reaper(mut self, reaper: super::reaper::ReaperClient) -> Self {
+        self.reaper = Some(reaper);
+        self
+    }
+
+    /// The exit code the reaper kept for `id`, if any. runc may call an init stopped a moment
+    /// before the reaper has reaped it and written the code: wait that moment (bounded).
+    fn kept_exit_code(&self, id: &str) -> Option<i32> {
+        let path = super::reaper::exit_path(&self.root, id);
+        let read = || {
+            fs::read_to_string(&path)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+        };
+        if self.reaper.is_none() {
+            return read();
+        }
+        let deadline = Instant::now() + Duration::from_millis(300);
+        loop {
+            if let Some(code) = read() {
+                return Some(code);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Whether `pid` is the init of a container this runtime started and has not reaped yet.
@@ -276,6 +310,7 @@ impl Runc {
     fn to_state(&self, state: RuncState) -> ContainerState {
         let exit_code = if state.status == Status::Stopped {
             self.reap(&state.id)
+                .or_else(|| self.kept_exit_code(&state.id))
         } else {
             None
         };
@@ -306,66 +341,85 @@ fn reap_pid(pid: u32) -> Option<i32> {
     }
 }
 
-impl ContainerRuntime for Runc {
-    fn run(&self, id: &str, bundle: &Path) -> Result<u32, RuntimeError> {
-        let log_path = self.log_path(id);
-        let pid_file = self.root.join(format!("{id}.pid"));
-        let open_log = || {
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log_path)
-                .map_err(|source| RuntimeError::Io {
-                    path: log_path.clone(),
-                    source,
-                })
-        };
-        let (stdout, stderr): (File, File) = (open_log()?, open_log()?);
-        let bundle_arg = bundle.display().to_string();
-        let pid_arg = pid_file.display().to_string();
-        let args = [
-            "run",
-            "-d",
-            "--pid-file",
-            &pid_arg,
-            "--bundle",
-            &bundle_arg,
-            id,
-        ];
-        let status = self
-            .command()
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .status()
-            .map_err(|source| RuntimeError::Spawn {
-                command: self.describe(&args),
+/// `runc run -d` of `id` from `bundle`, its stdout and stderr appended to
+/// `<logs>/<id>.log`; the init's pid. Its init re-parents to the caller's nearest child
+/// subreaper (the agent, or the node's reaper).
+pub fn start_detached(
+    binary: &Path,
+    root: &Path,
+    logs: &Path,
+    id: &str,
+    bundle: &Path,
+) -> Result<u32, RuntimeError> {
+    let log_path = logs.join(format!("{id}.log"));
+    let pid_file = root.join(format!("{id}.pid"));
+    let open_log = || {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|source| RuntimeError::Io {
+                path: log_path.clone(),
                 source,
-            })?;
-        if !status.success() {
-            // runc's own complaint is the last thing in the log.
-            let log = fs::read_to_string(&log_path).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(5).collect();
-            let output = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
-            return Err(RuntimeError::Failed {
-                command: self.describe(&args),
-                id: id.to_string(),
-                status: status.to_string(),
-                output,
-            });
-        }
-        let text = fs::read_to_string(&pid_file).map_err(|source| RuntimeError::Io {
-            path: pid_file.clone(),
+            })
+    };
+    let (stdout, stderr): (File, File) = (open_log()?, open_log()?);
+    let bundle_arg = bundle.display().to_string();
+    let pid_arg = pid_file.display().to_string();
+    let args = [
+        "run",
+        "-d",
+        "--pid-file",
+        &pid_arg,
+        "--bundle",
+        &bundle_arg,
+        id,
+    ];
+    let describe = format!("{} {}", binary.display(), args.join(" "));
+    let status = Command::new(binary)
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .status()
+        .map_err(|source| RuntimeError::Spawn {
+            command: describe.clone(),
             source,
         })?;
-        let _ = fs::remove_file(&pid_file);
-        let pid: u32 = text.trim().parse().map_err(|_| RuntimeError::Failed {
-            command: self.describe(&args),
+    if !status.success() {
+        // runc's own complaint is the last thing in the log.
+        let log = fs::read_to_string(&log_path).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        let output = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
+        return Err(RuntimeError::Failed {
+            command: describe.clone(),
             id: id.to_string(),
             status: status.to_string(),
-            output: format!("pid file {} holds {text:?}", pid_file.display()),
-        })?;
+            output,
+        });
+    }
+    let text = fs::read_to_string(&pid_file).map_err(|source| RuntimeError::Io {
+        path: pid_file.clone(),
+        source,
+    })?;
+    let _ = fs::remove_file(&pid_file);
+    let pid: u32 = text.trim().parse().map_err(|_| RuntimeError::Failed {
+        command: describe.clone(),
+        id: id.to_string(),
+        status: status.to_string(),
+        output: format!("pid file {} holds {text:?}", pid_file.display()),
+    })?;
+    Ok(pid)
+}
+
+impl ContainerRuntime for Runc {
+    fn run(&self, id: &str, bundle: &Path) -> Result<u32, RuntimeError> {
+        if let Some(reaper) = &self.reaper {
+            return reaper.run(id, bundle);
+        }
+        let pid = start_detached(&self.binary, &self.root, &self.logs, id, bundle)?;
         self.children().insert(
             id.to_string(),
             Child {
@@ -431,6 +485,7 @@ impl ContainerRuntime for Runc {
             }
         }
         self.children().remove(id);
+        let _ = fs::remove_file(super::reaper::exit_path(&self.root, id));
         result
     }
 
