@@ -62,7 +62,8 @@ pub enum Command {
     SimNode(crate::agent::sim::SimNodeArgs),
     /// Run the node agent: registers, runs the pods bound to this node with runc.
     Agent(crate::agent::node::AgentArgs),
-    /// Measure tend: `apply` (cold apply, one-file commit, memory) or `schedule` (pods/s).
+    /// Measure tend: `apply` (cold apply, one-file commit, memory), `schedule` (pods/s) or
+    /// `agent` (pod start, image pull, agent memory; needs root and the lab tools).
     Bench(crate::bench::BenchArgs),
     /// Follow, list, undo, pause or resume rollouts (undo, pause and resume are commits).
     Rollout(rollout::RolloutArgs),
