@@ -114,6 +114,15 @@ impl NetOps for TimedOps {
         let inner = &mut self.inner;
         self.clock.time(&step_name(step), || inner.apply(step))
     }
+    fn apply_all(&mut self, steps: &[Step]) -> Result<(), NetError> {
+        // As the agent does it (batched), timed as a whole.
+        let inner = &mut self.inner;
+        let name = match steps {
+            [one] => step_name(one),
+            _ => format!("net apply {} steps", steps.len()),
+        };
+        self.clock.time(&name, || inner.apply_all(steps))
+    }
 }
 
 struct TimedImages {
