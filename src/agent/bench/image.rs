@@ -246,4 +246,45 @@ mod tests {
         let blob = std::fs::metadata(rootfs.join("data/blob")).expect("blob");
         assert_eq!(blob.len(), 4096);
     }
+
+    /// An agent's first list starts every pod of an image at once: one unpacking, the
+    /// others wait for it (they used to race on one temporary directory).
+    #[test]
+    fn pods_starting_at_once_share_one_unpacking() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let image =
+            BuiltImage::new(random_layer(4 << 20).expect("layer"), &["/bin/true"]).expect("image");
+        let archive = dir.path().join("img.tar");
+        image
+            .write_oci_archive(&archive, "docker.io/library/bench:v1")
+            .expect("archive");
+        let store = ImageStore::open(&dir.path().join("state")).expect("store");
+        store.import_archive(&archive).expect("import");
+        let stored = store
+            .image(&ImageRef::parse("bench:v1").expect("ref"))
+            .expect("stored");
+        let results: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8).map(|_| s.spawn(|| store.rootfs(&stored))).collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("thread"))
+                .collect()
+        });
+        let first = results[0].as_ref().expect("unpacked").clone();
+        for r in &results {
+            assert_eq!(r.as_ref().expect("unpacked"), &first);
+        }
+        assert_eq!(
+            std::fs::metadata(first.join("data/blob"))
+                .expect("blob")
+                .len(),
+            4 << 20
+        );
+        let left: Vec<_> = std::fs::read_dir(store.root().join("rootfs"))
+            .expect("rootfs dir")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left.len(), 1, "{left:?}");
+    }
 }

@@ -114,6 +114,10 @@ pub struct PullOutcome {
 pub struct ImageStore {
     root: PathBuf,
     index_lock: Mutex<()>,
+    /// Held while an image is unpacked: pods of one image starting at once (an agent's
+    /// first list) wait for one unpacking instead of each reading the layers into memory
+    /// and racing on the same temporary directory.
+    unpack_lock: Mutex<()>,
 }
 
 impl ImageStore {
@@ -126,6 +130,7 @@ impl ImageStore {
         Ok(ImageStore {
             root,
             index_lock: Mutex::new(()),
+            unpack_lock: Mutex::new(()),
         })
     }
 
@@ -345,6 +350,10 @@ impl ImageStore {
             .root
             .join("rootfs")
             .join(digest_hex(&image.config_digest)?);
+        if dir.is_dir() {
+            return Ok(dir);
+        }
+        let _unpacking = self.unpack_lock.lock().unwrap_or_else(|p| p.into_inner());
         if dir.is_dir() {
             return Ok(dir);
         }
