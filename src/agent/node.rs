@@ -123,6 +123,7 @@ pub fn main(
     let root = unsafe { libc::geteuid() } == 0;
     preflight(root, command_runs)?;
     become_subreaper()?;
+    crate::cli::serve::bound_allocator_arenas();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
