@@ -103,8 +103,17 @@ fn client() -> anyhow::Result<reqwest::blocking::Client> {
         .build()?)
 }
 
-/// `VmRSS` and `Threads` of `pid`.
-fn rss(pid: u32) -> anyhow::Result<(f64, u32)> {
+/// What `/proc/PID/status` says of a process's memory.
+struct Resident {
+    /// `VmRSS`, MiB.
+    total: f64,
+    /// `RssAnon`, MiB: the heap and stacks (the rest is the binary and libraries).
+    anon: f64,
+    threads: u32,
+}
+
+/// `VmRSS`, `RssAnon` and `Threads` of `pid`.
+fn rss(pid: u32) -> anyhow::Result<Resident> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status (has the agent exited?)"))?;
     let field = |name: &str| -> Option<f64> {
@@ -115,8 +124,11 @@ fn rss(pid: u32) -> anyhow::Result<(f64, u32)> {
             .and_then(|v| v.parse().ok())
     };
     let kb = field("VmRSS:").context("VmRSS")?;
-    let threads = field("Threads:").unwrap_or(0.0);
-    Ok((kb / 1024.0, threads as u32))
+    Ok(Resident {
+        total: kb / 1024.0,
+        anon: field("RssAnon:").unwrap_or(0.0) / 1024.0,
+        threads: field("Threads:").unwrap_or(0.0) as u32,
+    })
 }
 
 fn log_tail(path: &Path) -> String {
@@ -214,10 +226,10 @@ pub fn run(lab: &mut Lab, replicas: usize) -> anyhow::Result<Report> {
         uids.iter()
             .map(|u| crate::agent::network::plan::pod_names(u).netns),
     );
-    let (at_running, threads) = rss(agent_pid)?;
+    let at_running = rss(agent_pid)?;
     std::thread::sleep(Duration::from_secs(10));
-    let (settled, settled_threads) = rss(agent_pid)?;
-    let (serve_rss, _) = rss(serve_pid)?;
+    let settled = rss(agent_pid)?;
+    let serve_rss = rss(serve_pid)?.total;
 
     // The real clean-up: the Deployment goes, the agent stops and removes every pod.
     std::fs::remove_file(manifests.join("bench.yaml"))?;
@@ -238,17 +250,23 @@ pub fn run(lab: &mut Lab, replicas: usize) -> anyhow::Result<Report> {
     let mut report = Report::default();
     report.goal(
         &format!("agent resident memory, {replicas} pods Running"),
-        at_running,
+        at_running.total,
         "MiB",
         30.0,
-        &format!("VmRSS, {threads} threads"),
+        &format!(
+            "VmRSS; {:.1} MiB heap and stacks, the rest code; {} threads",
+            at_running.anon, at_running.threads
+        ),
     );
     report.goal(
         "  the same, 10 s later",
-        settled,
+        settled.total,
         "MiB",
         30.0,
-        &format!("{settled_threads} threads"),
+        &format!(
+            "{:.1} MiB heap and stacks; {} threads",
+            settled.anon, settled.threads
+        ),
     );
     report.info(
         &format!("  {replicas} replicas applied -> all Running"),
