@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// What to measure: `apply` or `schedule`.
+    /// What to measure: `apply`, `schedule` or `agent`.
     pub what: String,
     /// Deployments (and as many Services) in the repository.
     #[arg(long, default_value_t = 2000)]
@@ -23,13 +23,29 @@ pub struct BenchArgs {
     /// One-file commits to time (the median is reported).
     #[arg(long, default_value_t = 5)]
     pub commits: usize,
+    /// `agent`: pods started and deleted one after the other.
+    #[arg(long, default_value_t = 20)]
+    pub pods: usize,
+    /// `agent`: pulls of the 1 MB image, each into a fresh store.
+    #[arg(long, default_value_t = 10)]
+    pub pulls: usize,
+    /// `agent`: replicas of the Deployment whose agent memory is measured.
+    #[arg(long, default_value_t = 50)]
+    pub replicas: usize,
+    /// `agent`: the figures to measure, comma-separated (pods, pull, memory).
+    #[arg(long, default_value = "pods,pull,memory")]
+    pub only: String,
+    /// Internal: the part of `agent` that runs inside the node namespace, in this directory.
+    #[arg(long, hide = true)]
+    pub inner: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.what.as_str() {
         "apply" => apply(&args),
         "schedule" => crate::scheduler::bench::run(),
-        other => bail!("bench {other:?}: unknown benchmark (available: apply, schedule)"),
+        "agent" => crate::agent::bench::run(&args),
+        other => bail!("bench {other:?}: unknown benchmark (available: apply, schedule, agent)"),
     }
 }
 

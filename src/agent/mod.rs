@@ -1,5 +1,7 @@
 //! The node side: what runs on every node and talks to the control plane through the API.
 //!
+//! - [`bench`]: `tend bench agent`: pod start, image pull and agent memory, measured for
+//!   real.
 //! - [`client`]: the agents' HTTP client (several servers, join token, node status, pod
 //!   list+watch that resumes and relists).
 //! - [`events`]: the Events a node reports about its pods (pulls, starts, kills, back-offs).
@@ -30,6 +32,7 @@
 //! admin has labelled with `tend label nodes`) the agent only writes the Node's status. The
 //! labels an admin sets therefore survive agent restarts, as in Kubernetes.
 
+pub mod bench;
 pub mod client;
 pub mod events;
 pub mod hooks;

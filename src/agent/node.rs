@@ -153,6 +153,7 @@ pub fn main(
         return Err(PreflightError::NoCgroups.into());
     }
     become_subreaper()?;
+    crate::cli::serve::bound_allocator_arenas();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -67,7 +67,8 @@ pub enum Command {
     /// The node's reaper, started by `tend agent`: runs containers and keeps exit codes.
     #[command(hide = true)]
     AgentReaper(ReaperArgs),
-    /// Measure tend: `apply` (cold apply, one-file commit, memory) or `schedule` (pods/s).
+    /// Measure tend: `apply` (cold apply, one-file commit, memory), `schedule` (pods/s) or
+    /// `agent` (pod start, image pull, agent memory; needs root and the lab tools).
     Bench(crate::bench::BenchArgs),
     /// Follow, list, undo, pause or resume rollouts (undo, pause and resume are commits).
     Rollout(rollout::RolloutArgs),

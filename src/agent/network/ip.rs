@@ -1,6 +1,12 @@
 //! The real [`NetOps`]: iproute2's `ip` (JSON output to observe) and `nft`. With a node
 //! namespace set, everything the node owns happens inside that namespace (`ip -n NODE`,
 //! `ip netns exec NODE nft`), which is how the tests run a node without touching the host.
+//!
+//! Every process costs a fork and an exec (2-3 ms), and a pod's setup used to run thirteen.
+//! Now [`IpCommands::observe`] asks for links, addresses, routes and namespaces in one
+//! `ip -batch` and reads the node's forwarding flag itself when it runs in the node, and
+//! [`NetOps::apply_all`] runs consecutive `ip` steps acting on the same namespace as one
+//! batch: a pod's setup is four processes (observe: `ip` and `nft`; two batches).
 
 use super::plan::{self, Observed, Step};
 use super::{NetError, NetOps};
@@ -56,23 +62,95 @@ impl IpCommands {
         }
     }
 
-    fn ip_json(&self, args: &[&str]) -> Result<Value, NetError> {
-        let mut full = vec!["-j"];
-        full.extend_from_slice(args);
-        let out = run(self.ip(&full), None, &[])?;
-        if out.trim().is_empty() {
-            return Ok(Value::Array(Vec::new()));
+    /// The options that make `ip` act on `place`.
+    fn place_options(&self, place: &Place) -> Vec<String> {
+        match (place, &self.node_netns) {
+            (Place::Node, Some(ns)) | (Place::Pod(ns), _) => vec!["-n".into(), ns.clone()],
+            (Place::Node, None) | (Place::Global, _) => Vec::new(),
         }
-        serde_json::from_str(&out).map_err(|source| NetError::Output {
-            command: format!("ip {}", full.join(" ")),
+    }
+
+    /// Runs `steps`, which act on the place `options` selects, as one `ip -batch`; a step
+    /// failing with a tolerated error is done, and the batch goes on after it.
+    fn batch(&self, options: &[String], steps: &[IpStep]) -> Result<(), NetError> {
+        let mut rest = steps;
+        while !rest.is_empty() {
+            if let [one] = rest {
+                let mut c = plain_ip(&[]);
+                c.args(options).args(&one.args);
+                run(c, None, one.tolerated)?;
+                return Ok(());
+            }
+            let script: String = rest.iter().map(|s| s.args.join(" ") + "\n").collect();
+            let mut c = plain_ip(&[]);
+            c.args(options).args(["-batch", "-"]);
+            let ran = exec(c, Some(&script))?;
+            if ran.status.success() {
+                return Ok(());
+            }
+            let failed = batch_failure(&ran.stderr).filter(|(n, _)| (1..=rest.len()).contains(n));
+            let Some((n, said)) = failed else {
+                return Err(NetError::Failed {
+                    command: format!("{} <<< {script:?}", ran.shown),
+                    status: ran.status.to_string(),
+                    stderr: ran.stderr,
+                });
+            };
+            let step = &rest[n - 1];
+            if !step.tolerated.iter().any(|t| said.contains(t)) {
+                let mut shown = vec!["ip".to_string()];
+                shown.extend(options.iter().cloned());
+                shown.extend(step.args.iter().cloned());
+                return Err(NetError::Failed {
+                    command: shown.join(" "),
+                    status: ran.status.to_string(),
+                    stderr: said,
+                });
+            }
+            rest = &rest[n..];
+        }
+        Ok(())
+    }
+}
+
+/// Parses what `ip -j -batch` printed: one JSON document per command that printed one.
+fn json_documents(command: &str, out: &str) -> Result<Vec<Value>, NetError> {
+    serde_json::Deserializer::from_str(out)
+        .into_iter::<Value>()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| NetError::Output {
+            command: command.to_string(),
             source,
         })
-    }
+}
+
+/// The forwarding flag of the namespace this process is in.
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+/// What a finished command said.
+struct Ran {
+    shown: String,
+    status: std::process::ExitStatus,
+    stdout: String,
+    stderr: String,
 }
 
 /// Runs `command`, feeding `stdin`; an exit status that fails with one of `tolerated` in its
 /// stderr counts as success (teardown of what is already gone, creation of what exists).
-fn run(mut command: Command, stdin: Option<&str>, tolerated: &[&str]) -> Result<String, NetError> {
+fn run(command: Command, stdin: Option<&str>, tolerated: &[&str]) -> Result<String, NetError> {
+    let ran = exec(command, stdin)?;
+    if !ran.status.success() && !tolerated.iter().any(|t| ran.stderr.contains(t)) {
+        return Err(NetError::Failed {
+            command: ran.shown,
+            status: ran.status.to_string(),
+            stderr: ran.stderr,
+        });
+    }
+    Ok(ran.stdout)
+}
+
+/// Runs `command` to its end, feeding `stdin`.
+fn exec(mut command: Command, stdin: Option<&str>) -> Result<Ran, NetError> {
     let shown = show(&command);
     command
         .stdin(if stdin.is_some() {
@@ -97,15 +175,124 @@ fn run(mut command: Command, stdin: Option<&str>, tolerated: &[&str]) -> Result<
         command: shown.clone(),
         source,
     })?;
-    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    if !out.status.success() && !tolerated.iter().any(|t| stderr.contains(t)) {
-        return Err(NetError::Failed {
-            command: shown,
-            status: out.status.to_string(),
-            stderr,
-        });
+    Ok(Ran {
+        shown,
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    })
+}
+
+/// Where an `ip` step acts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// The node (`ip -n NODE` when the ops act on a named node namespace).
+    Node,
+    /// Named namespaces themselves (`ip netns add|del`): global, never `-n NODE`.
+    Global,
+    /// Inside a pod's namespace (`ip -n POD`).
+    Pod(String),
+}
+
+/// A step that is one `ip` command: where, its arguments, and the errors that mean done.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IpStep {
+    pub place: Place,
+    pub args: Vec<String>,
+    pub tolerated: &'static [&'static str],
+}
+
+/// The `ip` command of `step`; `None` for steps done otherwise (sysctl, nft).
+pub fn ip_step(step: &Step) -> Option<IpStep> {
+    let v = |args: &[&str]| args.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    let (place, args, tolerated): (Place, Vec<String>, &'static [&'static str]) = match step {
+        Step::EnableForwarding | Step::ReplaceNatTable { .. } | Step::DeleteNatTable => {
+            return None;
+        }
+        Step::CreateBridge { name } => (
+            Place::Node,
+            v(&["link", "add", name, "type", "bridge"]),
+            EXISTS,
+        ),
+        Step::AddAddress { dev, addr, prefix } => (
+            Place::Node,
+            v(&["addr", "replace", &format!("{addr}/{prefix}"), "dev", dev]),
+            &[],
+        ),
+        Step::LinkUp { dev } => (Place::Node, v(&["link", "set", dev, "up"]), &[]),
+        Step::ReplaceRoute { dst, via } => (
+            Place::Node,
+            v(&[
+                "route",
+                "replace",
+                &dst.to_string(),
+                "via",
+                &via.to_string(),
+            ]),
+            &[],
+        ),
+        Step::DeleteRoute { dst } => (
+            Place::Node,
+            v(&["route", "del", &dst.to_string()]),
+            &["No such process", "Cannot find"],
+        ),
+        Step::CreateNetns { name } => (Place::Global, v(&["netns", "add", name]), EXISTS),
+        Step::CreateVeth { host, netns, peer } => (
+            Place::Node,
+            v(&[
+                "link", "add", host, "type", "veth", "peer", "name", peer, "netns", netns,
+            ]),
+            EXISTS,
+        ),
+        Step::AttachToBridge { dev, bridge } => (
+            Place::Node,
+            v(&["link", "set", dev, "master", bridge, "up"]),
+            &[],
+        ),
+        Step::PodAddress {
+            netns,
+            dev,
+            addr,
+            prefix,
+        } => (
+            Place::Pod(netns.clone()),
+            v(&["addr", "replace", &format!("{addr}/{prefix}"), "dev", dev]),
+            &[],
+        ),
+        Step::PodLinkUp { netns, dev } => (
+            Place::Pod(netns.clone()),
+            v(&["link", "set", dev, "up"]),
+            &[],
+        ),
+        Step::PodDefaultRoute { netns, via } => (
+            Place::Pod(netns.clone()),
+            v(&["route", "replace", "default", "via", &via.to_string()]),
+            &[],
+        ),
+        Step::DeleteLink { name } => (Place::Node, v(&["link", "del", name]), GONE),
+        Step::DeleteNetns { name } => (Place::Global, v(&["netns", "del", name]), GONE),
+    };
+    Some(IpStep {
+        place,
+        args,
+        tolerated,
+    })
+}
+
+/// Which batch failed line an `ip -batch` stderr names (`Command failed -:N`, 1-based), and
+/// what was said about it (the lines before, back to the previous failure).
+pub fn batch_failure(stderr: &str) -> Option<(usize, String)> {
+    let mut said = Vec::new();
+    let mut failure = None;
+    for line in stderr.lines() {
+        if let Some(n) = line.trim().strip_prefix("Command failed -:") {
+            failure = n.trim().parse::<usize>().ok().map(|n| (n, said.join("\n")));
+            said.clear();
+        } else {
+            said.push(line);
+        }
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    failure
 }
 
 /// `ip args` in the agent's own namespace: pod namespaces are named globally.
@@ -130,25 +317,20 @@ const EXISTS: &[&str] = &["File exists"];
 impl NetOps for IpCommands {
     fn observe(&mut self) -> Result<Observed, NetError> {
         let mut observed = Observed::default();
-        // `ip netns list` names are global (/var/run/netns), not the node's.
-        let netns = run(plain_ip(&["-j", "netns", "list"]), None, &[])?;
-        if !netns.trim().is_empty() {
-            let list: Value = serde_json::from_str(&netns).map_err(|source| NetError::Output {
-                command: "ip -j netns list".into(),
-                source,
-            })?;
-            for n in list.as_array().into_iter().flatten() {
-                if let Some(name) = n.get("name").and_then(Value::as_str) {
-                    observed.netns.insert(name.to_string());
-                }
-            }
-        }
-        for link in self
-            .ip_json(&["link", "show"])?
-            .as_array()
-            .into_iter()
-            .flatten()
-        {
+        // One run of `ip` for links, IPv4 addresses, routes and named namespaces (whose
+        // names are global, /var/run/netns, whichever namespace `ip` is in).
+        const SCRIPT: &str = "link show\naddr show\nroute show\nnetns list\n";
+        let command = self.ip(&["-4", "-j", "-batch", "-"]);
+        let shown = format!("{} <<< {SCRIPT:?}", show(&command));
+        let out = run(command, Some(SCRIPT), &[])?;
+        let docs = json_documents(&shown, &out)?;
+        let items = |i: usize| {
+            docs.get(i)
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+        };
+        for link in items(0) {
             if let Some(name) = link.get("ifname").and_then(Value::as_str) {
                 let up = link
                     .get("flags")
@@ -157,30 +339,21 @@ impl NetOps for IpCommands {
                 observed.links.insert(name.to_string(), up);
             }
         }
-        if observed.links.contains_key(plan::BRIDGE) {
-            let addrs = self.ip_json(&["-4", "addr", "show", "dev", plan::BRIDGE])?;
-            for info in addrs
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|l| l.get("addr_info").and_then(Value::as_array))
-                .flatten()
-            {
-                let local = info.get("local").and_then(Value::as_str);
-                let prefix = info.get("prefixlen").and_then(Value::as_u64);
-                if let (Some(Ok(ip)), Some(Ok(prefix))) =
-                    (local.map(str::parse::<Ipv4Addr>), prefix.map(u8::try_from))
-                {
-                    observed.bridge_addresses.insert((ip, prefix));
-                }
-            }
-        }
-        for route in self
-            .ip_json(&["-4", "route", "show"])?
-            .as_array()
-            .into_iter()
+        for info in items(1)
+            .iter()
+            .filter(|l| l.get("ifname").and_then(Value::as_str) == Some(plan::BRIDGE))
+            .filter_map(|l| l.get("addr_info").and_then(Value::as_array))
             .flatten()
         {
+            let local = info.get("local").and_then(Value::as_str);
+            let prefix = info.get("prefixlen").and_then(Value::as_u64);
+            if let (Some(Ok(ip)), Some(Ok(prefix))) =
+                (local.map(str::parse::<Ipv4Addr>), prefix.map(u8::try_from))
+            {
+                observed.bridge_addresses.insert((ip, prefix));
+            }
+        }
+        for route in items(2) {
             let dst = route.get("dst").and_then(Value::as_str);
             let via = route.get("gateway").and_then(Value::as_str);
             let (Some(dst), Some(via)) = (dst, via) else {
@@ -196,11 +369,19 @@ impl NetOps for IpCommands {
                 observed.routes.insert(dst, via);
             }
         }
-        let forwarding = run(
-            self.node_program("cat", &["/proc/sys/net/ipv4/ip_forward"]),
-            None,
-            &[],
-        )?;
+        // `netns list` prints nothing at all when there is no named namespace.
+        for n in items(3) {
+            if let Some(name) = n.get("name").and_then(Value::as_str) {
+                observed.netns.insert(name.to_string());
+            }
+        }
+        let forwarding = match &self.node_netns {
+            None => std::fs::read_to_string(IP_FORWARD).map_err(|source| NetError::Io {
+                path: IP_FORWARD.into(),
+                source,
+            })?,
+            Some(_) => run(self.node_program("cat", &[IP_FORWARD]), None, &[])?,
+        };
         observed.forwarding = forwarding.trim() == "1";
         let table = self.node_program("nft", &["list", "table", "ip", plan::NAT_TABLE]);
         observed.nat_table = run(table, None, &[])
@@ -210,35 +391,21 @@ impl NetOps for IpCommands {
     }
 
     fn apply(&mut self, step: &Step) -> Result<(), NetError> {
-        let s = |v: &dyn std::fmt::Display| v.to_string();
+        if let Some(ip) = ip_step(step) {
+            let options = self.place_options(&ip.place);
+            return self.batch(&options, &[ip]);
+        }
         match step {
-            Step::EnableForwarding => {
-                let c = self.node_program("sh", &["-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
-                run(c, None, &[])?;
-            }
-            Step::CreateBridge { name } => {
-                run(
-                    self.ip(&["link", "add", name, "type", "bridge"]),
-                    None,
-                    EXISTS,
-                )?;
-            }
-            Step::AddAddress { dev, addr, prefix } => {
-                let a = format!("{addr}/{prefix}");
-                run(self.ip(&["addr", "replace", &a, "dev", dev]), None, &[])?;
-            }
-            Step::LinkUp { dev } => {
-                run(self.ip(&["link", "set", dev, "up"]), None, &[])?;
-            }
-            Step::ReplaceRoute { dst, via } => {
-                let (dst, via) = (s(dst), s(via));
-                run(self.ip(&["route", "replace", &dst, "via", &via]), None, &[])?;
-            }
-            Step::DeleteRoute { dst } => {
-                let dst = s(dst);
-                let tolerated = &["No such process", "Cannot find"];
-                run(self.ip(&["route", "del", &dst]), None, tolerated)?;
-            }
+            Step::EnableForwarding => match &self.node_netns {
+                None => std::fs::write(IP_FORWARD, "1\n").map_err(|source| NetError::Io {
+                    path: IP_FORWARD.into(),
+                    source,
+                })?,
+                Some(_) => {
+                    let c = self.node_program("sh", &["-c", &format!("echo 1 > {IP_FORWARD}")]);
+                    run(c, None, &[])?;
+                }
+            },
             Step::ReplaceNatTable {
                 pod_cidr,
                 cluster_cidr,
@@ -250,54 +417,97 @@ impl NetOps for IpCommands {
                 let script = plan::nat_table_delete_script();
                 run(self.node_program("nft", &["-f", "-"]), Some(&script), &[])?;
             }
-            Step::CreateNetns { name } => {
-                run(plain_ip(&["netns", "add", name]), None, EXISTS)?;
-            }
-            Step::CreateVeth { host, netns, peer } => {
-                let args = [
-                    "link", "add", host, "type", "veth", "peer", "name", peer, "netns", netns,
-                ];
-                run(self.ip(&args), None, EXISTS)?;
-            }
-            Step::AttachToBridge { dev, bridge } => {
-                run(
-                    self.ip(&["link", "set", dev, "master", bridge, "up"]),
-                    None,
-                    &[],
-                )?;
-            }
-            Step::PodAddress {
-                netns,
-                dev,
-                addr,
-                prefix,
-            } => {
-                let a = format!("{addr}/{prefix}");
-                run(
-                    plain_ip(&["-n", netns, "addr", "replace", &a, "dev", dev]),
-                    None,
-                    &[],
-                )?;
-            }
-            Step::PodLinkUp { netns, dev } => {
-                run(
-                    plain_ip(&["-n", netns, "link", "set", dev, "up"]),
-                    None,
-                    &[],
-                )?;
-            }
-            Step::PodDefaultRoute { netns, via } => {
-                let via = s(via);
-                let args = ["-n", netns, "route", "replace", "default", "via", &via];
-                run(plain_ip(&args), None, &[])?;
-            }
-            Step::DeleteLink { name } => {
-                run(self.ip(&["link", "del", name]), None, GONE)?;
-            }
-            Step::DeleteNetns { name } => {
-                run(plain_ip(&["netns", "del", name]), None, GONE)?;
-            }
+            // The others are `ip` steps, done above.
+            _ => {}
         }
         Ok(())
+    }
+
+    /// Consecutive `ip` steps acting on the same namespace run as one `ip -batch`.
+    fn apply_all(&mut self, steps: &[Step]) -> Result<(), NetError> {
+        let mut i = 0;
+        while i < steps.len() {
+            let Some(first) = ip_step(&steps[i]) else {
+                self.apply(&steps[i])?;
+                i += 1;
+                continue;
+            };
+            let options = self.place_options(&first.place);
+            let mut group = vec![first];
+            i += 1;
+            while let Some(next) = steps.get(i).and_then(ip_step) {
+                // Batch lines are split at blanks: an argument holding one runs alone.
+                let plain = next.args.iter().all(|a| !a.contains(char::is_whitespace));
+                if self.place_options(&next.place) != options || !plain {
+                    break;
+                }
+                group.push(next);
+                i += 1;
+            }
+            self.batch(&options, &group)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_become_ip_commands_in_their_place() {
+        let veth = ip_step(&Step::CreateVeth {
+            host: "vtabc".into(),
+            netns: "tend-abc".into(),
+            peer: "eth0".into(),
+        })
+        .expect("ip");
+        assert_eq!(veth.place, Place::Node);
+        assert_eq!(
+            veth.args.join(" "),
+            "link add vtabc type veth peer name eth0 netns tend-abc"
+        );
+        assert_eq!(veth.tolerated, EXISTS);
+        let route = ip_step(&Step::PodDefaultRoute {
+            netns: "tend-abc".into(),
+            via: Ipv4Addr::new(10, 244, 0, 1),
+        })
+        .expect("ip");
+        assert_eq!(route.place, Place::Pod("tend-abc".into()));
+        assert_eq!(route.args.join(" "), "route replace default via 10.244.0.1");
+        let ns = ip_step(&Step::DeleteNetns { name: "x".into() }).expect("ip");
+        assert_eq!((ns.place, ns.tolerated), (Place::Global, GONE));
+        assert_eq!(ip_step(&Step::EnableForwarding), None);
+        assert_eq!(ip_step(&Step::DeleteNatTable), None);
+    }
+
+    #[test]
+    fn places_merge_when_the_agent_runs_in_its_node() {
+        let inside = IpCommands::new();
+        assert_eq!(
+            inside.place_options(&Place::Node),
+            inside.place_options(&Place::Global)
+        );
+        let outside = IpCommands::in_netns("node1");
+        assert_eq!(outside.place_options(&Place::Node), ["-n", "node1"]);
+        assert!(outside.place_options(&Place::Global).is_empty());
+        assert_eq!(
+            outside.place_options(&Place::Pod("tend-abc".into())),
+            ["-n", "tend-abc"]
+        );
+    }
+
+    #[test]
+    fn batch_failures_name_their_line_and_message() {
+        let stderr = "RTNETLINK answers: File exists\nCommand failed -:2\n";
+        assert_eq!(
+            batch_failure(stderr),
+            Some((2, "RTNETLINK answers: File exists".to_string()))
+        );
+        assert_eq!(
+            batch_failure("Cannot find device \"x\"\nCommand failed -:13"),
+            Some((13, "Cannot find device \"x\"".to_string()))
+        );
+        assert_eq!(batch_failure("ip: something else"), None);
     }
 }

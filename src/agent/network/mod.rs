@@ -31,6 +31,11 @@ pub enum NetError {
         status: String,
         stderr: String,
     },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("could not read the output of `{command}`: {source}")]
     Output {
         command: String,
@@ -50,6 +55,11 @@ pub enum NetError {
 pub trait NetOps {
     fn observe(&mut self) -> Result<Observed, NetError>;
     fn apply(&mut self, step: &Step) -> Result<(), NetError>;
+    /// Does `steps` in order, stopping at the first that fails. One at a time unless the
+    /// ops know better ([`ip::IpCommands`] runs consecutive `ip` steps as one batch).
+    fn apply_all(&mut self, steps: &[Step]) -> Result<(), NetError> {
+        steps.iter().try_for_each(|s| self.apply(s))
+    }
 }
 
 /// The routes to the other nodes' pod CIDRs: every Node but `me` with a `spec.podCIDR` and an
@@ -135,7 +145,7 @@ impl<O: NetOps> PodNetwork<O> {
     }
 
     fn apply_all(&mut self, steps: &[Step]) -> Result<(), NetError> {
-        steps.iter().try_for_each(|s| self.ops.apply(s))
+        self.ops.apply_all(steps)
     }
 
     /// Brings the node's part (bridge, forwarding, routes, masquerade) to the desired state;
