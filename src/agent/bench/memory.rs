@@ -230,6 +230,12 @@ pub fn run(lab: &mut Lab, replicas: usize) -> anyhow::Result<Report> {
     std::thread::sleep(Duration::from_secs(10));
     let settled = rss(agent_pid)?;
     let serve_rss = rss(serve_pid)?.total;
+    // The node's reaper (the containers' parent, keeping their exit codes) is the agent's too.
+    let reaper_rss = std::fs::read_to_string(agent_state.join("reaper.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        .and_then(|pid| rss(pid).ok())
+        .map(|r| r.total);
 
     // The real clean-up: the Deployment goes, the agent stops and removes every pod.
     std::fs::remove_file(manifests.join("bench.yaml"))?;
@@ -274,6 +280,15 @@ pub fn run(lab: &mut Lab, replicas: usize) -> anyhow::Result<Report> {
         "s",
         "agent start, registration, scheduling, pod starts, status writes",
     );
+    if let Some(reaper) = reaper_rss {
+        report.goal(
+            "  agent + the node's reaper",
+            settled.total + reaper,
+            "MiB",
+            30.0,
+            &format!("the reaper alone {reaper:.1} MiB"),
+        );
+    }
     report.info(
         "  serve resident memory beside it",
         serve_rss,
