@@ -1,0 +1,118 @@
+//! End to end, issue 5 part 1: Endpoints follow a Deployment's pods over a real `tend serve`,
+//! real git, the CLI and simulated nodes.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+const EP: &str = "/api/v1/namespaces/default/endpoints/web";
+const SLICES: &str = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices";
+
+fn deployment(replicas: u32) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: {replicas}\n  selector:\n    matchLabels:\n      app: web\n  template:\n    metadata:\n      labels:\n        app: web\n    spec:\n      containers:\n      - name: web\n        image: web:v1\n        ports:\n        - name: http\n          containerPort: 8080\n"
+    )
+}
+
+const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector:\n    app: web\n  ports:\n  - name: http\n    port: 80\n    targetPort: http\n";
+
+/// Ready addresses as `ip:port`, sorted, over all subsets.
+fn ready(ep: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in ep["subsets"].as_array().into_iter().flatten() {
+        for a in s["addresses"].as_array().into_iter().flatten() {
+            for p in s["ports"].as_array().into_iter().flatten() {
+                out.push(format!("{}:{}", a["ip"].as_str().unwrap_or("?"), p["port"]));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn slice_endpoints(serve: &Serve) -> usize {
+    items(&serve.get_ok(SLICES))
+        .iter()
+        .filter(|s| s["metadata"]["labels"]["kubernetes.io/service-name"] == "web")
+        .map(|s| {
+            s["endpoints"].as_array().map_or(0, |e| {
+                e.iter()
+                    .filter(|e| e["conditions"]["ready"] == true)
+                    .count()
+            })
+        })
+        .sum()
+}
+
+fn wait_addresses(serve: &Serve, n: usize) -> Value {
+    let ep = serve.wait_for(EP, &format!("{n} ready addresses"), |ep| {
+        ready(ep).len() == n
+    });
+    serve.wait_for(SLICES, &format!("{n} ready slice endpoints"), |_| {
+        slice_endpoints(serve) == n
+    });
+    ep
+}
+
+#[test]
+fn endpoints_follow_scaling_and_go_with_the_service() {
+    let repos = Repos::new();
+    repos.write("web.yaml", &deployment(3));
+    repos.write("web-svc.yaml", SERVICE);
+    let v1 = repos.commit("web and its service");
+    let serve = Serve::start(&["--repo", repos.work.to_str().unwrap()], &repos.state());
+    let _nodes: Vec<SimNode> = ["node01", "node02"]
+        .iter()
+        .map(|n| SimNode::start(&serve, n, ""))
+        .collect();
+    assert_eq!(phase(&serve.wait_revision(&v1)), "Applied");
+
+    let ep = wait_addresses(&serve, 3);
+    let addrs = ready(&ep);
+    assert!(
+        addrs
+            .iter()
+            .all(|a| a.starts_with("10.244.") && a.ends_with(":8080")),
+        "the named targetPort resolves to the container port: {addrs:?}"
+    );
+    let first = &ep["subsets"][0]["addresses"][0];
+    assert_eq!(first["targetRef"]["kind"], "Pod");
+    assert!(
+        first["nodeName"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("node0"))
+    );
+
+    // `tend get ep` prints kubectl's columns.
+    let out = serve.cli_ok(&["get", "ep"]);
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
+    assert_eq!(header, ["NAME", "ENDPOINTS", "AGE"]);
+    let row = lines
+        .find(|l| l.starts_with("web "))
+        .expect("a row for web");
+    assert!(row.contains(":8080,") && row.contains("10.244."), "{row}");
+
+    serve.cli_ok(&["scale", "deployment/web", "--replicas", "5"]);
+    wait_addresses(&serve, 5);
+    let out = serve.cli_ok(&["get", "endpoints", "web"]);
+    assert!(out.contains("+ 2 more..."), "{out}");
+
+    serve.cli_ok(&["scale", "deployment/web", "--replicas", "2"]);
+    wait_addresses(&serve, 2);
+
+    repos.remove("web-svc.yaml");
+    let gone = repos.commit("no service");
+    assert_eq!(phase(&serve.wait_revision(&gone)), "Applied");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while serve.get(EP).0 != 404 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the Endpoints stayed: {}",
+            serve.get(EP).1
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    serve.wait_for(SLICES, "the slices gone", |l| items(l).is_empty());
+}
