@@ -17,6 +17,9 @@ fn deployment(replicas: u32) -> String {
 
 const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector:\n    app: web\n  ports:\n  - name: http\n    port: 80\n    targetPort: http\n";
 
+/// A Service without a selector and the Endpoints given for it.
+const DB: &str = "apiVersion: v1\nkind: Service\nmetadata:\n  name: db\nspec:\n  ports:\n  - port: 5432\n---\napiVersion: v1\nkind: Endpoints\nmetadata:\n  name: db\nsubsets:\n- addresses:\n  - ip: 192.168.1.20\n  ports:\n  - port: 5432\n";
+
 /// Ready addresses as `ip:port`, sorted, over all subsets.
 fn ready(ep: &Value) -> Vec<String> {
     let mut out = Vec::new();
@@ -60,6 +63,7 @@ fn endpoints_follow_scaling_and_go_with_the_service() {
     let repos = Repos::new();
     repos.write("web.yaml", &deployment(3));
     repos.write("web-svc.yaml", SERVICE);
+    repos.write("db.yaml", DB);
     let v1 = repos.commit("web and its service");
     let serve = Serve::start(&["--repo", repos.work.to_str().unwrap()], &repos.state());
     let _nodes: Vec<SimNode> = ["node01", "node02"]
@@ -83,6 +87,20 @@ fn endpoints_follow_scaling_and_go_with_the_service() {
             .as_str()
             .is_some_and(|n| n.starts_with("node0"))
     );
+
+    // The selectorless Service keeps the Endpoints from the source, mirrored into a slice.
+    let db = serve.get_ok("/api/v1/namespaces/default/endpoints/db");
+    assert_eq!(ready(&db), ["192.168.1.20:5432"]);
+    let mirrored = serve.wait_for(SLICES, "the mirrored slice", |l| {
+        items(l)
+            .iter()
+            .any(|s| s["metadata"]["labels"]["kubernetes.io/service-name"] == "db")
+    });
+    let mirrored = items(&mirrored)
+        .into_iter()
+        .find(|s| s["metadata"]["labels"]["kubernetes.io/service-name"] == "db")
+        .unwrap();
+    assert_eq!(mirrored["endpoints"][0]["addresses"][0], "192.168.1.20");
 
     // `tend get ep` prints kubectl's columns.
     let out = serve.cli_ok(&["get", "ep"]);
@@ -114,5 +132,15 @@ fn endpoints_follow_scaling_and_go_with_the_service() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    serve.wait_for(SLICES, "the slices gone", |l| items(l).is_empty());
+    serve.wait_for(SLICES, "web's slices gone", |l| {
+        items(l)
+            .iter()
+            .all(|s| s["metadata"]["labels"]["kubernetes.io/service-name"] != "web")
+    });
+    // The source's Endpoints go when their file goes.
+    repos.remove("db.yaml");
+    let pruned = repos.commit("no db");
+    assert_eq!(phase(&serve.wait_revision(&pruned)), "Applied");
+    assert_eq!(serve.get("/api/v1/namespaces/default/endpoints/db").0, 404);
+    serve.wait_for(SLICES, "all slices gone", |l| items(l).is_empty());
 }
