@@ -102,6 +102,23 @@ fn endpoints_follow_scaling_and_go_with_the_service() {
         .unwrap();
     assert_eq!(mirrored["endpoints"][0]["addresses"][0], "192.168.1.20");
 
+    // A node (join token) lists and watches Endpoints and EndpointSlices of all namespaces.
+    let join = std::fs::read_to_string(serve.state.join("join.token")).unwrap();
+    let http = reqwest::blocking::Client::new();
+    for path in [
+        "/api/v1/endpoints",
+        "/apis/discovery.k8s.io/v1/endpointslices",
+        "/api/v1/endpoints?watch=true",
+        "/apis/discovery.k8s.io/v1/endpointslices?watch=true",
+    ] {
+        let resp = http
+            .get(format!("{}{path}", serve.url))
+            .bearer_auth(join.trim())
+            .send()
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "GET {path} as a node");
+    }
+
     // `tend get ep` prints kubectl's columns.
     let out = serve.cli_ok(&["get", "ep"]);
     let mut lines = out.lines();
