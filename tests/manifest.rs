@@ -517,8 +517,8 @@ fn other_kinds_are_skipped_with_a_warning() {
     assert_eq!(
         warnings(&parsed),
         [
-            "test.yaml:2:1: kind: kind ConfigMap is not managed by tend (only Deployment and Service); skipped",
-            "test.yaml:7:1: kind: kind Pod is not managed by tend (only Deployment and Service); skipped",
+            "test.yaml:2:1: kind: kind ConfigMap is not managed by tend (only Deployment, Service and Endpoints); skipped",
+            "test.yaml:7:1: kind: kind Pod is not managed by tend (only Deployment, Service and Endpoints); skipped",
         ]
     );
 }

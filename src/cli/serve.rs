@@ -45,6 +45,7 @@ pub struct ServeArgs {
 
 use crate::api::ObjectKey;
 use crate::controller::deployment::DeploymentController;
+use crate::controller::endpoints::EndpointsController;
 use crate::controller::gc::GarbageCollector;
 use crate::controller::node::NodeController;
 use crate::controller::replicaset::ReplicaSetController;
@@ -306,6 +307,7 @@ fn start_controllers(
         Arc::new(DeploymentController),
         Arc::new(ReplicaSetController::new()),
         Arc::new(GarbageCollector::new()),
+        Arc::new(EndpointsController::new()),
         Arc::new(Scheduler::new()),
         Arc::new(
             NodeController::new(Duration::from_secs(args.node_grace), &args.pod_cidr)

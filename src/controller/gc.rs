@@ -2,7 +2,7 @@
 //! only): an object whose controlling ownerReference names an owner that is gone, or that
 //! was replaced by a new object of the same name (another uid), is deleted. The ReplicaSets of
 //! a deleted Deployment go first; their deletion then takes their pods (bound pods gracefully,
-//! through their node).
+//! through their node). The EndpointSlices of a deleted Service go the same way.
 
 use crate::api::pod::controller_of;
 use crate::api::{Kind, ObjectKey, ObjectMeta};
@@ -28,6 +28,7 @@ fn dependent_kind(owner: Kind) -> Option<Kind> {
     match owner {
         Kind::Deployment => Some(Kind::ReplicaSet),
         Kind::ReplicaSet => Some(Kind::Pod),
+        Kind::Service => Some(Kind::EndpointSlice),
         _ => None,
     }
 }
@@ -124,7 +125,7 @@ impl Reconciler for GarbageCollector {
             return Vec::new();
         };
         match (key.kind, event.event_type) {
-            (Kind::Deployment | Kind::ReplicaSet, WatchEventType::Deleted) => {
+            (Kind::Deployment | Kind::ReplicaSet | Kind::Service, WatchEventType::Deleted) => {
                 if let Some(uid) = event.object.meta_str("uid") {
                     self.sweeps()
                         .entry(key.clone())
@@ -135,6 +136,7 @@ impl Reconciler for GarbageCollector {
             }
             // Dependents check their own owner when they appear or change.
             (Kind::ReplicaSet, _) => vec![key],
+            (Kind::EndpointSlice, t) if t != WatchEventType::Deleted => vec![key],
             (Kind::Pod, t) if t != WatchEventType::Deleted => vec![key],
             _ => Vec::new(),
         }
@@ -143,7 +145,7 @@ impl Reconciler for GarbageCollector {
     fn initial_keys(&self, ctx: &Context) -> Result<Vec<ObjectKey>, ReconcileError> {
         // Every dependent checks its own owner: that covers owners deleted while stopped.
         let mut keys = Vec::new();
-        for kind in [Kind::ReplicaSet, Kind::Pod] {
+        for kind in [Kind::ReplicaSet, Kind::Pod, Kind::EndpointSlice] {
             let (objects, _) = ctx.store.list(kind, None)?;
             keys.extend(objects.iter().filter_map(ObjectKey::of));
         }

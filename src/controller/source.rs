@@ -77,7 +77,7 @@ impl SourceController {
         let mut allocator = Allocator::new(service_cidr).map_err(ApplyError::Config)?;
         let mut applied_by_file: HashMap<String, BTreeSet<ObjectKey>> = HashMap::new();
         let mut file_of = HashMap::new();
-        for kind in [Kind::Deployment, Kind::Service] {
+        for kind in [Kind::Deployment, Kind::Service, Kind::Endpoints] {
             let (objects, _) = store.list(kind, None)?;
             for o in &objects {
                 let Some(key) = ObjectKey::of(o) else {
@@ -454,7 +454,7 @@ impl SourceController {
     ) -> Result<BTreeMap<ObjectKey, Value>, ApplyError> {
         let mut applied = BTreeMap::new();
         if self.full {
-            for kind in [Kind::Deployment, Kind::Service] {
+            for kind in [Kind::Deployment, Kind::Service, Kind::Endpoints] {
                 for o in self.store.list(kind, None)?.0 {
                     if let Some(key) = ObjectKey::of(&o) {
                         applied.insert(key, o);

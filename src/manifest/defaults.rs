@@ -10,6 +10,10 @@ pub fn apply(kind: Kind, object: &mut Value) {
     if let Some(metadata) = object_field(top, "metadata") {
         set_default(metadata, "namespace", json!("default"));
     }
+    if kind == Kind::Endpoints {
+        endpoints(top);
+        return;
+    }
     let Some(spec) = object_field(top, "spec") else {
         return;
     };
@@ -99,6 +103,20 @@ pub fn image_pulls_always(image: &str) -> bool {
     match last.rsplit_once(':') {
         Some((_, tag)) => tag == "latest",
         None => true,
+    }
+}
+
+/// Endpoints ports default to TCP, as the API server defaults them.
+fn endpoints(top: &mut Map<String, Value>) {
+    let Some(Value::Array(subsets)) = top.get_mut("subsets") else {
+        return;
+    };
+    for subset in subsets.iter_mut().filter_map(Value::as_object_mut) {
+        if let Some(Value::Array(ports)) = subset.get_mut("ports") {
+            for port in ports.iter_mut().filter_map(Value::as_object_mut) {
+                set_default(port, "protocol", json!("TCP"));
+            }
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use super::yaml::{self, Document};
 use super::{DesiredObject, Diagnostic, Limits, ParsedFile, defaults, limits, validate};
 use crate::api::{Kind, ObjectKey};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Endpoints, Service};
 use serde_json::{Map, Value};
 
 /// apiVersions of Deployments that are converted to `apps/v1`.
@@ -152,13 +152,16 @@ fn check_document(text: &str, value: Value, report: &mut Report) -> Option<(Obje
         return None;
     };
     let kind = top.get("kind").and_then(Value::as_str);
-    let managed = |k: &str| ["deployment", "service"].contains(&k.to_ascii_lowercase().as_str());
+    let managed =
+        |k: &str| ["deployment", "service", "endpoints"].contains(&k.to_ascii_lowercase().as_str());
     if let Some(k) = kind
         && !managed(k)
     {
         report.warn(
             "kind",
-            format!("kind {k} is not managed by tend (only Deployment and Service); skipped"),
+            format!(
+                "kind {k} is not managed by tend (only Deployment, Service and Endpoints); skipped"
+            ),
         );
         return None;
     }
@@ -198,9 +201,22 @@ fn check_document(text: &str, value: Value, report: &mut Report) -> Option<(Obje
             }
             Kind::Service
         }
+        // The endpoints of a Service without a selector (an outside database, say).
+        "Endpoints" => {
+            if api_version != "v1" {
+                report.error(
+                    "apiVersion",
+                    format!("Endpoints needs apiVersion v1, not {api_version}"),
+                );
+                return None;
+            }
+            Kind::Endpoints
+        }
         other => {
             let suggestion = if other.eq_ignore_ascii_case("deployment") {
                 "Deployment"
+            } else if other.eq_ignore_ascii_case("endpoints") {
+                "Endpoints"
             } else {
                 "Service"
             };
@@ -215,6 +231,7 @@ fn check_document(text: &str, value: Value, report: &mut Report) -> Option<(Obje
     };
     let typed = match kind {
         Kind::Deployment => typed_round_trip::<Deployment>(&object, report),
+        Kind::Endpoints => typed_round_trip::<Endpoints>(&object, report),
         _ => typed_round_trip::<Service>(&object, report),
     }?;
     report_unknown_fields(&object, &typed, "", report);
@@ -439,8 +456,11 @@ fn keep_desired_fields(typed: Value) -> Value {
         }
     }
     out.insert("metadata".to_string(), Value::Object(metadata));
-    if let Some(spec) = top.remove("spec") {
-        out.insert("spec".to_string(), spec);
+    // Endpoints carry their content at the top level, not in a spec.
+    for key in ["spec", "subsets"] {
+        if let Some(v) = top.remove(key) {
+            out.insert(key.to_string(), v);
+        }
     }
     Value::Object(out)
 }

@@ -138,8 +138,93 @@ pub fn validate_object(kind: Kind, object: &Value, report: &mut Report) {
         (Kind::Deployment, Some(spec)) => deployment(spec, report),
         (Kind::Service, Some(spec)) => service(spec, report),
         (Kind::Deployment, None) => report.error("spec", "a Deployment needs a spec"),
+        (Kind::Endpoints, _) => endpoints(object, report),
         _ => {}
     }
+}
+
+/// Endpoints given in the source: addresses are IPs a proxy may send traffic to (not
+/// loopback, link-local, multicast or unspecified, as Kubernetes checks), ports are valid and
+/// named when a subset has several.
+fn endpoints(object: &Value, report: &mut Report) {
+    let Some(subsets) = object.get("subsets").and_then(Value::as_array) else {
+        return;
+    };
+    for (i, subset) in subsets.iter().enumerate() {
+        let at = item("subsets", i);
+        for list in ["addresses", "notReadyAddresses"] {
+            let addresses = subset.get(list).and_then(Value::as_array);
+            for (j, address) in addresses.into_iter().flatten().enumerate() {
+                let path = field(&item(&field(&at, list), j), "ip");
+                let ip = address
+                    .get("ip")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                if let Some(problem) = endpoint_ip_problem(ip) {
+                    report.error(&path, format!("invalid endpoint address {ip:?}: {problem}"));
+                }
+            }
+        }
+        let ports = subset.get("ports").and_then(Value::as_array);
+        let many = ports.is_some_and(|p| p.len() > 1);
+        let mut names = HashSet::new();
+        for (j, port) in ports.into_iter().flatten().enumerate() {
+            let path = item(&field(&at, "ports"), j);
+            let number = port.get("port").and_then(Value::as_i64).unwrap_or(0);
+            if !(1..=65535).contains(&number) {
+                report.error(
+                    &field(&path, "port"),
+                    format!("port must be between 1 and 65535, not {number}"),
+                );
+            }
+            let protocol = port
+                .get("protocol")
+                .and_then(Value::as_str)
+                .unwrap_or("TCP");
+            if !["TCP", "UDP", "SCTP"].contains(&protocol) {
+                report.error(
+                    &field(&path, "protocol"),
+                    format!("protocol must be TCP, UDP or SCTP, not {protocol:?}"),
+                );
+            }
+            let name = port.get("name").and_then(Value::as_str).unwrap_or_default();
+            if name.is_empty() && many {
+                report.error(
+                    &field(&path, "name"),
+                    "a subset with several ports must name each of them",
+                );
+            } else if !name.is_empty() && !names.insert(name) {
+                report.error(
+                    &field(&path, "name"),
+                    format!("port name {name:?} is given twice"),
+                );
+            }
+        }
+    }
+}
+
+/// Why `ip` cannot be an endpoint address, if it cannot.
+fn endpoint_ip_problem(ip: &str) -> Option<&'static str> {
+    let Ok(addr) = ip.parse::<std::net::IpAddr>() else {
+        return Some("not an IPv4 or IPv6 address");
+    };
+    if addr.is_unspecified() {
+        return Some("may not be unspecified (0.0.0.0 or ::)");
+    }
+    if addr.is_loopback() {
+        return Some("may not be in the loopback range (127.0.0.0/8, ::1)");
+    }
+    if addr.is_multicast() {
+        return Some("may not be a multicast address");
+    }
+    let link_local = match addr {
+        std::net::IpAddr::V4(v4) => v4.is_link_local(),
+        std::net::IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    };
+    if link_local {
+        return Some("may not be in the link-local range (169.254.0.0/16, fe80::/10)");
+    }
+    None
 }
 
 fn metadata(kind: Kind, object: &Value, report: &mut Report) {
@@ -707,9 +792,11 @@ fn service(spec: &Map<String, Value>, report: &mut Report) {
     }
 }
 
-/// Checks across files: an object defined twice, a NodePort given by two Services.
+/// Checks across files: an object defined twice, a NodePort given by two Services, Endpoints
+/// given for a Service whose selector already makes them.
 pub fn validate_set<'a>(objects: impl IntoIterator<Item = &'a DesiredObject>) -> Vec<Diagnostic> {
-    let mut errors = Vec::new();
+    let objects: Vec<&DesiredObject> = objects.into_iter().collect();
+    let mut errors = endpoints_of_selected_services(&objects);
     let mut by_key: HashMap<&ObjectKey, &DesiredObject> = HashMap::new();
     let mut node_ports: HashMap<(i64, String), &DesiredObject> = HashMap::new();
     let place = |o: &DesiredObject| format!("{}:{}", o.file, o.line);
@@ -774,6 +861,41 @@ pub fn validate_set<'a>(objects: impl IntoIterator<Item = &'a DesiredObject>) ->
         }
     }
     errors
+}
+
+/// Endpoints in the source are for Services without a selector; for one with a selector the
+/// endpoints controller writes them, and both would overwrite each other.
+fn endpoints_of_selected_services(objects: &[&DesiredObject]) -> Vec<Diagnostic> {
+    let selected: HashMap<&ObjectKey, &DesiredObject> = objects
+        .iter()
+        .filter(|o| o.key.kind == Kind::Service)
+        .filter(|o| {
+            o.object
+                .pointer("/spec/selector")
+                .and_then(Value::as_object)
+                .is_some_and(|s| !s.is_empty())
+        })
+        .map(|o| (&o.key, *o))
+        .collect();
+    objects
+        .iter()
+        .filter(|o| o.key.kind == Kind::Endpoints)
+        .filter_map(|o| {
+            let service = ObjectKey::new(Kind::Service, &o.key.namespace, &o.key.name);
+            let svc = selected.get(&service)?;
+            Some(Diagnostic {
+                file: o.file.clone(),
+                line: o.line,
+                column: 0,
+                path: String::new(),
+                message: format!(
+                    "Endpoints {}/{} are given, but Service {} at {}:{} has a selector, so its \
+                     endpoints come from its pods: remove the selector or these Endpoints",
+                    o.key.namespace, o.key.name, svc.key.name, svc.file, svc.line
+                ),
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! Desired vs applied -> a `Plan`: create, update (with a JSON patch) or prune, per object.
 //! Unchanged objects get no action. Only what tend manages is compared: `apiVersion`, `kind`,
-//! `metadata.{name,namespace,labels,annotations}` and `spec`; fields the control plane owns
-//! (status, uid, resourceVersion, the revision annotation) never cause an update.
+//! `metadata.{name,namespace,labels,annotations}` and `spec` (`subsets` for Endpoints); fields
+//! the control plane owns (status, uid, resourceVersion, the revision annotation) never cause
+//! an update.
 
 pub mod diff;
 
@@ -143,8 +144,11 @@ pub fn projection(object: &Value) -> Value {
         }
     }
     out.insert("metadata".into(), Value::Object(meta));
-    if let Some(spec) = object.get("spec") {
-        out.insert("spec".into(), spec.clone());
+    // Endpoints carry their content in `subsets`, outside any spec.
+    for field in ["spec", "subsets"] {
+        if let Some(v) = object.get(field) {
+            out.insert(field.into(), v.clone());
+        }
     }
     Value::Object(out)
 }

@@ -13,7 +13,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 /// The kinds indexed: the ones controllers look up by owner.
-const INDEXED: [Kind; 2] = [Kind::ReplicaSet, Kind::Pod];
+const INDEXED: [Kind; 3] = [Kind::ReplicaSet, Kind::Pod, Kind::EndpointSlice];
 
 /// (kind, namespace, owner uid or "" for orphans) -> keys.
 type Index = HashMap<(Kind, String, String), BTreeSet<ObjectKey>>;
