@@ -12,6 +12,8 @@
 pub mod diff;
 pub mod model;
 pub mod nft;
+#[cfg(test)]
+mod tests;
 
 use diff::Op;
 use model::Desired;

@@ -16,7 +16,7 @@
 //! Every name is a hash of what it stands for, so the same input gives the same table and a
 //! change to one Service changes only that Service's chains.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use k8s_openapi::api::core::v1::{Endpoints, Service};
@@ -545,6 +545,10 @@ fn add_service(out: &mut Desired, service: &ServiceInput) {
                 port: n,
             })
         });
+        if ip_key.is_none() && port_key.is_none() {
+            // Headless without a NodePort: nothing reaches it through the table.
+            continue;
+        }
         if endpoints.is_empty() {
             let mut reject = |map: MapName, key: MapKey| {
                 if let Some(m) = out.elements.get_mut(&map) {
@@ -606,25 +610,5 @@ fn add_service(out: &mut Desired, service: &ServiceInput) {
                 m.insert(k, ext);
             }
         }
-    }
-}
-
-/// The chains a rule sends packets to (for ordering: they must exist first).
-pub fn targets(rule: &Rule) -> Vec<&str> {
-    match rule {
-        Rule::Jump(c) | Rule::Goto(c) | Rule::NewJump(c) => vec![c.as_str()],
-        Rule::AffinityGoto { chain, .. } => vec![chain.as_str()],
-        Rule::Random(cs) => cs.iter().map(String::as_str).collect(),
-        _ => Vec::new(),
-    }
-}
-
-/// Every affinity set a rule names.
-pub fn sets(rule: &Rule) -> BTreeSet<&str> {
-    match rule {
-        Rule::AffinityGoto { set, .. } | Rule::AffinityUpdate { set } => {
-            BTreeSet::from([set.as_str()])
-        }
-        _ => BTreeSet::new(),
     }
 }
