@@ -6,9 +6,11 @@
 //! - [`diff`]: applied -> desired as a list of nft operations; or a full rebuild (pure).
 //! - [`nft`]: the operations as nft JSON (the `nftables` crate's schema), loaded in one
 //!   transaction by `nft -j -f -`; the drift marker read back; a recording fake.
+//! - [`bench`]: `tend bench services`.
 //! - [`LbSync`] (here): remembers what it programmed, sends only the difference, and goes
 //!   back to a full sync at start, after a failed transaction, and when drift is found.
 
+pub mod bench;
 pub mod diff;
 pub mod model;
 pub mod nft;
