@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// What to measure: `apply`, `schedule` or `agent`.
+    /// What to measure: `apply`, `schedule`, `agent` or `services`.
     pub what: String,
     /// Deployments (and as many Services) in the repository.
     #[arg(long, default_value_t = 2000)]
@@ -35,6 +35,12 @@ pub struct BenchArgs {
     /// `agent`: the figures to measure, comma-separated (pods, pull, memory).
     #[arg(long, default_value = "pods,pull,memory")]
     pub only: String,
+    /// `services`: the numbers of Services (× 10 endpoints) to measure, comma-separated.
+    #[arg(long, default_value = "1000,10000")]
+    pub services: String,
+    /// `services`: endpoint changes timed per size (the median is reported).
+    #[arg(long, default_value_t = 20)]
+    pub changes: usize,
     /// Internal: the part of `agent` that runs inside the node namespace, in this directory.
     #[arg(long, hide = true)]
     pub inner: Option<std::path::PathBuf>,
@@ -45,8 +51,28 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "apply" => apply(&args),
         "schedule" => crate::scheduler::bench::run(),
         "agent" => crate::agent::bench::run(&args),
-        other => bail!("bench {other:?}: unknown benchmark (available: apply, schedule, agent)"),
+        "services" => {
+            let sizes = parse_sizes(&args.services)?;
+            crate::agent::lb::bench::run(&sizes, args.changes)
+        }
+        other => bail!(
+            "bench {other:?}: unknown benchmark (available: apply, schedule, agent, services)"
+        ),
     }
+}
+
+/// `--services 1000,10000` as numbers.
+fn parse_sizes(list: &str) -> anyhow::Result<Vec<usize>> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            t.parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .with_context(|| format!("--services {list:?}: {t:?} is not a positive number"))
+        })
+        .collect()
 }
 
 /// The YAML of app `i`: a Deployment and a Service, ~50 lines.

@@ -9,6 +9,8 @@
 //!   by verified digest, layers unpacked with whiteouts, `--images` archive import.
 //! - [`network`]: the pod network: IPs from the node's pod CIDR, a bridge, a network
 //!   namespace and veth per pod, routes to other nodes, masquerade (iproute2 and nft).
+//! - [`lb`]: Service load balancing in the `ip tend-lb` nftables table (ClusterIPs,
+//!   NodePorts, affinity, no-endpoint rejects), synced incrementally.
 //! - [`logs`]: the log endpoint the control plane asks (`/containerLogs/...`, signed with
 //!   the join token), log files kept across one restart.
 //! - [`node`]: `tend agent`: preflight, registration, heartbeats, following its pods,
@@ -38,6 +40,7 @@ pub mod events;
 pub mod hooks;
 pub mod image;
 pub mod init;
+pub mod lb;
 pub mod logs;
 pub mod network;
 pub mod node;

@@ -1,0 +1,270 @@
+//! `tend bench services`: the load balancer's figures (issue 5), measured for real in a
+//! network namespace the bench makes (removed in Drop, also on failure): for N Services × 10
+//! endpoints, the full sync; one endpoint change (added, then removed, alternately) through
+//! [`LbSync`] — its time, operations and bytes; the same change loaded as a hand-written
+//! `nft -f` script of just that change; a drift check; and the in-process model of all
+//! Services, which is not part of the transaction but is what a sync recomputes today.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+use super::diff::{self, Op};
+use super::model::{
+    self, Endpoint, MARK_CHAIN, NodeInput, Protocol, Rule, ServiceInput, ServiceKind, ServicePort,
+    ServiceSpec,
+};
+use super::nft::{NftCommand, document};
+use super::{LbSync, TABLE};
+
+/// The goal for one endpoint change at 10,000 Services (issue 5).
+const GOAL: Duration = Duration::from_millis(5);
+
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// `n` ClusterIP Services × 10 endpoints.
+pub fn cluster(n: usize) -> Vec<ServiceInput> {
+    (0..n)
+        .map(|i| {
+            let endpoints = (0..10u32)
+                .map(|e| Endpoint {
+                    // 10.128.0.0/9 holds 10 addresses for each of up to 800,000 Services.
+                    ip: Ipv4Addr::from(
+                        u32::from(Ipv4Addr::new(10, 128, 0, 0)) + (i as u32) * 10 + e,
+                    ),
+                    port: 8080,
+                })
+                .collect();
+            ServiceInput {
+                spec: ServiceSpec {
+                    namespace: "bench".into(),
+                    name: format!("svc-{i}"),
+                    kind: ServiceKind::ClusterIp,
+                    cluster_ip: Some(Ipv4Addr::new(10, 96, (i / 250) as u8, (i % 250) as u8 + 1)),
+                    ports: vec![ServicePort {
+                        name: "http".into(),
+                        protocol: Protocol::Tcp,
+                        port: 80,
+                        node_port: None,
+                    }],
+                    affinity_timeout: None,
+                },
+                endpoints: BTreeMap::from([("http".to_string(), endpoints)]),
+            }
+        })
+        .collect()
+}
+
+/// The change in nft's own syntax, as a person would write it for `nft -f`: the baseline.
+/// Only the operations an endpoint change makes are spelled out.
+pub fn hand_written(ops: &[Op]) -> anyhow::Result<String> {
+    let mut out = String::new();
+    for op in ops {
+        let line = match op {
+            Op::AddChain(c) => format!("add chain ip {TABLE} {c}"),
+            Op::FlushChain(c) => format!("flush chain ip {TABLE} {c}"),
+            Op::DeleteChain(c) => format!("delete chain ip {TABLE} {c}"),
+            Op::AddRule { chain, rule } => {
+                let rule = match rule {
+                    Rule::Hairpin { ip } => format!("ip saddr {ip} jump {MARK_CHAIN}"),
+                    Rule::Dnat { protocol, ip, port } => {
+                        format!("meta l4proto {} dnat to {ip}:{port}", protocol.as_str())
+                    }
+                    Rule::Random(chains) => {
+                        let arms: Vec<String> = chains
+                            .iter()
+                            .enumerate()
+                            .map(|(i, c)| format!("{i} : goto {c}"))
+                            .collect();
+                        format!(
+                            "numgen random mod {} vmap {{ {} }}",
+                            chains.len(),
+                            arms.join(", ")
+                        )
+                    }
+                    other => bail!("no hand-written form for {other:?}"),
+                };
+                format!("add rule ip {TABLE} {chain} {rule}")
+            }
+            other => bail!("no hand-written form for {other:?}"),
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn runs(tool: &str, arg: &str) -> bool {
+    Command::new(tool)
+        .arg(arg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `tend bench services`: one block of figures per size in `sizes`; `changes` endpoint
+/// changes are timed per size (the median is reported).
+pub fn run(sizes: &[usize], changes: usize) -> anyhow::Result<ExitCode> {
+    let mut missing = Vec::new();
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        missing.push("root (it makes a network namespace)".to_string());
+    }
+    for (tool, arg, hint) in [
+        ("ip", "-V", "apt-get install iproute2"),
+        ("nft", "--version", "apt-get install nftables"),
+    ] {
+        if !runs(tool, arg) {
+            missing.push(format!("{tool} ({hint})"));
+        }
+    }
+    if !missing.is_empty() {
+        eprintln!("tend bench services: missing {}", missing.join(", "));
+        return Ok(ExitCode::from(2));
+    }
+    let ns = Netns(format!("tend-bench-lb-{}", std::process::id()));
+    let status = Command::new("ip")
+        .args(["netns", "add", &ns.0])
+        .status()
+        .context("ip netns add")?;
+    if !status.success() {
+        bail!("ip netns add {}: failed", ns.0);
+    }
+    let nft = NftCommand {
+        netns: Some(ns.0.clone()),
+    };
+    println!(
+        "tend bench services: {changes} endpoint changes per size, in network namespace {} (goal: one change ≤ {} at 10,000 Services, independent of the count)",
+        ns.0,
+        ms(GOAL)
+    );
+    let mut met = true;
+    for &n in sizes {
+        let node = NodeInput::default();
+        let mut services = cluster(n);
+        let started = Instant::now();
+        let before = model::desired(&services, &node);
+        let model_time = started.elapsed();
+        let target = n / 2;
+        if let Some(list) = services[target].endpoints.get_mut("http") {
+            list.push(Endpoint {
+                ip: Ipv4Addr::new(10, 250, 0, 9),
+                port: 8080,
+            });
+        }
+        let after = model::desired(&services, &node);
+
+        let full_ops = diff::full(&before, "bench");
+        let full_bytes = document(&full_ops).len();
+        let mut lb = LbSync::new(nft.clone(), "bench");
+        let started = Instant::now();
+        lb.sync(before.clone())
+            .with_context(|| format!("full sync of {n} Services"))?;
+        let full_time = started.elapsed();
+
+        let add = diff::diff(&before, &after);
+        let remove = diff::diff(&after, &before);
+        let change_bytes = (document(&add).len() + document(&remove).len()) / 2;
+        let change_ops = (add.len() + remove.len()) as f64 / 2.0;
+        let mut tend_times = Vec::new();
+        for i in 0..changes {
+            let next = if i % 2 == 0 { &after } else { &before };
+            let started = Instant::now();
+            lb.sync(next.clone()).context("endpoint change")?;
+            tend_times.push(started.elapsed());
+        }
+        if changes % 2 == 1 {
+            lb.sync(before.clone()).context("endpoint change back")?;
+        }
+        let (add_text, remove_text) = (hand_written(&add)?, hand_written(&remove)?);
+        let mut hand_times = Vec::new();
+        for i in 0..changes {
+            let (text, ops) = if i % 2 == 0 {
+                (&add_text, add.len())
+            } else {
+                (&remove_text, remove.len())
+            };
+            let started = Instant::now();
+            nft.load(text, false, ops).context("hand-written nft -f")?;
+            hand_times.push(started.elapsed());
+        }
+        let started = Instant::now();
+        let drift = lb.check().context("drift check")?;
+        let check_time = started.elapsed();
+
+        let (tend_median, hand_median) = (median(tend_times), median(hand_times));
+        let ratio = tend_median.as_secs_f64() / hand_median.as_secs_f64().max(1e-9);
+        if n >= 10_000 && tend_median > GOAL {
+            met = false;
+        }
+        println!(
+            "{n} Services × 10 endpoints: full sync {} ({} ops, {:.1} MB JSON); one endpoint change {} median ({change_ops} ops, {change_bytes} bytes JSON); hand-written nft -f of the same change {} (ratio {ratio:.2}); drift check {} (drift: {drift}); model of all Services in process {}",
+            ms(full_time),
+            full_ops.len(),
+            full_bytes as f64 / 1e6,
+            ms(tend_median),
+            ms(hand_median),
+            ms(check_time),
+            ms(model_time),
+        );
+    }
+    println!(
+        "goal (one change ≤ {} at 10,000 Services): {}",
+        ms(GOAL),
+        if met { "met" } else { "missed" }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hand_written_change_is_the_same_commands_in_nft_syntax() {
+        let before = model::desired(&cluster(3), &NodeInput::default());
+        let mut services = cluster(3);
+        if let Some(list) = services[1].endpoints.get_mut("http") {
+            list.pop();
+        }
+        let after = model::desired(&services, &NodeInput::default());
+        let ops = diff::diff(&before, &after);
+        let text = hand_written(&ops).expect("text");
+        assert_eq!(text.lines().count(), ops.len());
+        assert!(
+            text.contains("numgen random mod 9 vmap { 0 : goto sep-"),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .last()
+                .is_some_and(|l| l.starts_with("delete chain ip tend-lb sep-"))
+        );
+        assert!(hand_written(&[Op::AddTable]).is_err());
+    }
+}
