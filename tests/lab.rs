@@ -861,3 +861,226 @@ fn crash_loops_missing_images_probes_and_air_gapped_images() {
         "{table}"
     );
 }
+
+/// Hostnames answering `url` from node `i` over `tries` requests.
+fn backends(lab: &Lab, i: usize, url: &str, tries: usize) -> BTreeSet<String> {
+    (0..tries)
+        .filter_map(|_| lab.on_node(i, &["curl", "-sf", "-m", "2", url]))
+        .map(|s| s.trim().to_string())
+        .collect()
+}
+
+fn names(pods: &[Value]) -> BTreeSet<String> {
+    pods.iter()
+        .map(|p| text(p, "/metadata/name").to_string())
+        .collect()
+}
+
+const WEB_SVC: &str = "apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  type: NodePort
+  selector:
+    app: web
+  ports:
+  - port: 80
+    targetPort: 80
+    nodePort: 30123
+";
+
+#[test]
+fn services_balance_over_ready_pods_from_every_node_and_pod() {
+    if !lab_possible("services_balance_over_ready_pods_from_every_node_and_pod") {
+        return;
+    }
+    let mut lab = Lab::start(3, &[]);
+    // A foreign table on node01 that no sync may touch.
+    assert!(
+        lab.on_node(0, &["nft", "add", "table", "ip", "other"])
+            .is_some()
+    );
+    let chain = "add chain ip other c { type filter hook input priority 10; policy accept; }";
+    assert!(lab.on_node(0, &["nft", chain]).is_some(), "foreign table");
+    let image = format!("{}/web:v1", lab.registry_addr);
+    lab.repos.write("svc.yaml", WEB_SVC);
+    lab.deploy(
+        "web.yaml",
+        &deployment("web", 3, &image, "", ""),
+        "web and its NodePort",
+    );
+    let pods = lab.wait_pods(
+        "web",
+        "3 pods Running and Ready",
+        Duration::from_secs(90),
+        |p| p.len() == 3 && p.iter().all(running_and_ready),
+    );
+    let expected = names(&pods);
+    let svc = lab
+        .serve()
+        .get_ok("/api/v1/namespaces/default/services/web");
+    let cluster_ip = text(&svc, "/spec/clusterIP").to_string();
+    lab.serve().wait_for(
+        "/api/v1/namespaces/default/endpoints/web",
+        "3 endpoints",
+        |e| {
+            e.pointer("/subsets/0/addresses")
+                .and_then(Value::as_array)
+                .map(Vec::len)
+                == Some(3)
+        },
+    );
+    for p in &pods {
+        lab.fetch_eventually(0, text(p, "/status/podIP"), "/");
+    }
+
+    // The NodePort on every node's address balances over every pod, from every node.
+    for from in 0..lab.nodes.len() {
+        for to in &lab.nodes {
+            let url = format!("http://{}:30123/cgi-bin/hostname", to.address);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut seen = BTreeSet::new();
+            while seen != expected && Instant::now() < deadline {
+                seen.extend(backends(&lab, from, &url, 10));
+            }
+            assert_eq!(
+                seen,
+                expected,
+                "NodePort {url} from {}\n{}",
+                lab.nodes[from].name,
+                lab.agent_logs()
+            );
+        }
+    }
+    // The ClusterIP from a node, and from inside a pod.
+    let url = format!("http://{cluster_ip}/cgi-bin/hostname");
+    let mut seen = BTreeSet::new();
+    for _ in 0..10 {
+        seen.extend(backends(&lab, 1, &url, 10));
+        if seen == expected {
+            break;
+        }
+    }
+    assert_eq!(seen, expected, "ClusterIP from node02");
+    let pod_netns = tend::agent::network::plan::pod_names(text(&pods[0], "/metadata/uid")).netns;
+    let mut seen = BTreeSet::new();
+    for _ in 0..30 {
+        if let Some(answer) = quiet(
+            "ip",
+            &["netns", "exec", &pod_netns, "curl", "-sf", "-m", "2", &url],
+        ) {
+            seen.insert(answer.trim().to_string());
+        }
+        if seen == expected {
+            break;
+        }
+    }
+    assert_eq!(
+        seen,
+        expected,
+        "ClusterIP from inside pod {}",
+        text(&pods[0], "/metadata/name")
+    );
+
+    // Scaling 3 -> 5 adds the backends on every node.
+    lab.deploy(
+        "web.yaml",
+        &deployment("web", 5, &image, "", ""),
+        "scale web to 5",
+    );
+    let pods = lab.wait_pods(
+        "web",
+        "5 pods Running and Ready",
+        Duration::from_secs(90),
+        |p| p.len() == 5 && p.iter().all(running_and_ready),
+    );
+    let expected = names(&pods);
+    for from in 0..lab.nodes.len() {
+        let url = format!("http://{}:30123/cgi-bin/hostname", lab.nodes[from].address);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen = BTreeSet::new();
+        while seen != expected && Instant::now() < deadline {
+            seen.extend(backends(&lab, from, &url, 10));
+        }
+        assert_eq!(seen, expected, "5 backends via {}", lab.nodes[from].name);
+    }
+
+    // A flushed table is restored by the next drift check; the foreign table survives.
+    assert!(
+        lab.on_node(0, &["nft", "flush", "table", "ip", "tend-lb"])
+            .is_some()
+    );
+    let node01 = format!("http://{}:30123/", lab.nodes[0].address);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lab
+        .on_node(0, &["curl", "-sf", "-m", "1", &node01])
+        .is_none()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the flushed table was not restored\n{}",
+            lab.agent_logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        lab.on_node(0, &["nft", "list", "table", "ip", "other"])
+            .is_some(),
+        "foreign table kept"
+    );
+
+    // kill -9 of node01's agent: the rules stay and traffic never stops; the new agent
+    // takes the table over.
+    lab.kill_agent(0);
+    for _ in 0..10 {
+        assert_eq!(
+            lab.on_node(0, &["curl", "-sf", "-m", "2", &node01])
+                .as_deref(),
+            Some("web v1\n"),
+            "NodePort while node01's agent is down"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    lab.start_agent(0);
+    for _ in 0..20 {
+        assert_eq!(
+            lab.on_node(0, &["curl", "-sf", "-m", "2", &node01])
+                .as_deref(),
+            Some("web v1\n"),
+            "NodePort while node01's agent restarts"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Deleting the Service removes its rules on every node.
+    lab.repos.remove("svc.yaml");
+    let commit = lab.repos.commit("remove the web Service");
+    lab.repos.push();
+    assert_eq!(
+        common::phase(&lab.serve().wait_revision(&commit)),
+        "Applied"
+    );
+    for i in 0..lab.nodes.len() {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let table = lab
+                .on_node(i, &["nft", "list", "table", "ip", "tend-lb"])
+                .unwrap_or_default();
+            if !table.contains("30123") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rules of the deleted Service on {}:\n{table}",
+                lab.nodes[i].name
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    assert!(
+        lab.on_node(0, &["nft", "list", "table", "ip", "other"])
+            .is_some(),
+        "foreign table kept"
+    );
+}

@@ -104,7 +104,7 @@ fn an_agent_inside_its_node_sets_pods_up_in_batches() {
         assert!(net.setup_node().expect("node again").is_empty());
         let a = net.setup_pod(&uids_in[0]).expect("pod a");
         let b = net.setup_pod(&uids_in[1]).expect("pod b");
-        assert_eq!(a.steps.len(), 7, "{:?}", a.steps);
+        assert_eq!(a.steps.len(), 8, "{:?}", a.steps);
         assert!(
             net.setup_pod(&uids_in[1])
                 .expect("b again")

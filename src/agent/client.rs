@@ -304,6 +304,22 @@ impl AgentClient {
 
     /// Every Service in every namespace (for containers' Service variables). Items that do not
     /// parse as a Service are skipped with a warning rather than failing the whole list.
+    /// Every Endpoints object (the node's Service proxy balances over their addresses).
+    pub async fn list_endpoints(
+        &self,
+    ) -> Result<Vec<k8s_openapi::api::core::v1::Endpoints>, ClientError> {
+        let list = self
+            .call(Method::GET, "/api/v1/endpoints", &[], None)
+            .await?;
+        Ok(list
+            .get("items")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|item| serde_json::from_value(item.clone()).ok())
+            .collect())
+    }
+
     pub async fn list_services(
         &self,
     ) -> Result<Vec<k8s_openapi::api::core::v1::Service>, ClientError> {

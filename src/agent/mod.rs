@@ -18,6 +18,8 @@
 //! - [`init`]: init containers, one at a time before the app containers (pure).
 //! - [`hooks`]: postStart and preStop hooks (exec, httpGet, sleep) behind a runner trait.
 //! - [`services`]: Service environment variables for containers and the node's Service cache.
+//! - [`proxy`]: the node's Service proxy: Services and Endpoints -> the `tend-lb` nftables
+//!   table, incrementally, with drift checks.
 //! - [`pods`]: one pod's sync: a pure plan (image, network, containers, restart policy,
 //!   deletion) and the executor that applies it through the traits below, returning status.
 //! - [`probe`]: container probes, the pure part: specs with Kubernetes' defaults, named
@@ -47,6 +49,7 @@ pub mod node;
 pub mod pods;
 pub mod probe;
 pub mod prober;
+pub mod proxy;
 pub mod registration;
 pub mod runtime;
 pub mod services;

@@ -69,6 +69,9 @@ pub struct AgentArgs {
     /// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
     #[arg(long)]
     pub registry_config: Option<PathBuf>,
+    /// The Services' ClusterIP range (routed to `lo` on the node, as LAB.md says).
+    #[arg(long, default_value = "10.96.0.0/12")]
+    pub service_cidr: Cidr,
     /// The whole cluster's pod network (traffic leaving it is masqueraded).
     #[arg(long, default_value = "10.244.0.0/16")]
     pub cluster_cidr: Cidr,
@@ -330,6 +333,15 @@ pub async fn run(args: AgentArgs, mut shutdown: watch::Receiver<bool>) -> anyhow
             .with_services(services)
             .with_probes(probes.clone()),
     );
+
+    // The Service proxy: ClusterIPs and NodePorts in nftables, balanced over ready pods.
+    tokio::spawn(super::proxy::keep_load_balancing(
+        AgentClient::from_token_file(args.servers.clone(), &args.token_file)?,
+        args.service_cidr,
+        args.cluster_cidr,
+        args.sync_period,
+        shutdown.clone(),
+    ));
 
     let (events_tx, mut events) = mpsc::channel(256);
     let follower = {

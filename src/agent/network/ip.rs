@@ -249,6 +249,11 @@ pub fn ip_step(step: &Step) -> Option<IpStep> {
             v(&["link", "set", dev, "master", bridge, "up"]),
             &[],
         ),
+        Step::Hairpin { dev } => (
+            Place::Node,
+            v(&["link", "set", dev, "type", "bridge_slave", "hairpin", "on"]),
+            &[],
+        ),
         Step::PodAddress {
             netns,
             dev,

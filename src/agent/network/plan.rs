@@ -116,6 +116,11 @@ pub enum Step {
         dev: String,
         bridge: String,
     },
+    /// The bridge may send a pod's frames back out of the port they came in by: a pod that
+    /// reaches its own Service and is picked as the endpoint (hairpin), as kubenet does.
+    Hairpin {
+        dev: String,
+    },
     PodAddress {
         netns: String,
         dev: String,
@@ -238,8 +243,11 @@ pub fn pod_setup(uid: &str, ip: Ipv4Addr, node: &NodeNetwork, observed: &Observe
         peer: POD_INTERFACE.into(),
     });
     steps.push(Step::AttachToBridge {
-        dev: names.host_veth,
+        dev: names.host_veth.clone(),
         bridge: BRIDGE.into(),
+    });
+    steps.push(Step::Hairpin {
+        dev: names.host_veth,
     });
     steps.push(Step::PodAddress {
         netns: names.netns.clone(),
@@ -357,6 +365,7 @@ pub fn apply_to(observed: &mut Observed, step: &Step) {
         Step::AttachToBridge { dev, .. } => {
             observed.links.insert(dev.clone(), true);
         }
+        Step::Hairpin { .. } => {}
         Step::DeleteLink { name } => {
             observed.links.remove(name);
             if name == BRIDGE {
@@ -484,7 +493,10 @@ mod tests {
         let mut observed = Observed::default();
         let ip = Ipv4Addr::new(10, 244, 77, 2);
         let steps = pod_setup("abc", ip, &node(), &observed);
-        assert_eq!(steps.len(), 7, "{steps:?}");
+        assert_eq!(steps.len(), 8, "{steps:?}");
+        assert!(steps.contains(&Step::Hairpin {
+            dev: "vtabc".into()
+        }));
         assert_eq!(
             steps[0],
             Step::CreateNetns {
@@ -500,7 +512,7 @@ mod tests {
         // A namespace left without its veth (a crash between the two) gets the veth.
         observed.links.remove("vtabc");
         let again = pod_setup("abc", ip, &node(), &observed);
-        assert_eq!(again.len(), 6);
+        assert_eq!(again.len(), 7);
         run(&mut observed, &again);
         let down = pod_teardown("abc", &observed);
         assert_eq!(
