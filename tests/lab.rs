@@ -983,6 +983,72 @@ fn services_balance_over_ready_pods_from_every_node_and_pod() {
         text(&pods[0], "/metadata/name")
     );
 
+    // Unready pods are left out: of two pods whose readiness needs /tmp/ready, only the
+    // one given the file answers behind the Service.
+    lab.repos.write(
+        "flaky-svc.yaml",
+        &WEB_SVC
+            .replace("name: web", "name: flaky")
+            .replace("app: web", "app: flaky")
+            .replace("30123", "30124"),
+    );
+    lab.deploy(
+        "flaky.yaml",
+        &deployment(
+            "flaky",
+            2,
+            &image,
+            "",
+            "        readinessProbe:\n          exec: {command: [cat, /tmp/ready]}\n          periodSeconds: 1\n",
+        ),
+        "flaky pods behind a Service",
+    );
+    let flaky = lab.wait_pods(
+        "flaky",
+        "2 flaky pods Running",
+        Duration::from_secs(60),
+        |p| p.len() == 2 && p.iter().all(|p| text(p, "/status/phase") == "Running"),
+    );
+    let chosen = &flaky[0];
+    let node = text(chosen, "/spec/nodeName");
+    let i = lab
+        .nodes
+        .iter()
+        .position(|n| n.name == node)
+        .expect("a lab node");
+    let id = format!("{}-flaky", text(chosen, "/metadata/uid"));
+    let root = lab.nodes[i].state.join("runc");
+    run(
+        "runc",
+        &["--root", s(&root), "exec", &id, "touch", "/tmp/ready"],
+    );
+    let ready_name = text(chosen, "/metadata/name").to_string();
+    lab.serve().wait_for(
+        "/api/v1/namespaces/default/endpoints/flaky",
+        "1 ready address",
+        |e| {
+            e.pointer("/subsets/0/addresses")
+                .and_then(Value::as_array)
+                .map(Vec::len)
+                == Some(1)
+                && e.pointer("/subsets/0/notReadyAddresses")
+                    .and_then(Value::as_array)
+                    .map(Vec::len)
+                    == Some(1)
+        },
+    );
+    let url = format!("http://{}:30124/cgi-bin/hostname", lab.nodes[0].address);
+    let mut seen = BTreeSet::new();
+    for _ in 0..10 {
+        seen.extend(backends(&lab, 0, &url, 5));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        seen,
+        BTreeSet::from([ready_name]),
+        "only the ready pod answers"
+    );
+
     // Scaling 3 -> 5 adds the backends on every node.
     lab.deploy(
         "web.yaml",
