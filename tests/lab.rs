@@ -232,14 +232,14 @@ impl Lab {
         }
     }
 
-    /// `web:v1` and `web:v2` pushed to the registry: busybox httpd on port 80 serving
+    /// `web:v1`, `web:v2` and `web:v3` pushed to the registry: busybox httpd on port 80 serving
     /// `web <version>` at `/` and the pod's hostname at `/cgi-bin/hostname`; v1 also as a
     /// docker archive `airgap/web:v1` for `--images`.
     fn build_images(&self) {
         let w = self.tmp.path().join("build");
         let img = w.join("img");
         run("umoci", &["init", "--layout", s(&img)]);
-        for version in ["v1", "v2"] {
+        for version in ["v1", "v2", "v3"] {
             let tag = format!("{}:{version}", s(&img));
             let ub = w.join(format!("ub-{version}"));
             run("umoci", &["new", "--image", &tag]);
@@ -1078,17 +1078,29 @@ fn services_balance_over_ready_pods_from_every_node_and_pod() {
             .is_some()
     );
     let node01 = format!("http://{}:30123/", lab.nodes[0].address);
+    // Restored means: the agent saw the drift and rebuilt the table (a single answer could
+    // come from what an incremental sync happened to re-add), then every backend answers.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while lab
-        .on_node(0, &["curl", "-sf", "-m", "1", &node01])
-        .is_none()
+    while !std::fs::read_to_string(&lab.nodes[0].log)
+        .unwrap_or_default()
+        .contains("the tend-lb table drifted")
     {
         assert!(
             Instant::now() < deadline,
-            "the flushed table was not restored\n{}",
+            "the flush was not noticed\n{}",
             lab.agent_logs()
         );
         std::thread::sleep(Duration::from_millis(200));
+    }
+    let url = format!("http://{}:30123/cgi-bin/hostname", lab.nodes[0].address);
+    let mut seen = BTreeSet::new();
+    while seen != expected {
+        assert!(
+            Instant::now() < deadline,
+            "the flushed table was not restored: {seen:?}\n{}",
+            lab.agent_logs()
+        );
+        seen.extend(backends(&lab, 0, &url, 10));
     }
     assert!(
         lab.on_node(0, &["nft", "list", "table", "ip", "other"])
@@ -1149,4 +1161,206 @@ fn services_balance_over_ready_pods_from_every_node_and_pod() {
             .is_some(),
         "foreign table kept"
     );
+}
+
+/// Every page and hostname behind NodePort 30123, asked through every node's address.
+fn seen_through_node_port(lab: &Lab, path: &str, want: usize) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.len() < want && Instant::now() < deadline {
+        for (i, node) in lab.nodes.iter().enumerate() {
+            let url = format!("http://{}:30123{path}", node.address);
+            seen.extend(backends(lab, i, &url, 3));
+        }
+    }
+    seen
+}
+
+/// Waits until NodePort 30123 answers only `page` through every node's address (a rollout's
+/// old endpoints leave the rules within a sync period); panics after 30 s.
+fn serves_only(lab: &Lab, page: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut answers = Vec::new();
+        for (i, node) in lab.nodes.iter().enumerate() {
+            let url = format!("http://{}:30123/", node.address);
+            for _ in 0..3 {
+                answers.push(lab.on_node(i, &["curl", "-sf", "-m", "2", &url]));
+            }
+        }
+        if answers
+            .iter()
+            .all(|a| a.as_deref().map(str::trim) == Some(page))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "NodePort 30123 does not serve only {page:?}: {answers:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Seed 000's lab on real nodes, every step a commit or a CLI command: pods wait for a node
+/// labelled disk=ssd, all land on it, NodePort 30123 balances over them from every node; v2
+/// and v3 roll out with history 1,2,3; undo to revision 1 is a commit (history 2,3,4, v1
+/// served); `git revert` of that commit brings v3 back.
+#[test]
+fn the_seed_lab_by_commits_on_real_nodes() {
+    if !lab_possible("the_seed_lab_by_commits_on_real_nodes") {
+        return;
+    }
+    let lab = Lab::start(3, &[]);
+    let image = |v: &str| format!("{}/web:{v}", lab.registry_addr);
+    lab.repos.write("xgp-svc.yaml", common::XGP_SVC);
+    lab.repos
+        .write("xgp-web.yaml", &common::xgp_web(3, &image("v1")));
+    let v1 = lab.repos.commit("v1");
+    lab.repos.push();
+    assert_eq!(common::phase(&lab.serve().wait_revision(&v1)), "Applied");
+    std::thread::sleep(Duration::from_secs(2));
+    let pending = lab.pods("xgp-server");
+    assert_eq!(pending.len(), 3);
+    assert!(
+        pending.iter().all(|p| text(p, "/spec/nodeName").is_empty()),
+        "no node has disk=ssd yet"
+    );
+
+    lab.serve()
+        .cli_ok(&["label", "nodes", "node01", "disk=ssd"]);
+    let pods = lab.wait_pods(
+        "xgp-server",
+        "3 pods Running on node01",
+        Duration::from_secs(90),
+        |p| {
+            p.len() == 3
+                && p.iter()
+                    .all(|p| running_and_ready(p) && text(p, "/spec/nodeName") == "node01")
+        },
+    );
+    lab.serve().cli_ok(&[
+        "rollout",
+        "status",
+        "deployment/xgp-web",
+        "--timeout",
+        "60s",
+    ]);
+    eprintln!(
+        "$ tend get pods -o wide\n{}",
+        lab.serve().cli_ok(&["get", "pods", "-o", "wide"])
+    );
+    for p in &pods {
+        lab.fetch_eventually(0, text(p, "/status/podIP"), "/");
+    }
+    assert_eq!(
+        seen_through_node_port(&lab, "/cgi-bin/hostname", 3),
+        names(&pods),
+        "balanced"
+    );
+    serves_only(&lab, "web v1");
+
+    // v2, then v3: each a commit, each rollout completes.
+    let mut commits = vec![v1.clone()];
+    for v in ["v2", "v3"] {
+        lab.repos
+            .write("xgp-web.yaml", &common::xgp_web(3, &image(v)));
+        let c = lab.repos.commit(v);
+        lab.repos.push();
+        assert_eq!(common::phase(&lab.serve().wait_revision(&c)), "Applied");
+        lab.serve().cli_ok(&[
+            "rollout",
+            "status",
+            "deployment/xgp-web",
+            "--timeout",
+            "90s",
+        ]);
+        lab.wait_pods("xgp-server", v, Duration::from_secs(60), |p| {
+            p.len() == 3
+                && p.iter().all(|p| {
+                    running_and_ready(p) && text(p, "/spec/containers/0/image").ends_with(v)
+                })
+        });
+        commits.push(c);
+    }
+    let history = lab
+        .serve()
+        .cli_ok(&["rollout", "history", "deployment/xgp-web"]);
+    eprintln!("$ tend rollout history deployment/xgp-web\n{history}");
+    for (n, (c, v)) in commits.iter().zip(["v1", "v2", "v3"]).enumerate() {
+        assert!(
+            history.contains(&format!("{}         {} {v}", n + 1, &c[..7])),
+            "{history}"
+        );
+    }
+    let pods = lab.pods("xgp-server");
+    serves_only(&lab, "web v3");
+    // The node's nft rules hold the Service's 3 endpoints.
+    let table = lab
+        .on_node(1, &["nft", "list", "table", "ip", "tend-lb"])
+        .unwrap_or_default();
+    for p in &pods {
+        assert!(
+            table.contains(text(p, "/status/podIP")),
+            "endpoint {} in\n{table}",
+            text(p, "/status/podIP")
+        );
+    }
+
+    // Undo to revision 1: a commit; history 2,3,4; v1 served.
+    let undo = lab.serve().cli_ok(&[
+        "rollout",
+        "undo",
+        "deployment/xgp-web",
+        "--to-revision",
+        "1",
+    ]);
+    eprintln!("$ tend rollout undo deployment/xgp-web --to-revision 1\n{undo}");
+    lab.serve().cli_ok(&[
+        "rollout",
+        "status",
+        "deployment/xgp-web",
+        "--timeout",
+        "90s",
+    ]);
+    lab.wait_pods("xgp-server", "v1 again", Duration::from_secs(60), |p| {
+        p.len() == 3
+            && p.iter().all(|p| {
+                running_and_ready(p) && text(p, "/spec/containers/0/image").ends_with("v1")
+            })
+    });
+    let history = lab
+        .serve()
+        .cli_ok(&["rollout", "history", "deployment/xgp-web"]);
+    let revisions: Vec<&str> = history
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(revisions, ["2", "3", "4"], "{history}");
+    serves_only(&lab, "web v1");
+
+    // git revert of the undo commit: v3 again.
+    common::git(&lab.repos.work, &["pull", "-q", "origin", "main"]);
+    common::git(&lab.repos.work, &["revert", "--no-edit", "HEAD"]);
+    let revert = common::git(&lab.repos.work, &["rev-parse", "HEAD"]);
+    lab.repos.push();
+    assert_eq!(
+        common::phase(&lab.serve().wait_revision(&revert)),
+        "Applied"
+    );
+    lab.serve().cli_ok(&[
+        "rollout",
+        "status",
+        "deployment/xgp-web",
+        "--timeout",
+        "90s",
+    ]);
+    lab.wait_pods("xgp-server", "v3 again", Duration::from_secs(60), |p| {
+        p.len() == 3
+            && p.iter().all(|p| {
+                running_and_ready(p) && text(p, "/spec/containers/0/image").ends_with("v3")
+            })
+    });
+    serves_only(&lab, "web v3");
 }
