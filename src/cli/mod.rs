@@ -80,6 +80,11 @@ pub enum Command {
     Logs(logs::LogsArgs),
     /// Print the client version (and the server's, when reachable).
     Version,
+    /// Print a shell completion script: `source <(tend completion bash)`.
+    Completion {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Flags of the hidden `tend agent-reaper` (started by `tend agent`).
@@ -154,6 +159,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             });
         }
         Command::Version => version(&options()),
+        Command::Completion { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "tend", &mut script);
+            Printed {
+                stdout: String::from_utf8_lossy(&script).into_owned(),
+                stderr: String::new(),
+            }
+        }
     };
     print(&printed);
     Ok(ExitCode::SUCCESS)
