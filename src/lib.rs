@@ -10,8 +10,9 @@
 //!   ClusterIP/NodePort allocation), ReplicaSets, garbage collection, node lifecycle.
 //! - [`server`]: the HTTP API (axum), bearer-token authentication, webhooks.
 //! - [`cli`]: the command-line client (`get`, `describe`, `diff`), kubectl-style tables.
-//! - [`agent`]: the node side: the agents' API client and the simulated node (`tend sim-node`);
-//!   the real agent (image pull, runc, pod network, nftables) comes next.
+//! - [`agent`]: the node side: `tend agent` (images, runc, pod network, probes, logs, the
+//!   Service proxy in nftables), the agents' API client and the simulated node.
+//! - [`errors`]: errors written as one line (every cause, or the innermost).
 //! - [`api`]: the object model shared by all: kinds, keys, metadata helpers, selectors.
 
 pub mod agent;
@@ -19,6 +20,7 @@ pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod controller;
+pub mod errors;
 pub mod manifest;
 pub mod plan;
 pub mod scheduler;

@@ -15,6 +15,7 @@
 //! node bridge, so HTTP and TCP probes connect to `podIP:port` from the agent itself.
 
 use super::events::PodNote;
+use crate::errors::error_chain;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -89,8 +90,10 @@ impl NetProber {
             Err(e) if e.is_timeout() => {
                 ProbeOutcome::Failure(format!("Get {url}: timed out after {timeout:?}"))
             }
-            Err(e) if e.is_builder() => ProbeOutcome::Error(format!("Get {url}: {}", chain(&e))),
-            Err(e) => ProbeOutcome::Failure(format!("Get {url}: {}", chain(&e))),
+            Err(e) if e.is_builder() => {
+                ProbeOutcome::Error(format!("Get {url}: {}", error_chain(&e)))
+            }
+            Err(e) => ProbeOutcome::Failure(format!("Get {url}: {}", error_chain(&e))),
         }
     }
 
@@ -123,18 +126,6 @@ impl NetProber {
             Err(e) => ProbeOutcome::Error(format!("exec probe task: {e}")),
         }
     }
-}
-
-/// An error with its causes, on one line (reqwest's own message hides the cause).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// The start of a command's output, on one line, for a log line.

@@ -2,6 +2,7 @@
 //! (Kubernetes `Status` objects) turned into one readable line.
 
 use crate::api::{Kind, ObjectKey};
+use crate::errors::{error_chain, root_cause};
 use reqwest::blocking::{Client as Http, Response};
 use reqwest::{Method, StatusCode, Url};
 use serde_json::Value;
@@ -291,29 +292,6 @@ fn status_error(status: StatusCode, body: &str) -> ClientError {
         reason: field("reason"),
         message: message.replace('\n', " "),
     }
-}
-
-/// The innermost cause of an error (`Connection refused (os error 111)`).
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
-}
-
-/// Every cause of an error on one line.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        let text = next.to_string();
-        if parts.last() != Some(&text) {
-            parts.push(text);
-        }
-        cur = next;
-    }
-    parts.join(": ")
 }
 
 #[cfg(test)]

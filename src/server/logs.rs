@@ -11,6 +11,7 @@
 use super::{ApiError, Identity, Shared, auth};
 use crate::agent::logs::{LogOptions, sign};
 use crate::api::{Kind, ObjectKey};
+use crate::errors::root_cause;
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{Method, StatusCode, header};
@@ -246,15 +247,6 @@ async fn respond(
             format!("the agent of node {node_name} at {endpoint} answered {code}: {message}"),
         ),
     })
-}
-
-/// The innermost cause of an error (`Connection refused (os error 111)`).
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
 }
 
 #[cfg(test)]

@@ -141,27 +141,19 @@ pub fn unpack_layer(root: &Path, name: &str, data: &[u8]) -> Result<(), ImageErr
         {
             remove_any(&dst).map_err(ImageError::io(&dst))?;
         }
-        let unpacked = entry
-            .unpack_in(root)
-            .map_err(|e| layer_err(format!("{}: {}", raw.display(), chain(&e))))?;
+        let unpacked = entry.unpack_in(root).map_err(|e| {
+            layer_err(format!(
+                "{}: {}",
+                raw.display(),
+                crate::errors::error_chain(&e)
+            ))
+        })?;
         if !unpacked {
             return Err(unsafe_entry("escapes the rootfs"));
         }
         created.insert(rel);
     }
     Ok(())
-}
-
-/// An error with its causes, `a: b: c`.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// How a container's writable rootfs was made.
