@@ -130,7 +130,8 @@ pub fn preflight(
     Ok(())
 }
 
-fn command_runs(tool: &str, args: &[&str]) -> bool {
+/// Runs `tool args` with its output discarded; whether it succeeded (preflight checks).
+pub fn succeeds(tool: &str, args: &[&str]) -> bool {
     Command::new(tool)
         .args(args)
         .stdin(Stdio::null())
@@ -150,7 +151,7 @@ pub fn main(
     args.servers = vec![server.to_string()];
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    preflight(root, command_runs)?;
+    preflight(root, succeeds)?;
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     if !cgroups_mounted(&mountinfo) {
         return Err(PreflightError::NoCgroups.into());

@@ -8,7 +8,7 @@
 //! Choosing the container and the node's endpoint are pure functions; only [`handle`]
 //! touches the store and the network.
 
-use super::{ApiError, Identity, Shared, auth};
+use super::{ApiError, Shared};
 use crate::agent::logs::{LogOptions, sign};
 use crate::api::{Kind, ObjectKey};
 use crate::errors::root_cause;
@@ -146,15 +146,7 @@ async fn respond(
     name: &str,
     req: Request,
 ) -> Result<Response, ApiError> {
-    match auth::authenticate(&shared.api.tokens, req.headers()) {
-        None => return Err(ApiError::unauthorized()),
-        Some(Identity::Admin) => {}
-        Some(other) => {
-            return Err(ApiError::forbidden(format!(
-                "the {other} token may not read pod logs"
-            )));
-        }
-    }
+    super::admin_only(shared, req.headers(), "read pod logs")?;
     if req.method() != Method::GET {
         return Err(ApiError::method_not_allowed(
             req.method().as_str(),

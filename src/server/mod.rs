@@ -203,6 +203,22 @@ struct ListParams {
     timeout_seconds: Option<u64>,
 }
 
+/// For routes only the admin token may use: 401 without a valid token, 403 for another
+/// one, saying what it may not `do_what`.
+fn admin_only(
+    shared: &Shared,
+    headers: &axum::http::HeaderMap,
+    do_what: &str,
+) -> Result<(), ApiError> {
+    match auth::authenticate(&shared.api.tokens, headers) {
+        None => Err(ApiError::unauthorized()),
+        Some(Identity::Admin) => Ok(()),
+        Some(other) => Err(ApiError::forbidden(format!(
+            "the {other} token may not {do_what}"
+        ))),
+    }
+}
+
 async fn dispatch(
     shared: &Shared,
     identity: Identity,

@@ -6,9 +6,8 @@
 //! The choice of what to write (which ReplicaSet, which template, which message) is made by
 //! pure functions over the objects; only [`handle`] touches the store and the writer.
 
-use super::{ApiError, Shared, auth, limits};
+use super::{ApiError, Shared, limits};
 use crate::api::{Kind, ObjectKey};
-use crate::server::Identity;
 use crate::source::write::{Edit, SourceWriter, WriteFailure};
 use axum::Json;
 use axum::extract::{Path, Request, State};
@@ -203,15 +202,7 @@ async fn run(
     action: &str,
     req: Request,
 ) -> Result<Response, ApiError> {
-    match auth::authenticate(&shared.api.tokens, req.headers()) {
-        None => return Err(ApiError::unauthorized()),
-        Some(Identity::Admin) => {}
-        Some(other) => {
-            return Err(ApiError::forbidden(format!(
-                "the {other} token may not change deployments"
-            )));
-        }
-    }
+    super::admin_only(shared, req.headers(), "change deployments")?;
     if req.method() != axum::http::Method::POST {
         return Err(ApiError::method_not_allowed(
             req.method().as_str(),

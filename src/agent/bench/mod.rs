@@ -68,16 +68,6 @@ pub fn missing_prerequisites(
     missing
 }
 
-fn command_runs(tool: &str, args: &[&str]) -> bool {
-    Command::new(tool)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// The figures to run from `--only` (comma-separated), in their order.
 pub fn parse_only(only: &str) -> anyhow::Result<Vec<&'static str>> {
     let mut wanted = Vec::new();
@@ -109,7 +99,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let figures = parse_only(&args.only)?;
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    let missing = missing_prerequisites(root, command_runs, Path::new(BUSYBOX).is_file());
+    let missing = missing_prerequisites(
+        root,
+        crate::agent::node::succeeds,
+        Path::new(BUSYBOX).is_file(),
+    );
     if !missing.is_empty() {
         bail!("tend bench agent needs {}", missing.join(", "));
     }
@@ -260,15 +254,7 @@ pub fn command_in_netns(name: &str, program: &Path) -> anyhow::Result<Command> {
 }
 
 /// Runs a command, its output discarded; whether it succeeded.
-pub fn quiet(program: &str, args: &[&str]) -> bool {
-    Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
+pub use crate::agent::node::succeeds as quiet;
 
 /// Runs a command; its stdout, or an error with its stderr.
 pub fn must(program: &str, args: &[&str]) -> anyhow::Result<String> {

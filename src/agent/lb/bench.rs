@@ -117,16 +117,6 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
-fn runs(tool: &str, arg: &str) -> bool {
-    Command::new(tool)
-        .arg(arg)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// `tend bench services`: one block of figures per size in `sizes`; `changes` endpoint
 /// changes are timed per size (the median is reported).
 pub fn run(sizes: &[usize], changes: usize) -> anyhow::Result<ExitCode> {
@@ -139,7 +129,7 @@ pub fn run(sizes: &[usize], changes: usize) -> anyhow::Result<ExitCode> {
         ("ip", "-V", "apt-get install iproute2"),
         ("nft", "--version", "apt-get install nftables"),
     ] {
-        if !runs(tool, arg) {
+        if !crate::agent::node::succeeds(tool, &[arg]) {
             missing.push(format!("{tool} ({hint})"));
         }
     }
