@@ -5,8 +5,7 @@
 
 use serde_json::{Value, json};
 
-pub const NORMAL: &str = "Normal";
-pub const WARNING: &str = "Warning";
+pub use crate::controller::events::{NORMAL, WARNING};
 
 /// One event about a pod, before it is sent.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -34,6 +34,11 @@ pub fn init_containers_of(pod: &Value) -> Vec<Container> {
     list(pod, "initContainers")
 }
 
+/// The pod's (app) containers, in order.
+pub fn containers_of(pod: &Value) -> Vec<Container> {
+    list(pod, "containers")
+}
+
 /// Every container of the pod, init containers first: what the syncer observes and acts on
 /// (names are unique across both lists; validation enforces it).
 pub fn all_containers_of(pod: &Value) -> Vec<Container> {

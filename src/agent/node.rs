@@ -331,13 +331,14 @@ pub async fn run(args: AgentArgs, mut shutdown: watch::Receiver<bool>) -> anyhow
     );
     let syncer: Arc<Syncer> = Arc::new(
         PodSyncer::new(runtime, network, images, &args.state, args.address)
-            .with_services(services)
+            .with_services(services.clone())
             .with_probes(probes.clone()),
     );
 
     // The Service proxy: ClusterIPs and NodePorts in nftables, balanced over ready pods.
     tokio::spawn(super::proxy::keep_load_balancing(
         AgentClient::from_token_file(args.servers.clone(), &args.token_file)?,
+        services.clone(),
         args.service_cidr,
         args.cluster_cidr,
         args.sync_period,

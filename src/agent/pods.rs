@@ -115,17 +115,6 @@ pub fn plan_pod(pod: &Value, observed: &PodObserved, now: Timestamp) -> Vec<PodA
     plan(pod, observed, now).actions
 }
 
-fn containers_of(pod: &Value) -> Vec<Container> {
-    pod.pointer("/spec/containers")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|c| serde_json::from_value(c.clone()).ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// `terminationGracePeriodSeconds` (deletion's own grace period first), default 30 s.
 pub fn grace_period(pod: &Value) -> Duration {
     pod.pointer("/metadata/deletionGracePeriodSeconds")
@@ -137,7 +126,7 @@ pub fn grace_period(pod: &Value) -> Duration {
 
 /// Like [`plan_pod`], with the restart bookkeeping for the executor to keep.
 pub fn plan(pod: &Value, observed: &PodObserved, now: Timestamp) -> PodPlan {
-    let containers = containers_of(pod);
+    let containers = super::init::containers_of(pod);
     let inits = super::init::init_containers_of(pod);
     let mut tracked: BTreeMap<String, Tracked> = observed
         .containers

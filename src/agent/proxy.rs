@@ -1,12 +1,13 @@
 //! The node's Service proxy (issue 5): what kube-proxy does, inside `tend agent`. Every
-//! sync period it reads the Services and Endpoints, builds the desired `ip tend-lb` table
+//! sync period it takes the Services from the agent's cache (the one that also gives
+//! containers their Service variables), lists the Endpoints, builds the desired `ip tend-lb` table
 //! ([`super::lb::model`]) and sends only the difference ([`super::lb::LbSync`]); every
 //! `DRIFT_CHECK` it checks that the table is still the one it programmed (a flush, a
 //! deletion or another process's rebuild means a full sync). The Service CIDR is routed to
 //! `lo` on the node so that the node's own connections to a ClusterIP have a route for the
 //! output hook to rewrite (LAB.md: no dummy links here).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,7 @@ use super::lb::LbSync;
 use super::lb::model::{NodeInput, ServiceInput, desired};
 use super::lb::nft::NftCommand;
 use super::network::ipam::Cidr;
+use super::services::ServiceSource;
 
 /// How often the table is checked for drift.
 pub const DRIFT_CHECK: Duration = Duration::from_secs(10);
@@ -79,6 +81,7 @@ fn route_service_cidr(cidr: &Cidr) -> Result<(), String> {
 /// Runs the proxy until `shutdown`.
 pub async fn keep_load_balancing(
     client: AgentClient,
+    services: Arc<dyn ServiceSource>,
     service_cidr: Cidr,
     cluster_cidr: Cidr,
     period: Duration,
@@ -99,18 +102,19 @@ pub async fn keep_load_balancing(
     )));
     let mut failures = 0u32;
     let mut last_check = Instant::now();
-    let mut warned: BTreeMap<String, ()> = BTreeMap::new();
+    let mut warned: BTreeSet<String> = BTreeSet::new();
     loop {
-        let listed = async {
-            let services = client.list_services().await?;
-            let endpoints = client.list_endpoints().await?;
-            Ok::<_, super::client::ClientError>((services, endpoints))
-        }
-        .await;
-        let wait = match listed {
-            Ok((services, endpoints)) => {
+        // Until the cache has read the Services once, there is nothing to program yet.
+        let Some(services) = services.services() else {
+            tokio::select! {
+                _ = tokio::time::sleep(period) => continue,
+                _ = super::stopped(&mut shutdown) => return,
+            }
+        };
+        let wait = match client.list_endpoints().await {
+            Ok(endpoints) => {
                 let inputs = inputs(&services, &endpoints, |w| {
-                    if warned.insert(w.clone(), ()).is_none() {
+                    if warned.insert(w.clone()) {
                         tracing::warn!("services: {w}");
                     }
                 });
@@ -150,7 +154,7 @@ pub async fn keep_load_balancing(
             }
             Err(e) => {
                 failures += 1;
-                tracing::warn!("services: listing Services and Endpoints: {e}");
+                tracing::warn!("services: listing Endpoints: {e}");
                 backoff(failures).min(Duration::from_secs(30))
             }
         };

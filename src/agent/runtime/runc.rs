@@ -179,6 +179,8 @@ pub struct Runc {
     logs: PathBuf,
     /// Pids of containers this process started, and their exit codes once reaped.
     children: Mutex<BTreeMap<String, Child>>,
+    /// Containers whose kept exit code was waited for already (see `kept_exit_code`).
+    waited: Mutex<std::collections::BTreeSet<String>>,
     /// When set, containers are started by the node's reaper, which keeps their exit codes
     /// under `<root>/exits` (see [`super::reaper`]).
     reaper: Option<super::reaper::ReaperClient>,
@@ -213,6 +215,7 @@ impl Runc {
             root,
             logs,
             children: Mutex::new(BTreeMap::new()),
+            waited: Mutex::new(std::collections::BTreeSet::new()),
             reaper: None,
         })
     }
@@ -232,7 +235,9 @@ impl Runc {
                 .ok()
                 .and_then(|t| t.trim().parse().ok())
         };
-        if self.reaper.is_none() {
+        // Waited for once per container: one the reaper never saw (started before it, or
+        // by another runtime) must not cost every later sync the same wait.
+        if self.reaper.is_none() || !self.waited_for_exit().insert(id.to_string()) {
             return read();
         }
         let deadline = Instant::now() + Duration::from_millis(300);
@@ -252,6 +257,12 @@ impl Runc {
         self.children()
             .values()
             .any(|c| c.pid == pid && c.exit_code.is_none())
+    }
+
+    fn waited_for_exit(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<String>> {
+        self.waited
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn children(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Child>> {
@@ -485,6 +496,7 @@ impl ContainerRuntime for Runc {
             }
         }
         self.children().remove(id);
+        self.waited_for_exit().remove(id);
         let _ = fs::remove_file(super::reaper::exit_path(&self.root, id));
         result
     }
