@@ -866,6 +866,21 @@ fn backends(lab: &Lab, i: usize, url: &str, tries: usize) -> BTreeSet<String> {
         .collect()
 }
 
+/// Hostnames answering `url` from node `i`, asked until they are `expected` or `deadline`.
+fn backends_until(
+    lab: &Lab,
+    i: usize,
+    url: &str,
+    expected: &BTreeSet<String>,
+    deadline: Instant,
+) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    while &seen != expected && Instant::now() < deadline {
+        seen.extend(backends(lab, i, url, 10));
+    }
+    seen
+}
+
 fn names(pods: &[Value]) -> BTreeSet<String> {
     pods.iter()
         .map(|p| text(p, "/metadata/name").to_string())
@@ -936,10 +951,7 @@ fn services_balance_over_ready_pods_from_every_node_and_pod() {
         for to in &lab.nodes {
             let url = format!("http://{}:30123/cgi-bin/hostname", to.address);
             let deadline = Instant::now() + Duration::from_secs(20);
-            let mut seen = BTreeSet::new();
-            while seen != expected && Instant::now() < deadline {
-                seen.extend(backends(&lab, from, &url, 10));
-            }
+            let seen = backends_until(&lab, from, &url, &expected, deadline);
             assert_eq!(
                 seen,
                 expected,
@@ -951,13 +963,8 @@ fn services_balance_over_ready_pods_from_every_node_and_pod() {
     }
     // The ClusterIP from a node, and from inside a pod.
     let url = format!("http://{cluster_ip}/cgi-bin/hostname");
-    let mut seen = BTreeSet::new();
-    for _ in 0..10 {
-        seen.extend(backends(&lab, 1, &url, 10));
-        if seen == expected {
-            break;
-        }
-    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let seen = backends_until(&lab, 1, &url, &expected, deadline);
     assert_eq!(seen, expected, "ClusterIP from node02");
     let pod_netns = tend::agent::network::plan::pod_names(text(&pods[0], "/metadata/uid")).netns;
     let mut seen = BTreeSet::new();
@@ -1061,10 +1068,7 @@ fn services_balance_over_ready_pods_from_every_node_and_pod() {
     for from in 0..lab.nodes.len() {
         let url = format!("http://{}:30123/cgi-bin/hostname", lab.nodes[from].address);
         let deadline = Instant::now() + Duration::from_secs(30);
-        let mut seen = BTreeSet::new();
-        while seen != expected && Instant::now() < deadline {
-            seen.extend(backends(&lab, from, &url, 10));
-        }
+        let seen = backends_until(&lab, from, &url, &expected, deadline);
         assert_eq!(seen, expected, "5 backends via {}", lab.nodes[from].name);
     }
 
@@ -1089,15 +1093,13 @@ fn services_balance_over_ready_pods_from_every_node_and_pod() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let url = format!("http://{}:30123/cgi-bin/hostname", lab.nodes[0].address);
-    let mut seen = BTreeSet::new();
-    while seen != expected {
-        assert!(
-            Instant::now() < deadline,
-            "the flushed table was not restored: {seen:?}\n{}",
-            lab.agent_logs()
-        );
-        seen.extend(backends(&lab, 0, &url, 10));
-    }
+    let seen = backends_until(&lab, 0, &url, &expected, deadline);
+    assert_eq!(
+        seen,
+        expected,
+        "the flushed table was not restored\n{}",
+        lab.agent_logs()
+    );
     assert!(
         lab.on_node(0, &["nft", "list", "table", "ip", "other"])
             .is_some(),
