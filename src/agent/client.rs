@@ -1,7 +1,7 @@
 //! The agents' HTTP client of the API: several server URLs (the next one is tried when one does
 //! not answer), the join token from a file, the Node's registration and status, and a
-//! list-then-watch of the node's pods that resumes from the last resourceVersion it saw and
-//! lists again when the server no longer holds it (410).
+//! list-then-watch (the node's pods, every Service, every Endpoints) that resumes from the last
+//! resourceVersion it saw and lists again when the server no longer holds it (410).
 
 use futures_util::StreamExt;
 use reqwest::{Method, StatusCode};
@@ -71,16 +71,19 @@ pub fn backoff(attempt: u32) -> Duration {
     backoff_with_jitter(attempt, rand::random::<f64>())
 }
 
-/// A change to the pods a node follows.
+/// A change to the objects an agent follows (its pods, every Service, every Endpoints).
 #[derive(Debug, Clone, PartialEq)]
-pub enum PodEvent {
-    /// Every pod that matches, after a (re)list: pods not in it are gone.
+pub enum WatchEvent {
+    /// Every object that matches, after a (re)list: objects not in it are gone.
     Listed(Vec<Value>),
-    /// A pod was added or changed.
+    /// An object was added or changed.
     Applied(Value),
-    /// A pod was deleted (its last state).
+    /// An object was deleted (its last state).
     Deleted(Value),
 }
+
+/// The pods' events are the generic ones.
+pub type PodEvent = WatchEvent;
 
 pub struct AgentClient {
     servers: Vec<String>,
@@ -285,14 +288,20 @@ impl AgentClient {
 
     /// Pods in every namespace matching `field_selector`, and the list's resourceVersion.
     pub async fn list_pods(&self, field_selector: &str) -> Result<(Vec<Value>, u64), ClientError> {
-        let list = self
-            .call(
-                Method::GET,
-                "/api/v1/pods",
-                &[("fieldSelector", field_selector)],
-                None,
-            )
-            .await?;
+        self.list("/api/v1/pods", Some(field_selector)).await
+    }
+
+    /// The objects of a list path (e.g. `/api/v1/services`), and the list's resourceVersion.
+    pub async fn list(
+        &self,
+        path: &str,
+        field_selector: Option<&str>,
+    ) -> Result<(Vec<Value>, u64), ClientError> {
+        let query: Vec<(&str, &str)> = field_selector
+            .map(|s| ("fieldSelector", s))
+            .into_iter()
+            .collect();
+        let list = self.call(Method::GET, path, &query, None).await?;
         let rv = resource_version(&list);
         let items = list
             .get("items")
@@ -302,54 +311,25 @@ impl AgentClient {
         Ok((items, rv))
     }
 
-    /// Every Service in every namespace (for containers' Service variables). Items that do not
-    /// parse as a Service are skipped with a warning rather than failing the whole list.
-    /// Every Endpoints object (the node's Service proxy balances over their addresses).
-    pub async fn list_endpoints(
-        &self,
-    ) -> Result<Vec<k8s_openapi::api::core::v1::Endpoints>, ClientError> {
-        let list = self
-            .call(Method::GET, "/api/v1/endpoints", &[], None)
-            .await?;
-        Ok(list
-            .get("items")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|item| serde_json::from_value(item.clone()).ok())
-            .collect())
-    }
-
-    pub async fn list_services(
-        &self,
-    ) -> Result<Vec<k8s_openapi::api::core::v1::Service>, ClientError> {
-        let list = self
-            .call(Method::GET, "/api/v1/services", &[], None)
-            .await?;
-        let items = list
-            .get("items")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        Ok(items
-            .into_iter()
-            .filter_map(|item| match serde_json::from_value(item) {
-                Ok(service) => Some(service),
-                Err(e) => {
-                    tracing::warn!("a listed service does not parse: {e}");
-                    None
-                }
-            })
-            .collect())
-    }
-
-    /// Follows the pods matching `field_selector` until `shutdown`: lists, then watches from
-    /// the list's resourceVersion; after a broken connection watches again from the last
-    /// resourceVersion seen; lists again on 410. Ends when `events` is closed.
+    /// Follows the pods matching `field_selector` (see [`AgentClient::follow`]).
     pub async fn follow_pods(
         &self,
         field_selector: &str,
-        events: mpsc::Sender<PodEvent>,
+        events: mpsc::Sender<WatchEvent>,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        self.follow("/api/v1/pods", Some(field_selector), events, shutdown)
+            .await;
+    }
+
+    /// Follows the objects of a list `path` until `shutdown`, as an informer does: lists,
+    /// then watches from the list's resourceVersion; after a broken connection watches again
+    /// from the last resourceVersion seen; lists again on 410. Ends when `events` is closed.
+    pub async fn follow(
+        &self,
+        path: &str,
+        field_selector: Option<&str>,
+        events: mpsc::Sender<WatchEvent>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut failures = 0u32;
@@ -361,13 +341,13 @@ impl AgentClient {
             let step = async {
                 match from {
                     None => {
-                        let (pods, rv) = self.list_pods(field_selector).await?;
-                        if events.send(PodEvent::Listed(pods)).await.is_err() {
+                        let (items, rv) = self.list(path, field_selector).await?;
+                        if events.send(WatchEvent::Listed(items)).await.is_err() {
                             return Ok(WatchEnd::Closed);
                         }
                         Ok(WatchEnd::Resume(rv))
                     }
-                    Some(rv) => self.watch_pods(field_selector, rv, &events).await,
+                    Some(rv) => self.watch(path, field_selector, rv, &events).await,
                 }
             };
             let outcome = tokio::select! {
@@ -382,7 +362,7 @@ impl AgentClient {
                     continue;
                 }
                 Ok(WatchEnd::Relist) => {
-                    tracing::info!("pod watch expired; listing again");
+                    tracing::info!("{path}: the watch expired; listing again");
                     from = None;
                     continue;
                 }
@@ -390,7 +370,7 @@ impl AgentClient {
                     from = None;
                     continue;
                 }
-                Err(e) => tracing::warn!("following pods: {e}"),
+                Err(e) => tracing::warn!("following {path}: {e}"),
             }
             let wait = backoff(failures);
             failures = failures.saturating_add(1);
@@ -402,27 +382,33 @@ impl AgentClient {
     }
 
     /// One watch from `rv`; returns where to resume.
-    async fn watch_pods(
+    async fn watch(
         &self,
-        field_selector: &str,
+        path: &str,
+        field_selector: Option<&str>,
         rv: u64,
-        events: &mpsc::Sender<PodEvent>,
+        events: &mpsc::Sender<WatchEvent>,
     ) -> Result<WatchEnd, ClientError> {
         let rv_text = rv.to_string();
         let seconds = WATCH_SECONDS.to_string();
-        let query = [
-            ("fieldSelector", field_selector),
+        let mut query = vec![
             ("watch", "true"),
             ("resourceVersion", rv_text.as_str()),
             ("timeoutSeconds", seconds.as_str()),
         ];
-        let response = self
-            .send(Method::GET, "/api/v1/pods", &query, None, None)
-            .await?;
+        if let Some(selector) = field_selector {
+            query.push(("fieldSelector", selector));
+        }
+        let response = self.send(Method::GET, path, &query, None, None).await?;
         let status = response.status();
         if !status.is_success() {
             let body: Value = response.json().await.unwrap_or(Value::Null);
-            return Err(api_error(&Method::GET, "/api/v1/pods?watch", status, &body));
+            return Err(api_error(
+                &Method::GET,
+                &format!("{path}?watch"),
+                status,
+                &body,
+            ));
         }
         let mut last_rv = rv;
         let mut stream = response.bytes_stream();
@@ -439,9 +425,9 @@ impl AgentClient {
                     continue;
                 };
                 let object = event.get("object").cloned().unwrap_or(Value::Null);
-                let pod_event = match event.get("type").and_then(Value::as_str) {
-                    Some("ADDED" | "MODIFIED") => PodEvent::Applied(object.clone()),
-                    Some("DELETED") => PodEvent::Deleted(object.clone()),
+                let watch_event = match event.get("type").and_then(Value::as_str) {
+                    Some("ADDED" | "MODIFIED") => WatchEvent::Applied(object.clone()),
+                    Some("DELETED") => WatchEvent::Deleted(object.clone()),
                     Some("BOOKMARK") => {
                         last_rv = last_rv.max(resource_version_of(&object));
                         continue;
@@ -455,7 +441,7 @@ impl AgentClient {
                     _ => continue,
                 };
                 last_rv = last_rv.max(resource_version_of(&object));
-                if events.send(pod_event).await.is_err() {
+                if events.send(watch_event).await.is_err() {
                     return Ok(WatchEnd::Closed);
                 }
             }

@@ -41,6 +41,7 @@ pub mod client;
 pub mod events;
 pub mod hooks;
 pub mod image;
+pub mod informer;
 pub mod init;
 pub mod lb;
 pub mod logs;

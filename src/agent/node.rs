@@ -14,12 +14,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use k8s_openapi::api::core::v1::Endpoints;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
 use super::client::{AgentClient, PodEvent, backoff, namespace_and_name, with_status};
 use super::events::{event_object, status_events};
 use super::image::{ImageStore, OciRegistry};
+use super::informer::{Informer, follow_into};
 use super::network::ip::IpCommands;
 use super::network::ipam::{Cidr, IpamStore};
 use super::network::{NodeNetwork, PeerRoute, PodNetwork, peer_routes};
@@ -28,7 +30,7 @@ use super::prober::{NetProber, ProbeManager};
 use super::registration::Registration;
 use super::runtime::reaper::ReaperClient;
 use super::runtime::runc::{ContainerRuntime, Runc, become_subreaper};
-use super::services::{ServiceCache, keep_services};
+use super::services::ServiceCache;
 use super::sim::parse_delay;
 use super::{now_millis, parse_pairs};
 
@@ -312,11 +314,20 @@ pub async fn run(args: AgentArgs, mut shutdown: watch::Receiver<bool>) -> anyhow
         docker_config: args.registry_config.clone().or_else(default_docker_config),
         handle: tokio::runtime::Handle::current(),
     });
+    // Every Service and every Endpoints, kept by watches: containers' Service variables and
+    // the Service proxy read them.
     let services = Arc::new(ServiceCache::default());
-    tokio::spawn(keep_services(
+    tokio::spawn(follow_into(
         AgentClient::from_token_file(args.servers.clone(), &args.token_file)?,
+        "/api/v1/services",
         services.clone(),
-        args.sync_period,
+        shutdown.clone(),
+    ));
+    let endpoints = Arc::new(Informer::<Endpoints>::default());
+    tokio::spawn(follow_into(
+        AgentClient::from_token_file(args.servers.clone(), &args.token_file)?,
+        "/api/v1/endpoints",
+        endpoints.clone(),
         shutdown.clone(),
     ));
     // Probes run on their own schedule; a changed result sends the pod's uid to sync it.
@@ -337,8 +348,8 @@ pub async fn run(args: AgentArgs, mut shutdown: watch::Receiver<bool>) -> anyhow
 
     // The Service proxy: ClusterIPs and NodePorts in nftables, balanced over ready pods.
     tokio::spawn(super::proxy::keep_load_balancing(
-        AgentClient::from_token_file(args.servers.clone(), &args.token_file)?,
         services.clone(),
+        endpoints,
         args.service_cidr,
         args.cluster_cidr,
         args.sync_period,

@@ -1,6 +1,7 @@
-//! The node's Service proxy (issue 5): what kube-proxy does, inside `tend agent`. Every
-//! sync period it takes the Services from the agent's cache (the one that also gives
-//! containers their Service variables), lists the Endpoints, builds the desired `ip tend-lb` table
+//! The node's Service proxy (issue 5): what kube-proxy does, inside `tend agent`. On every
+//! change of a Service or an Endpoints (the agent follows both with watches; the Services'
+//! copy is the one that also gives containers their Service variables), and every sync
+//! period anyway, it builds the desired `ip tend-lb` table
 //! ([`super::lb::model`]) and sends only the difference ([`super::lb::LbSync`]); every
 //! `DRIFT_CHECK` it checks that the table is still the one it programmed (a flush, a
 //! deletion or another process's rebuild means a full sync). The Service CIDR is routed to
@@ -14,12 +15,12 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 use tokio::sync::watch;
 
-use super::client::{AgentClient, backoff};
+use super::client::backoff;
+use super::informer::Informer;
 use super::lb::LbSync;
 use super::lb::model::{NodeInput, ServiceInput, desired};
 use super::lb::nft::NftCommand;
 use super::network::ipam::Cidr;
-use super::services::ServiceSource;
 
 /// How often the table is checked for drift.
 pub const DRIFT_CHECK: Duration = Duration::from_secs(10);
@@ -78,10 +79,16 @@ fn route_service_cidr(cidr: &Cidr) -> Result<(), String> {
     }
 }
 
-/// Runs the proxy until `shutdown`.
+/// How long the proxy waits after a change for the ones that come with it (a rollout changes
+/// several Endpoints within milliseconds), so that they go in one transaction.
+pub const DEBOUNCE: Duration = Duration::from_millis(5);
+
+/// Runs the proxy until `shutdown`: a sync as soon as a Service or an Endpoints changes (after
+/// [`DEBOUNCE`]), and every `period` anyway, which also retries a failed sync and checks for
+/// drift every [`DRIFT_CHECK`].
 pub async fn keep_load_balancing(
-    client: AgentClient,
-    services: Arc<dyn ServiceSource>,
+    services: Arc<Informer<Service>>,
+    endpoints: Arc<Informer<Endpoints>>,
     service_cidr: Cidr,
     cluster_cidr: Cidr,
     period: Duration,
@@ -100,19 +107,14 @@ pub async fn keep_load_balancing(
         NftCommand { netns: None },
         instance,
     )));
+    let (mut services_changed, mut endpoints_changed) = (services.changes(), endpoints.changes());
     let mut failures = 0u32;
     let mut last_check = Instant::now();
     let mut warned: BTreeSet<String> = BTreeSet::new();
     loop {
-        // Until the cache has read the Services once, there is nothing to program yet.
-        let Some(services) = services.services() else {
-            tokio::select! {
-                _ = tokio::time::sleep(period) => continue,
-                _ = super::stopped(&mut shutdown) => return,
-            }
-        };
-        let wait = match client.list_endpoints().await {
-            Ok(endpoints) => {
+        // Until both have been read once, there is nothing to program yet.
+        let wait = match (services.snapshot(), endpoints.snapshot()) {
+            (Some(services), Some(endpoints)) => {
                 let inputs = inputs(&services, &endpoints, |w| {
                     if warned.insert(w.clone()) {
                         tracing::warn!("services: {w}");
@@ -152,16 +154,20 @@ pub async fn keep_load_balancing(
                     }
                 }
             }
-            Err(e) => {
-                failures += 1;
-                tracing::warn!("services: listing Endpoints: {e}");
-                backoff(failures).min(Duration::from_secs(30))
-            }
+            _ => period,
         };
+        // A change wakes the proxy at once, unless the last sync failed (then the back-off
+        // holds, so that a broken nft is not retried at the rate of changes).
+        let retrying = failures > 0;
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            Ok(()) = services_changed.changed(), if !retrying => tokio::time::sleep(DEBOUNCE).await,
+            Ok(()) = endpoints_changed.changed(), if !retrying => tokio::time::sleep(DEBOUNCE).await,
             _ = super::stopped(&mut shutdown) => return,
         }
+        // Whatever changed during the sync or the debounce is in the next snapshot.
+        services_changed.mark_unchanged();
+        endpoints_changed.mark_unchanged();
     }
 }
 

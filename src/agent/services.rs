@@ -1,16 +1,10 @@
 //! Service environment variables: what the kubelet gives every container about the Services
 //! that exist when it starts (`{NAME}_SERVICE_HOST`, `{NAME}_SERVICE_PORT`, the Docker-link
 //! `{NAME}_PORT_*` ones), computed by [`service_env`] (pure), and the node's cache of Services
-//! the pod sync reads them from ([`ServiceCache`], refreshed by [`keep_services`]).
-
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+//! the pod sync reads them from ([`ServiceCache`], kept by a watch).
 
 use k8s_openapi::api::core::v1::Service;
 use serde_json::Value;
-use tokio::sync::watch;
-
-use super::client::{AgentClient, backoff};
 
 /// The Services the pod sync may read when it starts a container.
 pub trait ServiceSource: Send + Sync {
@@ -28,59 +22,12 @@ impl ServiceSource for StaticServices {
     }
 }
 
-/// The agent's copy of every Service, replaced whole at each refresh.
-#[derive(Default)]
-pub struct ServiceCache {
-    services: RwLock<Option<Vec<Service>>>,
-}
-
-impl ServiceCache {
-    pub fn replace(&self, services: Vec<Service>) {
-        let mut slot = self
-            .services
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        *slot = Some(services);
-    }
-}
+/// The agent's copy of every Service, kept by a watch ([`super::informer::follow_into`]).
+pub type ServiceCache = super::informer::Informer<Service>;
 
 impl ServiceSource for ServiceCache {
     fn services(&self) -> Option<Vec<Service>> {
-        self.services
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
-    }
-}
-
-/// Lists every Service into `cache` now and then every `period` until `shutdown`; a failed
-/// list keeps the previous copy and is retried with back-off. A periodic list rather than a
-/// watch: Service variables are read only when a container starts, and a copy at most one
-/// sync period old is what the kubelet's informer gives in practice too.
-pub async fn keep_services(
-    client: AgentClient,
-    cache: Arc<ServiceCache>,
-    period: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut failures = 0u32;
-    loop {
-        let wait = match client.list_services().await {
-            Ok(services) => {
-                failures = 0;
-                cache.replace(services);
-                period
-            }
-            Err(e) => {
-                tracing::warn!("listing services: {e}");
-                failures = failures.saturating_add(1);
-                backoff(failures).min(period)
-            }
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = super::stopped(&mut shutdown) => return,
-        }
+        self.snapshot()
     }
 }
 

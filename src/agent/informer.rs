@@ -1,0 +1,181 @@
+//! The agent's copies of cluster-wide objects (every Service, every Endpoints), kept by a
+//! list-then-watch as client-go's informers keep them: a change reaches the node's Service
+//! proxy as soon as the server sends it, instead of at the next periodic list, and an idle
+//! cluster costs no traffic at all (a periodic list of 10,000 Endpoints is megabytes).
+//!
+//! [`Informer`] (pure, apart from its notifier) applies [`WatchEvent`]s to a map keyed by
+//! namespace and name, parsed once into `T`; [`follow_into`] feeds it from the API.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use k8s_openapi::Metadata;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+
+use super::client::{AgentClient, WatchEvent, namespace_and_name};
+
+/// The objects of one kind, by namespace and name; `None` until the first list arrived.
+pub struct Informer<T> {
+    objects: RwLock<Option<BTreeMap<(String, String), T>>>,
+    /// Bumped on every change, so that readers can wait for one.
+    generation: watch::Sender<u64>,
+}
+
+impl<T> Default for Informer<T> {
+    fn default() -> Self {
+        Informer {
+            objects: RwLock::new(None),
+            generation: watch::channel(0).0,
+        }
+    }
+}
+
+impl<T: DeserializeOwned + Clone> Informer<T> {
+    /// Applies one event. Objects that do not parse as `T` are left out with a warning (on a
+    /// change, the old copy goes too: it no longer says what the server holds).
+    pub fn apply(&self, event: WatchEvent) {
+        let mut slot = self
+            .objects
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let parse = |object: &Value| -> Option<T> {
+            match serde_json::from_value(object.clone()) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    let (ns, name) = namespace_and_name(object);
+                    tracing::warn!("{ns}/{name} does not parse, left out: {e}");
+                    None
+                }
+            }
+        };
+        match event {
+            WatchEvent::Listed(items) => {
+                *slot = Some(
+                    items
+                        .iter()
+                        .filter_map(|o| Some((namespace_and_name(o), parse(o)?)))
+                        .collect(),
+                );
+            }
+            WatchEvent::Applied(object) => {
+                let map = slot.get_or_insert_with(BTreeMap::new);
+                let key = namespace_and_name(&object);
+                match parse(&object) {
+                    Some(t) => map.insert(key, t),
+                    None => map.remove(&key),
+                };
+            }
+            WatchEvent::Deleted(object) => {
+                if let Some(map) = slot.as_mut() {
+                    map.remove(&namespace_and_name(&object));
+                }
+            }
+        }
+        drop(slot);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Replaces every object (tests, and callers that list themselves).
+    pub fn replace(&self, objects: Vec<T>)
+    where
+        T: Metadata<Ty = ObjectMeta>,
+    {
+        let key = |o: &T| {
+            let m = o.metadata();
+            (
+                m.namespace.clone().unwrap_or_else(|| "default".into()),
+                m.name.clone().unwrap_or_default(),
+            )
+        };
+        let mut slot = self
+            .objects
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *slot = Some(objects.into_iter().map(|o| (key(&o), o)).collect());
+        drop(slot);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Every object, in namespace and name order; `None` until the first list.
+    pub fn snapshot(&self) -> Option<Vec<T>> {
+        self.objects
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .as_ref()
+            .map(|m| m.values().cloned().collect())
+    }
+
+    /// A receiver that sees every change (its value is a change counter).
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+}
+
+/// Follows the list `path` (e.g. `/api/v1/services`) into `informer` until `shutdown`.
+pub async fn follow_into<T: DeserializeOwned + Clone + Send + Sync + 'static>(
+    client: AgentClient,
+    path: &'static str,
+    informer: Arc<Informer<T>>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let (tx, mut rx) = mpsc::channel(256);
+    let follower = tokio::spawn(async move { client.follow(path, None, tx, shutdown).await });
+    while let Some(event) = rx.recv().await {
+        informer.apply(event);
+    }
+    let _ = follower.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::Service;
+    use serde_json::json;
+
+    fn svc(ns: &str, name: &str, ip: &str) -> Value {
+        json!({"metadata": {"namespace": ns, "name": name}, "spec": {"clusterIP": ip}})
+    }
+
+    fn ips(informer: &Informer<Service>) -> Vec<String> {
+        informer
+            .snapshot()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|s| s.spec?.cluster_ip)
+            .collect()
+    }
+
+    #[test]
+    fn lists_watches_and_deletes_by_namespace_and_name() {
+        let informer = Informer::<Service>::default();
+        let changes = informer.changes();
+        assert!(informer.snapshot().is_none(), "nothing read yet");
+        informer.apply(WatchEvent::Listed(vec![
+            svc("default", "b", "10.96.0.2"),
+            svc("default", "a", "10.96.0.1"),
+        ]));
+        assert_eq!(ips(&informer), ["10.96.0.1", "10.96.0.2"]);
+        informer.apply(WatchEvent::Applied(svc("default", "a", "10.96.0.9")));
+        informer.apply(WatchEvent::Applied(svc("other", "a", "10.96.0.3")));
+        assert_eq!(ips(&informer), ["10.96.0.9", "10.96.0.2", "10.96.0.3"]);
+        informer.apply(WatchEvent::Deleted(svc("default", "b", "")));
+        assert_eq!(ips(&informer), ["10.96.0.9", "10.96.0.3"]);
+        // A relist drops what it does not hold.
+        informer.apply(WatchEvent::Listed(vec![svc("other", "a", "10.96.0.3")]));
+        assert_eq!(ips(&informer), ["10.96.0.3"]);
+        assert_eq!(*changes.borrow(), 5);
+    }
+
+    #[test]
+    fn an_object_that_no_longer_parses_is_dropped() {
+        let informer = Informer::<Service>::default();
+        informer.apply(WatchEvent::Listed(vec![svc("default", "a", "10.96.0.1")]));
+        informer.apply(WatchEvent::Applied(
+            json!({"metadata": {"namespace": "default", "name": "a"}, "spec": {"ports": "no"}}),
+        ));
+        assert_eq!(informer.snapshot().map(|s| s.len()), Some(0));
+    }
+}
