@@ -56,7 +56,10 @@ else
   if [ -z "$cargo" ] && [ -n "${SUDO_USER:-}" ]; then
     # sudo resets PATH; rustup puts cargo in the user's ~/.cargo/bin.
     home=$(getent passwd "$SUDO_USER" | cut -d: -f6)
-    [ -x "$home/.cargo/bin/cargo" ] && cargo=$home/.cargo/bin/cargo
+    if [ -x "$home/.cargo/bin/cargo" ]; then
+      cargo=$home/.cargo/bin/cargo
+      export RUSTUP_HOME=${RUSTUP_HOME:-$home/.rustup} CARGO_HOME=${CARGO_HOME:-$home/.cargo}
+    fi
   fi
   [ -n "$cargo" ] || die "cargo is missing: install Rust (https://rustup.rs), or set TEND=/path/to/tend"
   say "building tend (cargo build --release; the first build takes a few minutes)"
@@ -86,19 +89,34 @@ else
   git -C "$repo" commit -q -m "$example: first version"
 fi
 
-# 5. Run it.
+# 5. Run it, after saying what to try.
+case $example in
+  seed-lab)
+    try='tend get pods -o wide
+  curl 127.0.0.1:30123
+  sed -i "s/web:v1/web:v2/" xgp-web.yaml && git commit -qam "xgp-web v2"
+  tend rollout status deployment/xgp-web
+  tend rollout history deployment/xgp-web
+  tend rollout undo deployment/xgp-web --to-revision 1' ;;
+  nginx-demo)
+    try='tend get rs; tend get pods --show-labels; tend get svc
+  sed -i "s/nginx:1.7.9/nginx:1.8/" nginx-deployment.yml && git commit -qam "nginx 1.8"
+  tend rollout status deployment/nginx-deployment-demo
+  tend rollout history deployment/nginx-deployment-demo
+  tend rollout undo deployment/nginx-deployment-demo --to-revision 1' ;;
+  *)
+    try='tend get pods -o wide
+  tend get services' ;;
+esac
 cat >&2 <<EOF
 
 up.sh: $example runs until Ctrl-C. In another terminal, as root:
 
   export PATH=$(dirname "$tend"):\$PATH TEND_STATE=$work/state
   cd $repo
-  tend get pods -o wide
-  tend get services
+  $try
 
-Change a file and commit it to roll out (see examples/$example/README.md);
-\`tend rollout history deployment/NAME\` lists the revisions, \`tend rollout undo\`
-commits a rollback.
+examples/$example/README.md shows the output to expect.
 
 EOF
 exec "$tend" up --repo "$repo" --state "$work/state" --images "$work/images" "$@"
