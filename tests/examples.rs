@@ -320,3 +320,63 @@ fn which(tool: &str) -> Result<PathBuf, String> {
         Err(format!("{tool} not found"))
     }
 }
+
+/// Every script parses (`bash -n`), every example has a run.sh naming its own directory, and
+/// up.sh refuses what is not an example before doing anything.
+#[test]
+fn the_run_scripts_parse_and_name_their_example() {
+    let dir = examples_dir();
+    let mut scripts = vec![dir.join("up.sh"), script()];
+    for example in EXAMPLES {
+        let run = dir.join(example).join("run.sh");
+        let text = std::fs::read_to_string(&run).unwrap_or_else(|e| panic!("{example}: {e}"));
+        assert!(
+            text.contains(&format!("up.sh\" {example}")),
+            "{example}/run.sh does not run its example:\n{text}"
+        );
+        scripts.push(run);
+    }
+    for s in &scripts {
+        let out = Command::new("bash")
+            .arg("-n")
+            .arg(s)
+            .output()
+            .expect("bash runs");
+        assert!(out.status.success(), "bash -n {}: {out:?}", s.display());
+    }
+    for bad in ["nope", "../seed-lab", "images"] {
+        let out = Command::new("bash")
+            .arg(dir.join("up.sh"))
+            .arg(bad)
+            .output()
+            .expect("bash runs");
+        assert_eq!(out.status.code(), Some(2), "up.sh {bad}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.starts_with("up.sh: ") && stderr.lines().count() == 1,
+            "{stderr}"
+        );
+    }
+}
+
+/// The flags up.sh gives `tend up` are ones it accepts (once `tend up` exists in the tree).
+#[test]
+fn up_sh_uses_flags_tend_up_accepts() {
+    use clap::{CommandFactory, Parser};
+    let has_up = tend::cli::Cli::command()
+        .get_subcommands()
+        .any(|c| c.get_name() == "up");
+    if !has_up {
+        eprintln!("SKIPPED up_sh_uses_flags_tend_up_accepts: this tend has no `up` command yet");
+        return;
+    }
+    let up = std::fs::read_to_string(examples_dir().join("up.sh")).expect("up.sh");
+    for flag in ["--repo", "--state", "--images"] {
+        assert!(up.contains(&format!("up {flag}")) || up.contains(&format!(" {flag} \"$")));
+    }
+    let parsed = tend::cli::Cli::try_parse_from([
+        "tend", "up", "--repo", "/tmp/r", "--state", "/tmp/s", "--images", "/tmp/i", "--labels",
+        "disk=ssd",
+    ]);
+    assert!(parsed.is_ok(), "{:?}", parsed.err());
+}
