@@ -121,6 +121,12 @@ impl Lab {
     /// `nodes` nodes (`node01`...); `air` names the nodes given `--images` with an archive
     /// of `airgap/web:v1`.
     fn start(nodes: usize, air: &[usize]) -> Lab {
+        Lab::start_with(nodes, air, false)
+    }
+
+    /// As [`Lab::start`]; with `example_images`, the `--images` directory also holds every
+    /// image examples/images/build.sh builds (the examples' `web:v1`...), made by that script.
+    fn start_with(nodes: usize, air: &[usize], example_images: bool) -> Lab {
         let pid = std::process::id();
         let id = pid % 100_000;
         let subnet = 100 + (pid % 100) as u8;
@@ -181,6 +187,11 @@ impl Lab {
         }
         lab.start_registry();
         lab.build_images();
+        if example_images {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/images/build.sh");
+            let air = lab.tmp.path().join("air-images");
+            run("bash", &[s(&script), s(&air)]);
+        }
         let state = lab.tmp.path().join("serve");
         lab.serve = Some(Serve::start_on(
             &format!("{gateway}:0"),
@@ -1203,17 +1214,26 @@ fn serves_only(lab: &Lab, page: &str) {
 /// Seed 000's lab on real nodes, every step a commit or a CLI command: pods wait for a node
 /// labelled disk=ssd, all land on it, NodePort 30123 balances over them from every node; v2
 /// and v3 roll out with history 1,2,3; undo to revision 1 is a commit (history 2,3,4, v1
-/// served); `git revert` of that commit brings v3 back.
+/// served); `git revert` of that commit brings v3 back. The files are examples/seed-lab's and
+/// the images examples/images/build.sh's (imported with `--images`), so the example is what
+/// is tested.
 #[test]
 fn the_seed_lab_by_commits_on_real_nodes() {
     if !lab_possible("the_seed_lab_by_commits_on_real_nodes") {
         return;
     }
-    let lab = Lab::start(3, &[]);
-    let image = |v: &str| format!("{}/web:{v}", lab.registry_addr);
-    lab.repos.write("xgp-svc.yaml", common::XGP_SVC);
-    lab.repos
-        .write("xgp-web.yaml", &common::xgp_web(3, &image("v1")));
+    let lab = Lab::start_with(3, &[1, 2, 3], true);
+    let example = |file: &str| {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples/seed-lab")
+            .join(file);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    let web_v1 = example("xgp-web.yaml");
+    assert!(web_v1.contains("image: web:v1"), "{web_v1}");
+    let web = |v: &str| web_v1.replace("image: web:v1", &format!("image: web:{v}"));
+    lab.repos.write("xgp-svc.yaml", &example("xgp-svc.yaml"));
+    lab.repos.write("xgp-web.yaml", &web_v1);
     let v1 = lab.repos.commit("v1");
     lab.repos.push();
     assert_eq!(common::phase(&lab.serve().wait_revision(&v1)), "Applied");
@@ -1261,8 +1281,7 @@ fn the_seed_lab_by_commits_on_real_nodes() {
     // v2, then v3: each a commit, each rollout completes.
     let mut commits = vec![v1.clone()];
     for v in ["v2", "v3"] {
-        lab.repos
-            .write("xgp-web.yaml", &common::xgp_web(3, &image(v)));
+        lab.repos.write("xgp-web.yaml", &web(v));
         let c = lab.repos.commit(v);
         lab.repos.push();
         assert_eq!(common::phase(&lab.serve().wait_revision(&c)), "Applied");

@@ -11,6 +11,7 @@ pub mod client;
 pub mod columns;
 pub mod describe;
 pub mod diff;
+pub mod docs;
 pub mod get;
 pub mod humanize;
 pub mod label;
@@ -85,6 +86,9 @@ pub enum Command {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
+    /// Print reference documentation: `tend docs cli` is docs/cli.md.
+    #[command(hide = true)]
+    Docs(docs::DocsArgs),
 }
 
 /// Flags of the hidden `tend agent-reaper` (started by `tend agent`).
@@ -168,6 +172,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 stderr: String::new(),
             }
         }
+        Command::Docs(args) => match args.topic {
+            docs::Topic::Cli => Printed {
+                stdout: docs::cli_markdown(),
+                stderr: String::new(),
+            },
+        },
     };
     print(&printed);
     Ok(ExitCode::SUCCESS)
