@@ -81,6 +81,14 @@ pub struct AgentArgs {
     /// How often every pod is synced even without a change (exits, restarts, back-offs).
     #[arg(long, default_value = "2s", value_parser = parse_delay)]
     pub sync_period: Duration,
+    /// NodePorts also answer on 127.0.0.1 (sets net.ipv4.conf.all.route_localnet=1, as
+    /// kube-proxy does; `tend up` turns it on).
+    #[arg(long)]
+    pub localhost_nodeports: bool,
+    /// On stop, remove every container, the pod network, the `tend-lb` table and what else
+    /// the agent programmed ([`super::teardown`]); `tend up` without `--keep-workloads`.
+    #[arg(skip)]
+    pub remove_on_exit: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -149,14 +157,7 @@ pub fn main(
 ) -> anyhow::Result<ExitCode> {
     crate::telemetry::init(log);
     args.servers = vec![server.to_string()];
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    preflight(root, succeeds)?;
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    if !cgroups_mounted(&mountinfo) {
-        return Err(PreflightError::NoCgroups.into());
-    }
-    become_subreaper()?;
+    check_node()?;
     crate::cli::serve::bound_allocator_arenas();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -175,6 +176,20 @@ pub fn main(
     runtime.shutdown_timeout(Duration::from_secs(1));
     result?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// What every real node needs (root, `runc`, `nft`, `ip`, cgroups), then becomes a child
+/// subreaper (containers' exit codes): `tend agent` and `tend up` start with this.
+pub fn check_node() -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    preflight(root, succeeds)?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    if !cgroups_mounted(&mountinfo) {
+        return Err(PreflightError::NoCgroups.into());
+    }
+    become_subreaper()?;
+    Ok(())
 }
 
 type Syncer = PodSyncer<PodNetwork<IpCommands>>;
@@ -336,12 +351,20 @@ pub async fn run(args: AgentArgs, mut shutdown: watch::Receiver<bool>) -> anyhow
     );
 
     // The Service proxy: ClusterIPs and NodePorts in nftables, balanced over ready pods.
-    tokio::spawn(super::proxy::keep_load_balancing(
+    let route_localnet = if args.localhost_nodeports {
+        let path = Path::new(super::teardown::ROUTE_LOCALNET);
+        super::teardown::enable_route_localnet(path)
+            .with_context(|| format!("--localhost-nodeports: setting {}", path.display()))?
+    } else {
+        None
+    };
+    let proxy = tokio::spawn(super::proxy::keep_load_balancing(
         AgentClient::from_token_file(args.servers.clone(), &args.token_file)?,
         services.clone(),
         args.service_cidr,
         args.cluster_cidr,
         args.sync_period,
+        args.localhost_nodeports,
         shutdown.clone(),
     ));
 
@@ -401,8 +424,51 @@ pub async fn run(args: AgentArgs, mut shutdown: watch::Receiver<bool>) -> anyhow
     }
     follower.abort();
     log_server.abort();
-    tracing::info!(node = %args.name, "stopped; containers keep running");
-    Ok(())
+    if !args.remove_on_exit {
+        tracing::info!(node = %args.name, "stopped; containers keep running");
+        return Ok(());
+    }
+    // No two syncs of one pod at once: the running ones end first, and the proxy too.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    while !agent.in_flight.is_empty() {
+        match tokio::time::timeout_at(deadline, done.recv()).await {
+            Ok(Some((uid, _))) => {
+                agent.in_flight.remove(&uid);
+            }
+            _ => break,
+        }
+    }
+    let _ = tokio::time::timeout_at(deadline, proxy).await;
+    let cleanup = super::teardown::AgentCleanup {
+        syncer: agent.syncer.clone(),
+        state: args.state.clone(),
+        service_cidr: args.service_cidr,
+        route_localnet,
+        route_localnet_path: PathBuf::from(super::teardown::ROUTE_LOCALNET),
+    };
+    let pods: Vec<Value> = agent.pods.values().cloned().collect();
+    let report =
+        tokio::task::spawn_blocking(move || super::teardown::remove_everything(&cleanup, &pods))
+            .await
+            .context("removing the workloads")?;
+    for failure in &report.failures {
+        tracing::warn!("removing the workloads: {failure}");
+    }
+    tracing::info!(
+        node = %args.name,
+        pods = report.pods,
+        leftovers = report.leftovers,
+        "stopped; containers, pod network and load balancer removed"
+    );
+    if report.failures.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "{} step(s) of the clean-up failed; the first: {}",
+            report.failures.len(),
+            report.failures[0]
+        )
+    }
 }
 
 type Done = (String, Result<SyncOutcome, String>);
