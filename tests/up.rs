@@ -496,6 +496,17 @@ fn up_serves_node_ports_on_localhost_rolls_out_and_cleans_up_on_ctrl_c() {
         .expect("get pods -o wide");
     assert!(wide.contains("NODE") && wide.contains("laptop"), "{wide}");
     assert_eq!(up.route_localnet(), "1", "set while tend up runs");
+    let table = up
+        .on_node(&["nft", "list", "table", "ip", "tend-lb"])
+        .expect("the tend-lb table while running");
+    assert!(table.contains("30080"), "{table}");
+    assert!(
+        !table.contains("127.0.0.0/8"),
+        "NodePorts are not kept from 127.0.0.1: {table}"
+    );
+    assert!(up.on_node(&["ip", "link", "show", "tend0"]).is_some());
+    let routes = up.on_node(&["ip", "route", "show"]).unwrap_or_default();
+    assert!(routes.contains("10.96.0.0/12 dev lo"), "{routes}");
 
     // The NodePort on 127.0.0.1 answers from both pods.
     let seen = up.backends(60, 2);
@@ -599,8 +610,8 @@ fn up_serves_node_ports_on_localhost_rolls_out_and_cleans_up_on_ctrl_c() {
 }
 
 #[test]
-fn up_with_keep_workloads_leaves_the_containers_running() {
-    if !possible("up_with_keep_workloads_leaves_the_containers_running") {
+fn up_with_keep_workloads_leaves_the_containers_running_for_the_next_up() {
+    if !possible("up_with_keep_workloads_leaves_the_containers_running_for_the_next_up") {
         return;
     }
     let mut up = Up::prepare(1, &["v1"]);
@@ -616,5 +627,55 @@ fn up_with_keep_workloads_leaves_the_containers_running() {
     let state =
         quiet("runc", &["--root", s(&up.runc_root()), "state", &before[0]]).unwrap_or_default();
     assert!(state.contains("\"running\""), "{state}");
-    // Drop removes it, its namespace and the reaper.
+    let pid =
+        |state: &str| serde_json::from_str::<Value>(state).unwrap_or(Value::Null)["pid"].as_u64();
+    let first_pid = pid(&state);
+    assert!(first_pid.is_some(), "{state}");
+
+    // The next `tend up` with the same state adopts the container (same process), serves
+    // it, and without --keep-workloads removes it on Ctrl-C.
+    up.start(&[]);
+    up.wait_pods("the pod Running again", |p| running_with(p, 1, "up/web:v1"));
+    assert_eq!(up.backends(20, 1), seen, "{}", up.logs());
+    let again =
+        quiet("runc", &["--root", s(&up.runc_root()), "state", &before[0]]).unwrap_or_default();
+    assert_eq!(pid(&again), first_pid, "adopted, not restarted: {again}");
+    assert_eq!(up.interrupt(), Some(0), "{}", up.logs());
+    assert_eq!(up.containers(), Vec::<String>::new(), "{}", up.logs());
+}
+
+#[test]
+fn up_fails_with_the_agents_preflight_message_before_touching_anything() {
+    if !possible("up_fails_with_the_agents_preflight_message_before_touching_anything") {
+        return;
+    }
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let netns = format!("tend-up-{}-{n}", std::process::id());
+    let tmp = tempfile::tempdir().expect("tempdir");
+    run("ip", &["netns", "add", &netns]);
+    struct Netns(String);
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = quiet("ip", &["netns", "delete", &self.0]);
+        }
+    }
+    let _netns = Netns(netns.clone());
+    let state = tmp.path().join("state");
+    // `ip netns exec` remounts /sys, so runc would find no cgroups: the agent's check says so.
+    let out = Command::new("ip")
+        .args(["netns", "exec", &netns, TEND, "up", "--dir"])
+        .arg(tmp.path())
+        .arg("--state")
+        .arg(&state)
+        .stdin(Stdio::null())
+        .output()
+        .expect("tend up runs");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("error: no cgroup filesystem") && stderr.contains("nsenter --net="),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(!state.exists(), "nothing is created before the checks pass");
 }

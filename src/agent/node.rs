@@ -93,7 +93,9 @@ pub struct AgentArgs {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PreflightError {
-    #[error("tend agent must run as root (it creates network namespaces and runs runc)")]
+    #[error(
+        "tend agent and tend up must run as root (they create network namespaces and run runc)"
+    )]
     NotRoot,
     #[error("`{tool}` is not installed or does not run ({hint})")]
     Missing { tool: String, hint: &'static str },

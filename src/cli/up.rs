@@ -116,6 +116,10 @@ pub fn banner(url: &str, state: &std::path::Path, node: &str, address: Ipv4Addr)
     text
 }
 
+/// What a second Ctrl-C prints before `tend up` exits at once (code 130).
+const SECOND_SIGNAL: &str = "tend up: second signal, exiting without finishing the clean-up; \
+     what is left is adopted by the next `tend up` with the same --state";
+
 /// `tend up`: runs until SIGINT or SIGTERM, then cleans up; exit 0 when all went well.
 pub fn run(args: UpArgs, log: crate::telemetry::LogFormat) -> anyhow::Result<ExitCode> {
     crate::telemetry::init(log);
@@ -172,6 +176,10 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         tokio::spawn(async move {
             crate::shutdown::signal().await;
             let _ = stop_tx.send(true);
+            // The clean-up waits for containers' grace periods; a second Ctrl-C does not.
+            crate::shutdown::signal().await;
+            say(SECOND_SIGNAL);
+            std::process::exit(130);
         });
     }
     let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
