@@ -495,6 +495,9 @@ fn up_serves_node_ports_on_localhost_rolls_out_and_cleans_up_on_ctrl_c() {
         .cli(&["get", "pods", "-o", "wide"])
         .expect("get pods -o wide");
     assert!(wide.contains("NODE") && wide.contains("laptop"), "{wide}");
+    // The control plane reaches the local agent's log endpoint.
+    let first = names.iter().next().expect("a pod");
+    assert!(up.cli(&["logs", first]).is_some(), "tend logs {first}");
     assert_eq!(up.route_localnet(), "1", "set while tend up runs");
     let table = up
         .on_node(&["nft", "list", "table", "ip", "tend-lb"])
@@ -615,10 +618,28 @@ fn up_with_keep_workloads_leaves_the_containers_running_for_the_next_up() {
         return;
     }
     let mut up = Up::prepare(1, &["v1"]);
+    // An interface with a global address: the node's address when none is given.
+    for cmd in [
+        &[
+            "ip", "link", "add", "upv0", "type", "veth", "peer", "name", "upv1",
+        ][..],
+        &["ip", "addr", "add", "192.0.2.77/24", "dev", "upv0"],
+        &["ip", "link", "set", "upv0", "up"],
+        &["ip", "link", "set", "upv1", "up"],
+    ] {
+        up.on_node(cmd).expect("veth in the namespace");
+    }
     up.start(&["--keep-workloads"]);
+    let banner = std::fs::read_to_string(&up.stdout).unwrap_or_default();
+    assert!(banner.contains("(192.0.2.77)"), "{banner}");
     up.wait_pods("1 pod Running", |p| running_with(p, 1, "up/web:v1"));
     let seen = up.backends(20, 1);
     assert_eq!(seen.len(), 1, "{}", up.logs());
+    assert_eq!(
+        up.curl("http://192.0.2.77:30080/").as_deref(),
+        Some("web v1\n"),
+        "the NodePort on the node's address"
+    );
     let before = up.containers();
     assert_eq!(before.len(), 1);
 

@@ -81,8 +81,8 @@ pub struct AgentArgs {
     /// How often every pod is synced even without a change (exits, restarts, back-offs).
     #[arg(long, default_value = "2s", value_parser = parse_delay)]
     pub sync_period: Duration,
-    /// NodePorts also answer on 127.0.0.1 (sets net.ipv4.conf.all.route_localnet=1, as
-    /// kube-proxy does; `tend up` turns it on).
+    /// NodePorts also answer on 127.0.0.1: sets net.ipv4.conf.all.route_localnet=1 and left
+    /// so when the agent stops, as kube-proxy does (`tend up` turns it on, and back off).
     #[arg(long)]
     pub localhost_nodeports: bool,
     /// On stop, remove every container, the pod network, the `tend-lb` table and what else
