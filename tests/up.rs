@@ -700,3 +700,41 @@ fn up_fails_with_the_agents_preflight_message_before_touching_anything() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(!state.exists(), "nothing is created before the checks pass");
 }
+
+#[test]
+fn a_second_ctrl_c_exits_at_once_without_waiting_for_grace_periods() {
+    if !possible("a_second_ctrl_c_exits_at_once_without_waiting_for_grace_periods") {
+        return;
+    }
+    let mut up = Up::prepare(1, &["v1"]);
+    // busybox httpd as PID 1 ignores SIGTERM: its stop takes the whole (capped) grace period.
+    let slow = deployment(1, "v1").replace(
+        "terminationGracePeriodSeconds: 2",
+        "terminationGracePeriodSeconds: 60",
+    );
+    up.repos.write("web.yaml", &slow);
+    up.repos.commit("a long grace period");
+    up.repos.push();
+    up.start(&[]);
+    up.wait_pods("1 pod Running", |p| {
+        running_with(p, 1, "up/web:v1")
+            && p[0].pointer("/spec/terminationGracePeriodSeconds") == Some(&Value::from(60))
+    });
+    let child = up.child.as_ref().expect("running");
+    let pid = libc::pid_t::try_from(child.id()).expect("pid");
+    // SAFETY: kill signals the child this test started.
+    unsafe {
+        libc::kill(pid, libc::SIGINT);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let started = Instant::now();
+    assert_eq!(up.interrupt(), Some(130), "{}", up.logs());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    let out = std::fs::read_to_string(&up.stdout).unwrap_or_default();
+    assert!(out.contains("second signal"), "{out}");
+    // What it left (the container it was stopping, the network) goes in Drop.
+}
