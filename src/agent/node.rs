@@ -449,28 +449,7 @@ pub async fn run(args: AgentArgs, mut shutdown: watch::Receiver<bool>) -> anyhow
         route_localnet_path: PathBuf::from(super::teardown::ROUTE_LOCALNET),
     };
     let pods: Vec<Value> = agent.pods.values().cloned().collect();
-    let report =
-        tokio::task::spawn_blocking(move || super::teardown::remove_everything(&cleanup, &pods))
-            .await
-            .context("removing the workloads")?;
-    for failure in &report.failures {
-        tracing::warn!("removing the workloads: {failure}");
-    }
-    tracing::info!(
-        node = %args.name,
-        pods = report.pods,
-        leftovers = report.leftovers,
-        "stopped; containers, pod network and load balancer removed"
-    );
-    if report.failures.is_empty() {
-        Ok(())
-    } else {
-        anyhow::bail!(
-            "{} step(s) of the clean-up failed; the first: {}",
-            report.failures.len(),
-            report.failures[0]
-        )
-    }
+    super::teardown::remove_and_report(cleanup, pods, &args.name).await
 }
 
 type Done = (String, Result<SyncOutcome, String>);

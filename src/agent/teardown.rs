@@ -125,6 +125,34 @@ pub fn remove_everything(ops: &dyn NodeCleanup, pods: &[Value]) -> CleanupReport
     report
 }
 
+/// Runs [`remove_everything`] off the async threads and logs what it did; an error (the
+/// first failure, and how many there were) when a step failed.
+pub async fn remove_and_report(
+    cleanup: AgentCleanup,
+    pods: Vec<Value>,
+    node: &str,
+) -> anyhow::Result<()> {
+    let report = tokio::task::spawn_blocking(move || remove_everything(&cleanup, &pods))
+        .await
+        .map_err(|e| anyhow::anyhow!("removing the workloads: {e}"))?;
+    for failure in &report.failures {
+        tracing::warn!("removing the workloads: {failure}");
+    }
+    tracing::info!(
+        node,
+        pods = report.pods,
+        leftovers = report.leftovers,
+        "stopped; containers, pod network and load balancer removed"
+    );
+    match report.failures.first() {
+        None => Ok(()),
+        Some(first) => anyhow::bail!(
+            "{} step(s) of the clean-up failed; the first: {first}",
+            report.failures.len()
+        ),
+    }
+}
+
 /// A pod as the pod sync sees it once its object is deleted: deletionTimestamp now, the
 /// grace period cut to `max`.
 pub fn deleted_now(pod: &Value, now: &str, max: Duration) -> Value {
