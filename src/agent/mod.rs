@@ -28,6 +28,8 @@
 //!   their own schedule; a changed result makes the agent sync the pod at once.
 //! - [`runtime`]: containers with runc: OCI bundles from the image config and the pod spec,
 //!   the runc driver, restart policy and CrashLoopBackOff decisions.
+//! - [`teardown`]: what `tend up` removes when it stops (pods, pod network, load balancer,
+//!   `route_localnet`, the reaper), unless asked to keep the workloads.
 //! - [`sim`]: `tend sim-node`, a simulated node that marks its pods Running and Ready without
 //!   running anything, for tests and demos.
 //!
@@ -55,6 +57,7 @@ pub mod registration;
 pub mod runtime;
 pub mod services;
 pub mod sim;
+pub mod teardown;
 
 use serde_json::{Map, Value, json};
 

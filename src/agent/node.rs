@@ -83,11 +83,21 @@ pub struct AgentArgs {
     /// How often every pod is synced even without a change (exits, restarts, back-offs).
     #[arg(long, default_value = "2s", value_parser = parse_delay)]
     pub sync_period: Duration,
+    /// NodePorts also answer on 127.0.0.1: sets net.ipv4.conf.all.route_localnet=1 and left
+    /// so when the agent stops, as kube-proxy does (`tend up` turns it on, and back off).
+    #[arg(long)]
+    pub localhost_nodeports: bool,
+    /// On stop, remove every container, the pod network, the `tend-lb` table and what else
+    /// the agent programmed ([`super::teardown`]); `tend up` without `--keep-workloads`.
+    #[arg(skip)]
+    pub remove_on_exit: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PreflightError {
-    #[error("tend agent must run as root (it creates network namespaces and runs runc)")]
+    #[error(
+        "tend agent and tend up must run as root (they create network namespaces and run runc)"
+    )]
     NotRoot,
     #[error("`{tool}` is not installed or does not run ({hint})")]
     Missing { tool: String, hint: &'static str },
@@ -151,14 +161,7 @@ pub fn main(
 ) -> anyhow::Result<ExitCode> {
     crate::telemetry::init(log);
     args.servers = vec![server.to_string()];
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    preflight(root, succeeds)?;
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    if !cgroups_mounted(&mountinfo) {
-        return Err(PreflightError::NoCgroups.into());
-    }
-    become_subreaper()?;
+    check_node()?;
     crate::cli::serve::bound_allocator_arenas();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -177,6 +180,20 @@ pub fn main(
     runtime.shutdown_timeout(Duration::from_secs(1));
     result?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// What every real node needs (root, `runc`, `nft`, `ip`, cgroups), then becomes a child
+/// subreaper (containers' exit codes): `tend agent` and `tend up` start with this.
+pub fn check_node() -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    preflight(root, succeeds)?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    if !cgroups_mounted(&mountinfo) {
+        return Err(PreflightError::NoCgroups.into());
+    }
+    become_subreaper()?;
+    Ok(())
 }
 
 type Syncer = PodSyncer<PodNetwork<IpCommands>>;
@@ -347,12 +364,20 @@ pub async fn run(args: AgentArgs, mut shutdown: watch::Receiver<bool>) -> anyhow
     );
 
     // The Service proxy: ClusterIPs and NodePorts in nftables, balanced over ready pods.
-    tokio::spawn(super::proxy::keep_load_balancing(
+    let route_localnet = if args.localhost_nodeports {
+        let path = Path::new(super::teardown::ROUTE_LOCALNET);
+        super::teardown::enable_route_localnet(path)
+            .with_context(|| format!("--localhost-nodeports: setting {}", path.display()))?
+    } else {
+        None
+    };
+    let proxy = tokio::spawn(super::proxy::keep_load_balancing(
         services.clone(),
         endpoints,
         args.service_cidr,
         args.cluster_cidr,
         args.sync_period,
+        args.localhost_nodeports,
         shutdown.clone(),
     ));
 
@@ -412,8 +437,30 @@ pub async fn run(args: AgentArgs, mut shutdown: watch::Receiver<bool>) -> anyhow
     }
     follower.abort();
     log_server.abort();
-    tracing::info!(node = %args.name, "stopped; containers keep running");
-    Ok(())
+    if !args.remove_on_exit {
+        tracing::info!(node = %args.name, "stopped; containers keep running");
+        return Ok(());
+    }
+    // No two syncs of one pod at once: the running ones end first, and the proxy too.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    while !agent.in_flight.is_empty() {
+        match tokio::time::timeout_at(deadline, done.recv()).await {
+            Ok(Some((uid, _))) => {
+                agent.in_flight.remove(&uid);
+            }
+            _ => break,
+        }
+    }
+    let _ = tokio::time::timeout_at(deadline, proxy).await;
+    let cleanup = super::teardown::AgentCleanup {
+        syncer: agent.syncer.clone(),
+        state: args.state.clone(),
+        service_cidr: args.service_cidr,
+        route_localnet,
+        route_localnet_path: PathBuf::from(super::teardown::ROUTE_LOCALNET),
+    };
+    let pods: Vec<Value> = agent.pods.values().cloned().collect();
+    super::teardown::remove_and_report(cleanup, pods, &args.name).await
 }
 
 type Done = (String, Result<SyncOutcome, String>);

@@ -92,6 +92,7 @@ pub async fn keep_load_balancing(
     service_cidr: Cidr,
     cluster_cidr: Cidr,
     period: Duration,
+    localhost_node_ports: bool,
     mut shutdown: watch::Receiver<bool>,
 ) {
     if let Err(e) = route_service_cidr(&service_cidr) {
@@ -100,7 +101,7 @@ pub async fn keep_load_balancing(
     let (network, prefix) = (cluster_cidr.network(), cluster_cidr.prefix());
     let node = NodeInput {
         cluster_cidr: Some((network, prefix)),
-        localhost_node_ports: false,
+        localhost_node_ports,
     };
     let instance = format!("{}-{}", std::process::id(), super::now_millis());
     let lb = Arc::new(Mutex::new(LbSync::new(

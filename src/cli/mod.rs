@@ -21,6 +21,7 @@ pub mod rollout;
 pub mod scale;
 pub mod serve;
 pub mod table;
+pub mod up;
 
 use crate::api::Kind;
 use crate::telemetry::LogFormat;
@@ -55,6 +56,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the control plane: watch a git repository or directory and serve the API.
     Serve(serve::ServeArgs),
+    /// Run a whole cluster on this machine: the control plane and one local agent in one
+    /// process; Ctrl-C stops it and removes its containers.
+    Up(up::UpArgs),
     /// Display one or many objects (kubectl columns).
     Get(get::GetArgs),
     /// Show details of one object, with its events.
@@ -127,6 +131,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::telemetry::init(cli.log_format);
             return serve::run(args, cli.log_format);
         }
+        Command::Up(args) => return up::run(args, cli.log_format),
         Command::Diff(args) => {
             let client = Client::new(&options())?;
             return diff::run(args, |kind| Ok(client.list(kind, None, "")?));

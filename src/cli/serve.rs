@@ -134,6 +134,22 @@ pub fn run(args: ServeArgs, _log: crate::telemetry::LogFormat) -> anyhow::Result
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        crate::shutdown::signal().await;
+        let _ = stop_tx.send(true);
+    });
+    serve_until(args, stop_rx, |_| {}).await
+}
+
+/// The control plane until `stop` turns true (or its sender is dropped): what `tend serve`
+/// runs after catching signals, and what `tend up` runs beside its agent. `listening` is
+/// called once with the API's address, after the tokens are written and the port is bound.
+pub async fn serve_until(
+    args: ServeArgs,
+    stop_rx: tokio::sync::watch::Receiver<bool>,
+    listening: impl FnOnce(std::net::SocketAddr),
+) -> anyhow::Result<ExitCode> {
     if args.store != "redb" {
         bail!(
             "--store {}: only the embedded redb store is available in this version",
@@ -178,7 +194,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         source_refresh: notify_tx,
         source_writer: Some(writer.clone()),
     });
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut api_stop = stop_rx.clone();
     let api = tokio::spawn(crate::server::serve(
         listener,
@@ -187,10 +202,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             let _ = api_stop.wait_for(|s| *s).await;
         },
     ));
-    tokio::spawn(async move {
-        crate::shutdown::signal().await;
-        let _ = stop_tx.send(true);
-    });
+    listening(addr);
     // Controllers look objects up by owner through an index, as Kubernetes' informers do.
     let indexed: Arc<dyn Store> = Arc::new(OwnerIndex::new(store.clone())?);
     let mut ctx = Context::new(indexed, Arc::new(SystemClock));
