@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use super::client::{AgentClient, backoff};
 use super::lb::LbSync;
 use super::lb::model::{NodeInput, ServiceInput, desired};
-use super::lb::nft::NftCommand;
+use super::lb::netlink::NetlinkNft;
 use super::network::ipam::Cidr;
 use super::services::ServiceSource;
 
@@ -96,10 +96,8 @@ pub async fn keep_load_balancing(
         localhost_node_ports: false,
     };
     let instance = format!("{}-{}", std::process::id(), super::now_millis());
-    let lb = Arc::new(Mutex::new(LbSync::new(
-        NftCommand { netns: None },
-        instance,
-    )));
+    // Netlink, not the nft program: nft reads the whole ruleset before every change.
+    let lb = Arc::new(Mutex::new(LbSync::new(NetlinkNft::new(None), instance)));
     let mut failures = 0u32;
     let mut last_check = Instant::now();
     let mut warned: BTreeSet<String> = BTreeSet::new();

@@ -1,9 +1,10 @@
 //! `tend bench services`: the load balancer's figures (issue 5), measured for real in a
 //! network namespace the bench makes (removed in Drop, also on failure): for N Services × 10
 //! endpoints, the full sync; one endpoint change (added, then removed, alternately) through
-//! [`LbSync`] — its time, operations and bytes; the same change loaded as a hand-written
-//! `nft -f` script of just that change; a drift check; and the in-process model of all
-//! Services, which is not part of the transaction but is what a sync recomputes today.
+//! [`LbSync`] over netlink ([`NetlinkNft`], what the agent uses) — its time, operations and
+//! bytes; the same change loaded as a hand-written `nft -f` script of just that change; a
+//! drift check; and the in-process model of all Services, which is not part of the
+//! transaction but is what a sync recomputes today.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -17,6 +18,8 @@ use super::model::{
     self, Endpoint, MARK_CHAIN, NodeInput, Protocol, Rule, ServiceInput, ServiceKind, ServicePort,
     ServiceSpec,
 };
+use super::netlink::NetlinkNft;
+use super::netlink::encode::encode;
 use super::nft::{NftCommand, document};
 use super::{LbSync, TABLE};
 
@@ -170,8 +173,9 @@ pub fn run(sizes: &[usize], changes: usize) -> anyhow::Result<ExitCode> {
         let after = model::desired(&services, &node);
 
         let full_ops = diff::full(&before, "bench");
-        let full_bytes = document(&full_ops).len();
-        let mut lb = LbSync::new(nft.clone(), "bench");
+        let full_bytes = encode(&full_ops, 0).bytes.len();
+        let full_json = document(&full_ops).len();
+        let mut lb = LbSync::new(NetlinkNft::new(Some(ns.0.clone())), "bench");
         let started = Instant::now();
         lb.sync(before.clone())
             .with_context(|| format!("full sync of {n} Services"))?;
@@ -179,7 +183,8 @@ pub fn run(sizes: &[usize], changes: usize) -> anyhow::Result<ExitCode> {
 
         let add = diff::diff(&before, &after);
         let remove = diff::diff(&after, &before);
-        let change_bytes = (document(&add).len() + document(&remove).len()) / 2;
+        let change_bytes = (encode(&add, 0).bytes.len() + encode(&remove, 0).bytes.len()) / 2;
+        let change_json = (document(&add).len() + document(&remove).len()) / 2;
         let change_ops = (add.len() + remove.len()) as f64 / 2.0;
         let mut tend_times = Vec::new();
         for i in 0..changes {
@@ -213,10 +218,11 @@ pub fn run(sizes: &[usize], changes: usize) -> anyhow::Result<ExitCode> {
             met = false;
         }
         println!(
-            "{n} Services × 10 endpoints: full sync {} ({} ops, {:.1} MB JSON); one endpoint change {} median ({change_ops} ops, {change_bytes} bytes JSON); hand-written nft -f of the same change {} (ratio {ratio:.2}); drift check {} (drift: {drift}); model of all Services in process {}",
+            "{n} Services × 10 endpoints: full sync {} ({} ops, {:.1} MB netlink, {:.1} MB as JSON); one endpoint change {} median ({change_ops} ops, {change_bytes} bytes netlink, {change_json} bytes as JSON); hand-written nft -f of the same change {} (ratio {ratio:.2}); drift check {} (drift: {drift}); model of all Services in process {}",
             ms(full_time),
             full_ops.len(),
             full_bytes as f64 / 1e6,
+            full_json as f64 / 1e6,
             ms(tend_median),
             ms(hand_median),
             ms(check_time),

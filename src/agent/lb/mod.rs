@@ -105,8 +105,8 @@ impl<A: NftApply> LbSync<A> {
 
     /// Whether the table drifted from what this process programmed (deleted, flushed, or
     /// rebuilt by someone else): the marker of the last full sync must still be there. On
-    /// drift the record is dropped, so the next [`LbSync::sync`] is full. Cheap: one
-    /// `nft list chain` of a one-rule chain, whatever the table's size.
+    /// drift the record is dropped, so the next [`LbSync::sync`] is full. Cheap: the
+    /// backend reads one one-rule chain, whatever the table's size.
     pub fn check(&mut self) -> Result<bool, NftError> {
         if self.applied.is_none() {
             return Ok(false);

@@ -359,7 +359,8 @@ impl Encoder {
                 if self.w.buf.len() - start > ELEMENTS_PER_MESSAGE {
                     break;
                 }
-                let elem = self.w.open(NFTA_LIST_ELEM);
+                // libnftnl numbers the list's items from 1 (the kernel reads any type).
+                let elem = self.w.open((written % 0x3fff + 1) as u16);
                 let k = self.w.open(NFTA_SET_ELEM_KEY);
                 self.w.bytes(NFTA_DATA_VALUE, key);
                 self.w.close(k);
@@ -530,11 +531,15 @@ impl Exprs<'_> {
         });
     }
 
-    /// `reg1 = (reg1 & mask) ^ xor` over `mask.len()` bytes.
-    fn bitwise(&mut self, mask: &[u8], xor: &[u8]) {
+    /// `reg1 = (reg1 & mask) ^ xor` over `mask.len()` bytes. nft names the (default)
+    /// boolean operation only for `meta mark` arithmetic; `explicit` does the same.
+    fn bitwise(&mut self, mask: &[u8], xor: &[u8], explicit: bool) {
         self.expr("bitwise", |w| {
             w.u32(1, REG_1); // NFTA_BITWISE_SREG
             w.u32(2, REG_1); // NFTA_BITWISE_DREG
+            if explicit {
+                w.u32(6, 0); // NFTA_BITWISE_OP: NFT_BITWISE_BOOL
+            }
             w.u32(3, mask.len() as u32); // NFTA_BITWISE_LEN
             let m = w.open(4); // NFTA_BITWISE_MASK
             w.bytes(NFTA_DATA_VALUE, mask);
@@ -595,7 +600,7 @@ impl Exprs<'_> {
             self.cmp(op, &value[..bytes]);
         } else {
             self.payload(REG_1, PAYLOAD_NETWORK, offset, 4);
-            self.bitwise(&mask.to_be_bytes(), &[0; 4]);
+            self.bitwise(&mask.to_be_bytes(), &[0; 4], false);
             self.cmp(op, &value);
         }
     }
@@ -607,7 +612,7 @@ impl Exprs<'_> {
 
     fn mark_bitwise(&mut self, mask: u32, xor: u32) {
         self.meta_load(META_MARK, REG_1);
-        self.bitwise(&mask.to_ne_bytes(), &xor.to_ne_bytes());
+        self.bitwise(&mask.to_ne_bytes(), &xor.to_ne_bytes(), true);
     }
 
     fn reject(&mut self, ty: u32, code: u8) {
@@ -626,7 +631,7 @@ impl Exprs<'_> {
                     w.u32(2, CT_STATE); // NFTA_CT_KEY
                     w.u32(1, REG_1); // NFTA_CT_DREG
                 });
-                self.bitwise(&CT_STATE_NEW.to_ne_bytes(), &[0; 4]);
+                self.bitwise(&CT_STATE_NEW.to_ne_bytes(), &[0; 4], false);
                 self.cmp(CMP_NEQ, &[0; 4]);
                 self.immediate_verdict(NFT_JUMP, Some(c));
             }
