@@ -594,7 +594,7 @@ impl Exprs<'_> {
         let len = len.min(32);
         let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
         let value = (u32::from(addr) & mask).to_be_bytes();
-        if len % 8 == 0 && len > 0 {
+        if len.is_multiple_of(8) && len > 0 {
             let bytes = usize::from(len / 8);
             self.payload(REG_1, PAYLOAD_NETWORK, offset, bytes as u32);
             self.cmp(op, &value[..bytes]);
