@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tend::agent::lb::model::{
     self, Endpoint, NodeInput, Protocol, ServiceInput, ServiceKind, ServicePort, ServiceSpec,
 };
-use tend::agent::lb::nft::NftCommand;
+use tend::agent::lb::netlink::NetlinkNft;
 use tend::agent::lb::{LbSync, SyncKind};
 
 fn missing() -> Option<String> {
@@ -390,12 +390,8 @@ fn services_balance_follow_endpoint_changes_and_survive_drift() {
             &node_input,
         )
     };
-    let mut lb = LbSync::new(
-        NftCommand {
-            netns: Some(node.clone()),
-        },
-        "test",
-    );
+    // The agent's path: netlink (tests/lb_netlink.rs compares it with nft -j -f).
+    let mut lb = LbSync::new(NetlinkNft::new(Some(node.clone())), "test");
     let report = lb.sync(all(&[0, 1, 2])).expect("full sync");
     assert_eq!(report.kind, SyncKind::Full);
 

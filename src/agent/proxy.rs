@@ -19,7 +19,7 @@ use super::client::backoff;
 use super::informer::Informer;
 use super::lb::LbSync;
 use super::lb::model::{NodeInput, ServiceInput, desired};
-use super::lb::nft::NftCommand;
+use super::lb::netlink::NetlinkNft;
 use super::network::ipam::Cidr;
 
 /// How often the table is checked for drift.
@@ -104,10 +104,8 @@ pub async fn keep_load_balancing(
         localhost_node_ports,
     };
     let instance = format!("{}-{}", std::process::id(), super::now_millis());
-    let lb = Arc::new(Mutex::new(LbSync::new(
-        NftCommand { netns: None },
-        instance,
-    )));
+    // Netlink, not the nft program: nft reads the whole ruleset before every change.
+    let lb = Arc::new(Mutex::new(LbSync::new(NetlinkNft::new(None), instance)));
     let (mut services_changed, mut endpoints_changed) = (services.changes(), endpoints.changes());
     let mut failures = 0u32;
     let mut last_check = Instant::now();

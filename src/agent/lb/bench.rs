@@ -1,9 +1,10 @@
 //! `tend bench services`: the load balancer's figures (issue 5), measured for real in a
 //! network namespace the bench makes (removed in Drop, also on failure): for N Services × 10
 //! endpoints, the full sync; one endpoint change (added, then removed, alternately) through
-//! [`LbSync`] — its time, operations and bytes; the same change loaded as a hand-written
-//! `nft -f` script of just that change; a drift check; and the in-process model of all
-//! Services, which is not part of the transaction but is what a sync recomputes today.
+//! [`LbSync`] over netlink ([`NetlinkNft`], what the agent uses) — its time, operations and
+//! bytes; the same change loaded as a hand-written `nft -f` script of just that change; a
+//! drift check; and the in-process model of all Services, which is not part of the
+//! transaction but is what a sync recomputes today.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -17,7 +18,9 @@ use super::model::{
     self, Endpoint, MARK_CHAIN, NodeInput, Protocol, Rule, ServiceInput, ServiceKind, ServicePort,
     ServiceSpec,
 };
-use super::nft::{NftCommand, document};
+use super::netlink::NetlinkNft;
+use super::netlink::encode::encode;
+use super::nft::{NftApply, NftCommand, document};
 use super::{LbSync, TABLE};
 
 /// The goal for one endpoint change at 10,000 Services (issue 5).
@@ -170,8 +173,9 @@ pub fn run(sizes: &[usize], changes: usize) -> anyhow::Result<ExitCode> {
         let after = model::desired(&services, &node);
 
         let full_ops = diff::full(&before, "bench");
-        let full_bytes = document(&full_ops).len();
-        let mut lb = LbSync::new(nft.clone(), "bench");
+        let full_bytes = encode(&full_ops, 0).bytes.len();
+        let full_json = document(&full_ops).len();
+        let mut lb = LbSync::new(NetlinkNft::new(Some(ns.0.clone())), "bench");
         let started = Instant::now();
         lb.sync(before.clone())
             .with_context(|| format!("full sync of {n} Services"))?;
@@ -179,17 +183,29 @@ pub fn run(sizes: &[usize], changes: usize) -> anyhow::Result<ExitCode> {
 
         let add = diff::diff(&before, &after);
         let remove = diff::diff(&after, &before);
-        let change_bytes = (document(&add).len() + document(&remove).len()) / 2;
+        let change_bytes = (encode(&add, 0).bytes.len() + encode(&remove, 0).bytes.len()) / 2;
+        let change_json = (document(&add).len() + document(&remove).len()) / 2;
         let change_ops = (add.len() + remove.len()) as f64 / 2.0;
+        // The whole sync (diff of the record against the new table, then the transaction)...
         let mut tend_times = Vec::new();
         for i in 0..changes {
-            let next = if i % 2 == 0 { &after } else { &before };
+            let next = if i % 2 == 0 { &after } else { &before }.clone();
             let started = Instant::now();
-            lb.sync(next.clone()).context("endpoint change")?;
+            lb.sync(next).context("endpoint change")?;
             tend_times.push(started.elapsed());
         }
         if changes % 2 == 1 {
             lb.sync(before.clone()).context("endpoint change back")?;
+        }
+        // ...and the transaction alone, what the hand-written `nft -f` below also does.
+        let mut transaction_times = Vec::new();
+        for i in 0..changes.max(2).next_multiple_of(2) {
+            let ops = if i % 2 == 0 { &add } else { &remove };
+            let started = Instant::now();
+            lb.nft_mut()
+                .apply(ops)
+                .context("endpoint change over netlink")?;
+            transaction_times.push(started.elapsed());
         }
         let (add_text, remove_text) = (hand_written(&add)?, hand_written(&remove)?);
         let mut hand_times = Vec::new();
@@ -208,16 +224,19 @@ pub fn run(sizes: &[usize], changes: usize) -> anyhow::Result<ExitCode> {
         let check_time = started.elapsed();
 
         let (tend_median, hand_median) = (median(tend_times), median(hand_times));
-        let ratio = tend_median.as_secs_f64() / hand_median.as_secs_f64().max(1e-9);
+        let transaction_median = median(transaction_times);
+        let ratio = transaction_median.as_secs_f64() / hand_median.as_secs_f64().max(1e-9);
         if n >= 10_000 && tend_median > GOAL {
             met = false;
         }
         println!(
-            "{n} Services × 10 endpoints: full sync {} ({} ops, {:.1} MB JSON); one endpoint change {} median ({change_ops} ops, {change_bytes} bytes JSON); hand-written nft -f of the same change {} (ratio {ratio:.2}); drift check {} (drift: {drift}); model of all Services in process {}",
+            "{n} Services × 10 endpoints: full sync {} ({} ops, {:.1} MB netlink, {:.1} MB as JSON); one endpoint change {} median ({change_ops} ops, {change_bytes} bytes netlink, {change_json} bytes as JSON), of which the netlink transaction {}; hand-written nft -f of the same change {} (ratio transaction / nft -f {ratio:.2}); drift check {} (drift: {drift}); model of all Services in process {}",
             ms(full_time),
             full_ops.len(),
             full_bytes as f64 / 1e6,
+            full_json as f64 / 1e6,
             ms(tend_median),
+            ms(transaction_median),
             ms(hand_median),
             ms(check_time),
             ms(model_time),

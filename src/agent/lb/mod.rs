@@ -6,6 +6,9 @@
 //! - [`diff`]: applied -> desired as a list of nft operations; or a full rebuild (pure).
 //! - [`nft`]: the operations as nft JSON (the `nftables` crate's schema), loaded in one
 //!   transaction by `nft -j -f -`; the drift marker read back; a recording fake.
+//! - [`netlink`]: the same operations sent to the kernel as one nf_tables netlink batch,
+//!   without the `nft` program (whose cache makes every call cost the whole ruleset); the
+//!   marker read back with a dump of its one chain. What the agent uses.
 //! - [`bench`]: `tend bench services`.
 //! - [`LbSync`] (here): remembers what it programmed, sends only the difference, and goes
 //!   back to a full sync at start, after a failed transaction, and when drift is found.
@@ -13,6 +16,7 @@
 pub mod bench;
 pub mod diff;
 pub mod model;
+pub mod netlink;
 pub mod nft;
 #[cfg(test)]
 mod tests;
@@ -101,8 +105,8 @@ impl<A: NftApply> LbSync<A> {
 
     /// Whether the table drifted from what this process programmed (deleted, flushed, or
     /// rebuilt by someone else): the marker of the last full sync must still be there. On
-    /// drift the record is dropped, so the next [`LbSync::sync`] is full. Cheap: one
-    /// `nft list chain` of a one-rule chain, whatever the table's size.
+    /// drift the record is dropped, so the next [`LbSync::sync`] is full. Cheap: the
+    /// backend reads one one-rule chain, whatever the table's size.
     pub fn check(&mut self) -> Result<bool, NftError> {
         if self.applied.is_none() {
             return Ok(false);

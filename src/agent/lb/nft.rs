@@ -46,6 +46,23 @@ pub enum NftError {
     },
     #[error("`{command}` printed JSON this code cannot read: {why}")]
     Output { command: String, why: String },
+    #[error("netlink to nf_tables: {what}: {source}")]
+    Netlink {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "nf_tables refused operation {index} of {ops} on table ip {TABLE} ({op}): {why}; nothing was applied{}",
+        if *more > 0 { format!(" ({more} more operations refused)") } else { String::new() }
+    )]
+    Refused {
+        /// 1-based; 0 when the batch as a whole was refused.
+        index: usize,
+        ops: usize,
+        op: String,
+        why: String,
+        more: usize,
+    },
 }
 
 /// What the sync needs of nft: apply one transaction, and read the marker of the last full
