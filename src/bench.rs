@@ -5,6 +5,8 @@
 //! a one-file commit applied after the ref update, and serve's resident memory; beside them,
 //! the floor: parsing the same YAML alone in this process.
 
+mod push;
+
 use crate::manifest::{self, Limits};
 use anyhow::{Context, bail};
 use serde_json::Value;
@@ -15,7 +17,7 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// What to measure: `apply`, `schedule`, `agent` or `services`.
+    /// What to measure: `apply`, `schedule`, `agent`, `services` or `push`.
     pub what: String,
     /// Deployments (and as many Services) in the repository.
     #[arg(long, default_value_t = 2000)]
@@ -41,6 +43,12 @@ pub struct BenchArgs {
     /// `services`: endpoint changes timed per size (the median is reported).
     #[arg(long, default_value_t = 20)]
     pub changes: usize,
+    /// `push`: pushes timed (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// `push`: Services added for the Service-change figure (0: skip it).
+    #[arg(long, default_value_t = 2000)]
+    pub extra_services: usize,
     /// Internal: the part of `agent` that runs inside the node namespace, in this directory.
     #[arg(long, hide = true)]
     pub inner: Option<std::path::PathBuf>,
@@ -55,8 +63,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             let sizes = parse_sizes(&args.services)?;
             crate::agent::lb::bench::run(&sizes, args.changes)
         }
+        "push" => push::run(args.runs, args.extra_services),
         other => bail!(
-            "bench {other:?}: unknown benchmark (available: apply, schedule, agent, services)"
+            "bench {other:?}: unknown benchmark (available: apply, schedule, agent, services, push)"
         ),
     }
 }

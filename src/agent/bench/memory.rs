@@ -7,10 +7,9 @@
 //! stops the pods), then the [`Lab`]'s.
 
 use super::image::{BUSYBOX_REF, busybox_image};
-use super::{Lab, Report};
-use anyhow::{Context as _, anyhow, bail};
+use super::{Lab, Report, in_netns};
+use anyhow::{Context as _, bail};
 use serde_json::Value;
-use std::os::fd::AsRawFd as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -46,29 +45,6 @@ spec:
     )
 }
 
-/// Runs `f` on a thread that joined the network namespace `name` (sockets it opens, and
-/// threads it starts, are in that namespace).
-fn in_netns<T: Send + 'static>(
-    name: &str,
-    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-) -> anyhow::Result<T> {
-    let path = Path::new("/var/run/netns").join(name);
-    let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-    std::thread::spawn(move || {
-        // SAFETY: setns on a valid namespace fd; it changes only this thread's namespace.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        if rc != 0 {
-            bail!(
-                "joining the node namespace: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        f()
-    })
-    .join()
-    .map_err(|_| anyhow!("the thread inside the node namespace panicked"))?
-}
-
 /// The pods bound to the bench node: `(uid, phase)`.
 fn node_pods(
     http: &reqwest::blocking::Client,
@@ -97,23 +73,23 @@ fn node_pods(
         .collect())
 }
 
-fn client() -> anyhow::Result<reqwest::blocking::Client> {
+pub fn client() -> anyhow::Result<reqwest::blocking::Client> {
     Ok(reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?)
 }
 
 /// What `/proc/PID/status` says of a process's memory.
-struct Resident {
+pub struct Resident {
     /// `VmRSS`, MiB.
-    total: f64,
+    pub total: f64,
     /// `RssAnon`, MiB: the heap and stacks (the rest is the binary and libraries).
-    anon: f64,
-    threads: u32,
+    pub anon: f64,
+    pub threads: u32,
 }
 
 /// `VmRSS`, `RssAnon` and `Threads` of `pid`.
-fn rss(pid: u32) -> anyhow::Result<Resident> {
+pub fn rss(pid: u32) -> anyhow::Result<Resident> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status (has the agent exited?)"))?;
     let field = |name: &str| -> Option<f64> {
@@ -146,7 +122,7 @@ fn pss(pid: u32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-fn log_tail(path: &Path) -> String {
+pub fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().rev().take(3).collect();
     lines.into_iter().rev().collect::<Vec<_>>().join(" | ")

@@ -18,11 +18,12 @@
 //! [`OciRegistry`]: crate::agent::image::OciRegistry
 
 pub mod image;
-mod memory;
+pub mod memory;
 mod pods;
 mod pull;
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, anyhow, bail};
+use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -201,6 +202,8 @@ pub struct Lab {
     pub agent_states: Vec<PathBuf>,
     pub pod_netns: Vec<String>,
     pub node_netns: Vec<String>,
+    /// Links in this namespace (a lab's bridge), deleted last.
+    pub links: Vec<String>,
 }
 
 impl Lab {
@@ -216,6 +219,7 @@ impl Lab {
             agent_states: Vec::new(),
             pod_netns: Vec::new(),
             node_netns: Vec::new(),
+            links: Vec::new(),
         })
     }
 
@@ -251,6 +255,29 @@ pub fn command_in_netns(name: &str, program: &Path) -> anyhow::Result<Command> {
         });
     }
     Ok(command)
+}
+
+/// Runs `f` on a thread that joined the network namespace `name` (sockets it opens, and
+/// threads it starts, are in that namespace).
+pub fn in_netns<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let path = Path::new("/var/run/netns").join(name);
+    let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    std::thread::spawn(move || {
+        // SAFETY: setns on a valid namespace fd; it changes only this thread's namespace.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        if rc != 0 {
+            bail!(
+                "joining the node namespace: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow!("the thread inside the node namespace panicked"))?
 }
 
 /// Runs a command, its output discarded; whether it succeeded.
@@ -386,6 +413,9 @@ impl Drop for Lab {
             if Path::new("/var/run/netns").join(name).exists() {
                 let _ = quiet("ip", &["netns", "del", name]);
             }
+        }
+        for link in &self.links {
+            let _ = quiet("ip", &["link", "del", link]);
         }
         let _ = std::fs::remove_dir_all(&self.work);
     }
