@@ -100,6 +100,20 @@ pub fn describe(op: &Op) -> String {
             map.as_str(),
             elements.len()
         ),
+        Op::AddEndpointMap { name, protocol } => format!(
+            "add map {t} {name} {{ typeof numgen random mod 65536 : ip daddr . {} dport; flags interval; }}",
+            protocol.as_str()
+        ),
+        Op::AddIpSet(name) => format!("add set {t} {name} {{ type ipv4_addr; }}"),
+        Op::FlushSet(name) => format!("flush set {t} {name}"),
+        Op::FlushMap(name) => format!("flush map {t} {name}"),
+        Op::DeleteMap(name) => format!("delete map {t} {name}"),
+        Op::AddEndpointElements { map, endpoints } => {
+            format!("add element {t} {map} ({} endpoints)", endpoints.len())
+        }
+        Op::AddIpElements { set, ips } => {
+            format!("add element {t} {set} ({} addresses)", ips.len())
+        }
         Op::DeleteElements { map, keys } => format!(
             "delete element {t} {} ({} elements)",
             map.as_str(),
