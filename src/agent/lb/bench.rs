@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+use super::LbSync;
 use super::diff::{self, Op};
 use super::model::{
     self, Endpoint, NodeInput, Protocol, ServiceInput, ServiceKind, ServicePort, ServiceSpec,
@@ -20,7 +21,6 @@ use super::model::{
 use super::netlink::NetlinkNft;
 use super::netlink::encode::encode;
 use super::nft::{NftApply, NftCommand, document};
-use super::LbSync;
 
 /// The goal for one endpoint change at 10,000 Services (issue 5).
 const GOAL: Duration = Duration::from_millis(5);

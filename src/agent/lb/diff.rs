@@ -1,7 +1,8 @@
 //! From the table tend programmed last to the one it wants: the list of nft operations,
 //! applied as one transaction (pure). An incremental diff touches only what changed: one
-//! endpoint more in a Service is one new endpoint chain and that Service's chain rewritten,
-//! however many other Services there are. A full sync rebuilds the table in one transaction.
+//! endpoint more in a Service is a flush and refill of that Service's endpoint map and
+//! address set (with ClientIP affinity: a new endpoint chain and the Service's chain
+//! rewritten), however many other Services there are. A full sync rebuilds the table in one transaction.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -46,7 +47,10 @@ pub enum Op {
     },
     /// The interval map of a service port's endpoints ([`EndpointSet`]), `typeof numgen
     /// random mod 65536 : ip daddr . <protocol> dport; flags interval`.
-    AddEndpointMap { name: String, protocol: Protocol },
+    AddEndpointMap {
+        name: String,
+        protocol: Protocol,
+    },
     /// A plain `ipv4_addr` set (the endpoint addresses, for hairpin).
     AddIpSet(String),
     /// Removes every element of a set (a data set: no validation of the table).
@@ -62,7 +66,10 @@ pub enum Op {
         endpoints: Vec<Endpoint>,
     },
     /// Addresses of an `ipv4_addr` set.
-    AddIpElements { set: String, ips: Vec<Ipv4Addr> },
+    AddIpElements {
+        set: String,
+        ips: Vec<Ipv4Addr>,
+    },
 }
 
 /// A new endpoint set: its map and address set, filled.

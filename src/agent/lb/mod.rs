@@ -19,9 +19,9 @@ pub mod diff;
 pub mod model;
 pub mod netlink;
 pub mod nft;
-pub mod text;
 #[cfg(test)]
 mod tests;
+pub mod text;
 
 use diff::Op;
 use model::Desired;

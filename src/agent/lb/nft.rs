@@ -14,8 +14,8 @@ use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 
 use nftables::expr::{
-    BinaryOperation, CT, Expression, Fib, FibFlag, FibResult, Map, Meta, MetaKey,
-    NamedExpression, NgMode, Numgen, Payload, PayloadField, Prefix, SetItem, Verdict,
+    BinaryOperation, CT, Expression, Fib, FibFlag, FibResult, Map, Meta, MetaKey, NamedExpression,
+    NgMode, Numgen, Payload, PayloadField, Prefix, SetItem, Verdict,
 };
 use nftables::schema::{Chain, Element, NfCmd, NfListObject, Rule as NftRule, Set, SetFlag};
 use nftables::schema::{SetType, SetTypeValue, Table};
@@ -423,9 +423,15 @@ pub fn render(op: &Op) -> Value {
             set_type: SetTypeValue::Single(SetType::Ipv4Addr),
             ..Set::default()
         })))),
-        Op::FlushSet(name) => json!({"flush": {"set": {"family": "ip", "table": TABLE, "name": name}}}),
-        Op::FlushMap(name) => json!({"flush": {"map": {"family": "ip", "table": TABLE, "name": name}}}),
-        Op::DeleteMap(name) => json!({"delete": {"map": {"family": "ip", "table": TABLE, "name": name}}}),
+        Op::FlushSet(name) => {
+            json!({"flush": {"set": {"family": "ip", "table": TABLE, "name": name}}})
+        }
+        Op::FlushMap(name) => {
+            json!({"flush": {"map": {"family": "ip", "table": TABLE, "name": name}}})
+        }
+        Op::DeleteMap(name) => {
+            json!({"delete": {"map": {"family": "ip", "table": TABLE, "name": name}}})
+        }
         Op::AddEndpointElements { map, endpoints } => {
             let set = EndpointSet {
                 protocol: super::model::Protocol::Tcp,

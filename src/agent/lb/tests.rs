@@ -375,9 +375,13 @@ fn one_endpoint_change_costs_the_same_at_1000_and_10000_services() {
         let removed = diff(&added, &before);
         assert_eq!(removed.len(), 4, "{removed:?}");
         assert!(
-            removed
-                .iter()
-                .all(|o| matches!(o, Op::FlushMap(_) | Op::FlushSet(_) | Op::AddEndpointElements { .. } | Op::AddIpElements { .. })),
+            removed.iter().all(|o| matches!(
+                o,
+                Op::FlushMap(_)
+                    | Op::FlushSet(_)
+                    | Op::AddEndpointElements { .. }
+                    | Op::AddIpElements { .. }
+            )),
             "{removed:?}"
         );
         // The same endpoints on another port: only the map changes.
@@ -446,10 +450,7 @@ fn diff_orders_adds_before_uses_and_deletes_after() {
             < pos(&|o| matches!(o, Op::AddRule { .. }))
     );
     assert!(pos(&|o| matches!(o, Op::AddIpSet(_))) < pos(&|o| matches!(o, Op::AddRule { .. })));
-    assert!(
-        rpos(&|o| matches!(o, Op::DeleteChain(_)))
-            < pos(&|o| matches!(o, Op::DeleteMap(_)))
-    );
+    assert!(rpos(&|o| matches!(o, Op::DeleteChain(_))) < pos(&|o| matches!(o, Op::DeleteMap(_))));
     assert!(rpos(&|o| matches!(o, Op::DeleteChain(_))) < pos(&|o| matches!(o, Op::DeleteSet(_))));
     // a had endpoints; with none it moves to the reject maps, and its chains go.
     let empty = svc(

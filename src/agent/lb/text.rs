@@ -117,9 +117,9 @@ pub fn command(op: &Op) -> String {
         Op::FlushChain(c) => format!("flush chain {t} {c}"),
         Op::DeleteChain(c) => format!("delete chain {t} {c}"),
         Op::AddRule { chain, rule: r } => format!("add rule {t} {chain} {}", rule(r)),
-        Op::AddSet { name, timeout } => format!(
-            "add set {t} {name} {{ type ipv4_addr; flags timeout; timeout {timeout}s; }}"
-        ),
+        Op::AddSet { name, timeout } => {
+            format!("add set {t} {name} {{ type ipv4_addr; flags timeout; timeout {timeout}s; }}")
+        }
         Op::DeleteSet(name) => format!("delete set {t} {name}"),
         Op::DeleteMap(name) => format!("delete map {t} {name}"),
         Op::AddElements { map, elements } => {
@@ -127,7 +127,11 @@ pub fn command(op: &Op) -> String {
                 .iter()
                 .map(|(k, c)| format!("{} : goto {c}", key(k)))
                 .collect();
-            format!("add element {t} {} {{ {} }}", map.as_str(), items.join(", "))
+            format!(
+                "add element {t} {} {{ {} }}",
+                map.as_str(),
+                items.join(", ")
+            )
         }
         Op::DeleteElements { map, keys } => {
             let items: Vec<String> = keys.iter().map(key).collect();

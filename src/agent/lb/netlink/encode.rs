@@ -109,7 +109,6 @@ const CMP_NEQ: u32 = 1;
 const NFT_NG_RANDOM: u32 = 1;
 const NFT_DYNSET_OP_UPDATE: u32 = 1;
 const NFT_NAT_DNAT: u32 = 1;
-const NF_NAT_RANGE_MAP_IPS: u32 = 1;
 const NFT_BYTEORDER_HTON: u32 = 1;
 const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 2;
 const NF_NAT_RANGE_PROTO_RANDOM_FULLY: u32 = 0x10;
@@ -365,10 +364,10 @@ impl Encoder {
                 self.w.end();
             }
             Op::FlushSet(name) | Op::FlushMap(name) => {
-                // DELSETELEM without elements removes them all.
+                // DELSETELEM without elements removes them all (nft names the set first).
                 self.msg(MsgType::DelSetElem, 0);
-                self.w.str(NFTA_SET_ELEM_LIST_TABLE, TABLE);
                 self.w.str(NFTA_SET_ELEM_LIST_SET, name);
+                self.w.str(NFTA_SET_ELEM_LIST_TABLE, TABLE);
                 self.w.end();
             }
             Op::AddEndpointElements { map, endpoints } => {
@@ -387,13 +386,7 @@ impl Encoder {
 
     /// Elements of a set by name (or by id, for a set of this batch), split over messages
     /// so that no element list outgrows its 16-bit length.
-    fn elements(
-        &mut self,
-        ty: MsgType,
-        set: &str,
-        set_id: Option<u32>,
-        items: &[(Vec<u8>, Data)],
-    ) {
+    fn elements(&mut self, ty: MsgType, set: &str, set_id: Option<u32>, items: &[(Vec<u8>, Data)]) {
         let mut rest = items;
         while !rest.is_empty() {
             let flags = if ty == MsgType::NewSetElem {
@@ -544,13 +537,13 @@ fn endpoint_elements(endpoints: &[Endpoint]) -> Vec<(Vec<u8>, Data<'static>)> {
 /// `typeof` (its key is a plain integer, which has no `type` spelling). The byte at
 /// [`TYPEOF_DPORT_PROTOCOL`] names the dport's protocol header (tcp 8, udp 6, sctp 10).
 const ENDPOINT_MAP_UDATA: [u8; 100] = [
-    0x00, 0x04, 0x01, 0x00, 0x00, 0x00, 0x01, 0x04, 0x00, 0x00, 0x00, 0x00, 0x03, 0x1a, 0x00,
-    0x04, 0x17, 0x00, 0x00, 0x00, 0x01, 0x12, 0x00, 0x04, 0x01, 0x00, 0x00, 0x00, 0x01, 0x04,
-    0x00, 0x00, 0x01, 0x00, 0x02, 0x04, 0x00, 0x00, 0x00, 0x00, 0x04, 0x34, 0x00, 0x04, 0x0d,
-    0x00, 0x00, 0x00, 0x01, 0x2c, 0x00, 0x14, 0x00, 0x04, 0x07, 0x00, 0x00, 0x00, 0x01, 0x0c,
-    0x00, 0x04, 0x0c, 0x00, 0x00, 0x00, 0x01, 0x04, 0x0c, 0x00, 0x00, 0x00, 0x01, 0x14, 0x00,
-    0x04, 0x07, 0x00, 0x00, 0x00, 0x01, 0x0c, 0x00, 0x04, 0x08, 0x00, 0x00, 0x00, 0x01, 0x04,
-    0x02, 0x00, 0x00, 0x00, 0x06, 0x04, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x04, 0x01, 0x00, 0x00, 0x00, 0x01, 0x04, 0x00, 0x00, 0x00, 0x00, 0x03, 0x1a, 0x00, 0x04,
+    0x17, 0x00, 0x00, 0x00, 0x01, 0x12, 0x00, 0x04, 0x01, 0x00, 0x00, 0x00, 0x01, 0x04, 0x00, 0x00,
+    0x01, 0x00, 0x02, 0x04, 0x00, 0x00, 0x00, 0x00, 0x04, 0x34, 0x00, 0x04, 0x0d, 0x00, 0x00, 0x00,
+    0x01, 0x2c, 0x00, 0x14, 0x00, 0x04, 0x07, 0x00, 0x00, 0x00, 0x01, 0x0c, 0x00, 0x04, 0x0c, 0x00,
+    0x00, 0x00, 0x01, 0x04, 0x0c, 0x00, 0x00, 0x00, 0x01, 0x14, 0x00, 0x04, 0x07, 0x00, 0x00, 0x00,
+    0x01, 0x0c, 0x00, 0x04, 0x08, 0x00, 0x00, 0x00, 0x01, 0x04, 0x02, 0x00, 0x00, 0x00, 0x06, 0x04,
+    0x00, 0x00, 0x00, 0x00,
 ];
 const TYPEOF_DPORT_PROTOCOL: usize = 84;
 
@@ -817,14 +810,13 @@ impl Exprs<'_> {
                     w.u32(3, REG_1); // NFTA_LOOKUP_DREG
                     w.str(1, map); // NFTA_LOOKUP_SET
                 });
+                // As nft sends it: the kernel takes max = min and sets the range flags
+                // (`map ips`, `proto specified`) from the registers given.
                 self.expr("nat", |w| {
                     w.u32(1, NFT_NAT_DNAT); // NFTA_NAT_TYPE
                     w.u32(2, u32::from(NFPROTO_IPV4)); // NFTA_NAT_FAMILY
-                    w.u32(3, REG_1); // NFTA_NAT_REG_ADDR_MIN
-                    w.u32(4, REG_1); // NFTA_NAT_REG_ADDR_MAX
-                    w.u32(5, REG32_01); // NFTA_NAT_REG_PROTO_MIN
-                    w.u32(6, REG32_01); // NFTA_NAT_REG_PROTO_MAX
-                    w.u32(7, NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED); // NFTA_NAT_FLAGS
+                    w.u32(3, REG_1); // NFTA_NAT_REG_ADDR_MIN: the address
+                    w.u32(5, REG32_01); // NFTA_NAT_REG_PROTO_MIN: the port after it
                 });
             }
             Rule::Dnat { protocol, ip, port } => {
