@@ -39,12 +39,30 @@ use wire::{MsgType, NFPROTO_IPV4, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_E
 
 /// The kernel's nf_tables, in this network namespace or a named one (`/run/netns/<name>`,
 /// how tests and the benchmark run a node without touching the host).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct NetlinkNft {
     pub netns: Option<String>,
     seq: u32,
     /// The size in bytes of the last batch sent (for the benchmark).
     pub last_batch_bytes: usize,
+    /// The socket batches are sent on, kept open between them. Why: closing a
+    /// NETLINK_NETFILTER socket makes nf_tables finish freeing what earlier commits
+    /// removed (`nft_rcv_nl_event` flushes the destroy work, which waits for an RCU grace
+    /// period): 10-20 ms per endpoint change on a loaded machine, more than the commit
+    /// itself. Dropped after an I/O error, and reopened by the next batch.
+    socket: Option<Socket>,
+}
+
+impl Clone for NetlinkNft {
+    /// A clone opens its own socket: reports must not go to another's reader.
+    fn clone(&self) -> Self {
+        NetlinkNft {
+            netns: self.netns.clone(),
+            seq: self.seq,
+            last_batch_bytes: self.last_batch_bytes,
+            socket: None,
+        }
+    }
 }
 
 impl NetlinkNft {
@@ -54,6 +72,7 @@ impl NetlinkNft {
             // Distinct per process, so a report can never be taken for another's.
             seq: std::process::id().wrapping_mul(65_536),
             last_batch_bytes: 0,
+            socket: None,
         }
     }
 
@@ -136,12 +155,17 @@ impl NftApply for NetlinkNft {
         let batch = encode(ops, self.seq);
         self.reserve(batch.op_of.len() + 2);
         self.last_batch_bytes = batch.bytes.len();
-        let socket = self.socket()?;
+        let socket = match self.socket.take() {
+            Some(s) => s,
+            None => self.socket()?,
+        };
         socket
             .send(&batch.bytes)
             .map_err(|e| self.io(&format!("sending {} operations", ops.len()), e))?;
         let mut buf = vec![0u8; 64 * 1024];
         let mut refused: Vec<(u32, i32)> = Vec::new();
+        // This batch's sequence numbers: begin, its messages, end.
+        let last_seq = batch.first_seq.wrapping_add(batch.op_of.len() as u32 + 1);
         loop {
             let n = match socket.recv(&mut buf, false) {
                 Ok(Some(n)) => n,
@@ -152,11 +176,14 @@ impl NftApply for NetlinkNft {
                 if reply.ty == NLMSG_ERROR
                     && let Some((errno, seq)) = wire::error_of(reply.payload)
                     && errno != 0
+                    && seq.wrapping_sub(batch.first_seq) <= last_seq.wrapping_sub(batch.first_seq)
                 {
                     refused.push((seq, errno));
                 }
             }
         }
+        // Kept only when the exchange went well (an error above drops it).
+        self.socket = Some(socket);
         let Some(&(seq, errno)) = refused.iter().min_by_key(|(seq, _)| *seq) else {
             return Ok(());
         };
