@@ -322,6 +322,14 @@ fn netlink_and_nft_json_program_the_same_table_in_full_and_incremental_syncs() {
             model::desired(&cluster(1, Some(30), false), &n0),
         ),
         (
+            "affinity removed",
+            model::desired(&cluster(1, None, false), &n0),
+        ),
+        (
+            "affinity back",
+            model::desired(&cluster(1, Some(30), false), &n0),
+        ),
+        (
             "localhost NodePorts",
             model::desired(&cluster(1, Some(30), false), &{
                 let mut n = n0.clone();
@@ -339,6 +347,24 @@ fn netlink_and_nft_json_program_the_same_table_in_full_and_incremental_syncs() {
         assert!(!ops.is_empty(), "{step}: no change");
         apply_both(&mut netlink, &mut json, &ops, step);
         applied = Some(desired);
+        if *step == "scaled up" {
+            // Services without affinity: fixed rules, endpoints in an interval map and an
+            // address set; UDP's map names udp's dport.
+            let text = listing(&ns.0[0]);
+            for expected in [
+                "typeof numgen random mod 65536 : ip daddr . tcp dport",
+                "typeof numgen random mod 65536 : ip daddr . udp dport",
+                "flags interval",
+                "meta l4proto udp dnat ip to numgen random mod 65536 map @svc-",
+                "jump mark-for-masquerade",
+                "0-7280 : 10.244.1.10 . 8080",
+                "58254-65535 : 10.244.1.18 . 8080",
+                "10.244.1.10, 10.244.1.11",
+            ] {
+                assert!(text.contains(expected), "{expected:?} missing in:\n{text}");
+            }
+            assert!(!text.contains("chain sep-"), "{text}");
+        }
     }
     let text = listing(&ns.0[0]);
     for expected in [

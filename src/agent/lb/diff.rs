@@ -1,13 +1,15 @@
 //! From the table tend programmed last to the one it wants: the list of nft operations,
 //! applied as one transaction (pure). An incremental diff touches only what changed: one
-//! endpoint more in a Service is one new endpoint chain and that Service's chain rewritten,
-//! however many other Services there are. A full sync rebuilds the table in one transaction.
+//! endpoint more in a Service is a flush and refill of that Service's endpoint map and
+//! address set (with ClientIP affinity: a new endpoint chain and the Service's chain
+//! rewritten), however many other Services there are. A full sync rebuilds the table in one transaction.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 
 use super::model::{
-    self, BaseChain, Desired, Hook, MARKER_CHAIN, MapKey, MapName, NODEPORT_CHECK_CHAIN, Rule,
-    SERVICES_CHAIN,
+    self, BaseChain, Desired, Endpoint, EndpointSet, Hook, MARKER_CHAIN, MapKey, MapName,
+    NODEPORT_CHECK_CHAIN, Protocol, Rule, SERVICES_CHAIN,
 };
 
 /// One nft command on the `tend-lb` table (`nft.rs` renders each as one JSON command).
@@ -43,6 +45,68 @@ pub enum Op {
         map: MapName,
         keys: Vec<MapKey>,
     },
+    /// The interval map of a service port's endpoints ([`EndpointSet`]), `typeof numgen
+    /// random mod 65536 : ip daddr . <protocol> dport; flags interval`.
+    AddEndpointMap {
+        name: String,
+        protocol: Protocol,
+    },
+    /// A plain `ipv4_addr` set (the endpoint addresses, for hairpin).
+    AddIpSet(String),
+    /// Removes every element of a set (a data set: no validation of the table).
+    FlushSet(String),
+    /// Removes every element of an endpoint map (data, not verdicts: no validation).
+    FlushMap(String),
+    /// Deletes an endpoint map (nft's syntax tells maps from sets; netlink does not).
+    DeleteMap(String),
+    /// The endpoints of an endpoint map, each with its share of 0..65535
+    /// ([`model::buckets`]); the map must be empty (new or flushed in this transaction).
+    AddEndpointElements {
+        map: String,
+        endpoints: Vec<Endpoint>,
+    },
+    /// Addresses of an `ipv4_addr` set.
+    AddIpElements {
+        set: String,
+        ips: Vec<Ipv4Addr>,
+    },
+}
+
+/// A new endpoint set: its map and address set, filled.
+fn add_endpoint_set(chain: &str, set: &EndpointSet, ops: &mut Vec<Op>) {
+    let (map, ips) = (EndpointSet::map_name(chain), EndpointSet::ips_name(chain));
+    ops.push(Op::AddEndpointMap {
+        name: map.clone(),
+        protocol: set.protocol,
+    });
+    ops.push(Op::AddIpSet(ips.clone()));
+    ops.push(Op::AddEndpointElements {
+        map,
+        endpoints: set.endpoints.clone(),
+    });
+    ops.push(Op::AddIpElements {
+        set: ips,
+        ips: set.ips(),
+    });
+}
+
+/// An endpoint set whose endpoints changed: each of its two sets that differs is flushed
+/// and refilled. No rule and no verdict-map element is touched.
+fn change_endpoint_set(chain: &str, old: &EndpointSet, new: &EndpointSet, ops: &mut Vec<Op>) {
+    if old.endpoints != new.endpoints {
+        let map = EndpointSet::map_name(chain);
+        ops.push(Op::FlushMap(map.clone()));
+        ops.push(Op::AddEndpointElements {
+            map,
+            endpoints: new.endpoints.clone(),
+        });
+    }
+    let ips = new.ips();
+    if old.ips() != ips {
+        let set = EndpointSet::ips_name(chain);
+        ops.push(Op::FlushSet(set.clone()));
+        ops.push(Op::AddIpElements { set, ips });
+    }
 }
 
 fn rules(chain: &str, rules: &[Rule], ops: &mut Vec<Op>) {
@@ -85,6 +149,9 @@ pub fn full(desired: &Desired, marker: &str) -> Vec<Op> {
             name: name.clone(),
             timeout: *timeout,
         });
+    }
+    for (chain, set) in &desired.endpoint_sets {
+        add_endpoint_set(chain, set, &mut ops);
     }
     for name in desired.chains.keys() {
         ops.push(Op::AddChain(name.clone()));
@@ -133,6 +200,13 @@ pub fn diff(applied: &Desired, desired: &Desired) -> Vec<Op> {
                 name: name.clone(),
                 timeout: *timeout,
             });
+        }
+    }
+    for (chain, set) in &desired.endpoint_sets {
+        match applied.endpoint_sets.get(chain) {
+            None => add_endpoint_set(chain, set, &mut ops),
+            // The protocol is part of the chain's name, so only the endpoints can differ.
+            Some(old) => change_endpoint_set(chain, old, set, &mut ops),
         }
     }
     for name in desired.chains.keys() {
@@ -191,6 +265,12 @@ pub fn diff(applied: &Desired, desired: &Desired) -> Vec<Op> {
     for name in applied.affinity_sets.keys() {
         if !desired.affinity_sets.contains_key(name) {
             ops.push(Op::DeleteSet(name.clone()));
+        }
+    }
+    for chain in applied.endpoint_sets.keys() {
+        if !desired.endpoint_sets.contains_key(chain) {
+            ops.push(Op::DeleteMap(EndpointSet::map_name(chain)));
+            ops.push(Op::DeleteSet(EndpointSet::ips_name(chain)));
         }
     }
     ops

@@ -9,6 +9,7 @@
 //! - [`netlink`]: the same operations sent to the kernel as one nf_tables netlink batch,
 //!   without the `nft` program (whose cache makes every call cost the whole ruleset); the
 //!   marker read back with a dump of its one chain. What the agent uses.
+//! - [`text`]: the operations in nft's own syntax, for `nft -f` (what nft's JSON cannot say).
 //! - [`bench`]: `tend bench services`.
 //! - [`LbSync`] (here): remembers what it programmed, sends only the difference, and goes
 //!   back to a full sync at start, after a failed transaction, and when drift is found.
@@ -20,6 +21,7 @@ pub mod netlink;
 pub mod nft;
 #[cfg(test)]
 mod tests;
+pub mod text;
 
 use diff::Op;
 use model::Desired;

@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 
 use nftables::expr::{
-    BinaryOperation, CT, Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression,
+    BinaryOperation, CT, Expression, Fib, FibFlag, FibResult, Map, Meta, MetaKey, NamedExpression,
     NgMode, Numgen, Payload, PayloadField, Prefix, SetItem, Verdict,
 };
 use nftables::schema::{Chain, Element, NfCmd, NfListObject, Rule as NftRule, Set, SetFlag};
@@ -28,7 +28,10 @@ use serde_json::{Value, json};
 
 use super::TABLE;
 use super::diff::Op;
-use super::model::{Hook, MARK_CHAIN, MARKER_CHAIN, MASQUERADE_MARK, MapKey, MapName, Rule};
+use super::model::{
+    EndpointSet, Hook, MARK_CHAIN, MARKER_CHAIN, MASQUERADE_MARK, MapKey, MapName, RANDOM_RANGE,
+    Rule,
+};
 
 /// Why nft failed.
 #[derive(Debug, thiserror::Error)]
@@ -209,6 +212,34 @@ pub fn statements(rule: &Rule) -> Vec<Statement<'static>> {
                 data: Expression::Named(NamedExpression::Set(items)),
             })]
         }
+        Rule::HairpinSet { set } => vec![
+            matches(
+                payload("ip", "saddr"),
+                string(format!("@{set}")),
+                Operator::EQ,
+            ),
+            jump(MARK_CHAIN),
+        ],
+        Rule::DnatMap { protocol, map } => vec![
+            matches(
+                meta(MetaKey::L4proto),
+                string(protocol.as_str()),
+                Operator::EQ,
+            ),
+            Statement::DNAT(Some(NAT {
+                addr: Some(Expression::Named(NamedExpression::Map(Box::new(Map {
+                    key: Expression::Named(NamedExpression::Numgen(Numgen {
+                        mode: NgMode::Random,
+                        ng_mod: RANDOM_RANGE,
+                        offset: None,
+                    })),
+                    data: string(format!("@{map}")),
+                })))),
+                family: Some(nftables::stmt::NATFamily::IP),
+                port: None,
+                flags: None,
+            })),
+        ],
         Rule::Dnat { protocol, ip, port } => vec![
             matches(
                 meta(MetaKey::L4proto),
@@ -376,6 +407,49 @@ pub fn render(op: &Op) -> Value {
             timeout: Some(*timeout),
             ..Set::default()
         })))),
+        Op::AddEndpointMap { name, protocol } => {
+            // nft 1.0.6's JSON has no `typeof` (and refuses `type integer`): this command is
+            // for reading only; [`NftCommand`] loads transactions with it as text.
+            json!({"add": {"map": {
+                "family": "ip", "table": TABLE, "name": name,
+                "typeof": format!("numgen random mod {RANDOM_RANGE} : ip daddr . {} dport", protocol.as_str()),
+                "type": "integer", "map": ["ipv4_addr", "inet_service"], "flags": ["interval"],
+            }}})
+        }
+        Op::AddIpSet(name) => cmd(NfCmd::Add(NfListObject::Set(Box::new(Set {
+            family: family(),
+            table: TABLE.into(),
+            name: Cow::Owned(name.clone()),
+            set_type: SetTypeValue::Single(SetType::Ipv4Addr),
+            ..Set::default()
+        })))),
+        Op::FlushSet(name) => {
+            json!({"flush": {"set": {"family": "ip", "table": TABLE, "name": name}}})
+        }
+        Op::FlushMap(name) => {
+            json!({"flush": {"map": {"family": "ip", "table": TABLE, "name": name}}})
+        }
+        Op::DeleteMap(name) => {
+            json!({"delete": {"map": {"family": "ip", "table": TABLE, "name": name}}})
+        }
+        Op::AddEndpointElements { map, endpoints } => {
+            let set = EndpointSet {
+                protocol: super::model::Protocol::Tcp,
+                endpoints: endpoints.clone(),
+            };
+            let elem: Vec<Value> = set
+                .intervals()
+                .into_iter()
+                .map(|((a, b), ep)| {
+                    json!([{"range": [a, b]}, {"concat": [ep.ip.to_string(), ep.port]}])
+                })
+                .collect();
+            json!({"add": {"element": {"family": "ip", "table": TABLE, "name": map, "elem": elem}}})
+        }
+        Op::AddIpElements { set, ips } => {
+            let elem: Vec<String> = ips.iter().map(Ipv4Addr::to_string).collect();
+            json!({"add": {"element": {"family": "ip", "table": TABLE, "name": set, "elem": elem}}})
+        }
         Op::DeleteSet(name) => cmd(NfCmd::Delete(NfListObject::Set(Box::new(Set {
             family: family(),
             table: TABLE.into(),
@@ -471,6 +545,11 @@ impl NftApply for NftCommand {
     fn apply(&mut self, ops: &[Op]) -> Result<(), NftError> {
         if ops.is_empty() {
             return Ok(());
+        }
+        if ops.iter().any(|op| matches!(op, Op::AddEndpointMap { .. })) {
+            // nft's JSON cannot declare an endpoint map (no `typeof`): the same
+            // transaction in nft's own syntax.
+            return self.load(&super::text::document(ops), false, ops.len());
         }
         self.load(&document(ops), true, ops.len())
     }

@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use serde_json::{Value, json};
 
 use super::diff::{Op, diff, full};
-use super::model::*;
+use super::model::{self, *};
 use super::nft::{NftApply, RecordingNft, document, marker_of, render};
 use super::{LbSync, SyncKind, TABLE};
 
@@ -71,7 +71,7 @@ fn count(prefix: &str, d: &Desired) -> usize {
 }
 
 #[test]
-fn cluster_ip_service_gets_a_service_chain_and_one_chain_per_endpoint() {
+fn cluster_ip_service_gets_a_fixed_service_chain_and_its_endpoints_as_data() {
     let s = with(
         svc(
             "web",
@@ -90,24 +90,26 @@ fn cluster_ip_service_gets_a_service_chain_and_one_chain_per_endpoint() {
     );
     // ClusterIP type: its nodePort (if any) is ignored.
     assert!(d.elements[&MapName::ServiceNodePorts].is_empty());
-    // Duplicates go; endpoints are sorted.
-    assert_eq!(count("sep-", &d), 2);
-    let Some(Rule::Random(targets)) = d.chains[&svc_chain].last() else {
-        panic!("{:?}", d.chains[&svc_chain]);
-    };
-    assert_eq!(targets.len(), 2);
+    // No chain per endpoint: the endpoints are data of the service's sets.
+    assert_eq!(count("sep-", &d), 0);
     assert_eq!(
-        d.chains[&targets[0]],
+        d.chains[&svc_chain],
         vec![
-            Rule::Hairpin {
-                ip: Ipv4Addr::new(10, 244, 0, 2)
+            Rule::HairpinSet {
+                set: format!("{svc_chain}-ips")
             },
-            Rule::Dnat {
+            Rule::DnatMap {
                 protocol: Protocol::Tcp,
-                ip: Ipv4Addr::new(10, 244, 0, 2),
-                port: 8080
+                map: format!("{svc_chain}-eps")
             },
         ]
+    );
+    // Duplicates go; endpoints are sorted.
+    let set = &d.endpoint_sets[&svc_chain];
+    assert_eq!(set.endpoints, vec![ep(2, 8080), ep(3, 8080)]);
+    assert_eq!(
+        set.intervals(),
+        vec![((0, 32767), ep(2, 8080)), ((32768, 65535), ep(3, 8080))]
     );
     // Same input in another order: the same table.
     let again = with(
@@ -231,17 +233,11 @@ fn multi_port_services_match_endpoints_by_port_name() {
         ips[&ip_key([10, 96, 0, 10], 80)],
         ips[&ip_key([10, 96, 0, 10], 9090)]
     );
-    let metrics = &d.chains[&ips[&ip_key([10, 96, 0, 10], 9090)]];
-    let Some(Rule::Random(t)) = metrics.last() else {
-        panic!()
-    };
-    assert_eq!(t.len(), 1);
-    assert!(d.chains[&t[0]].contains(&Rule::Dnat {
-        protocol: Protocol::Tcp,
-        ip: Ipv4Addr::new(10, 244, 0, 2),
-        port: 9100
-    }));
-    assert_eq!(count("sep-", &d), 3);
+    let metrics = &d.endpoint_sets[&ips[&ip_key([10, 96, 0, 10], 9090)]];
+    assert_eq!(metrics.endpoints, vec![ep(2, 9100)]);
+    let http = &d.endpoint_sets[&ips[&ip_key([10, 96, 0, 10], 80)]];
+    assert_eq!(http.endpoints, vec![ep(2, 8080), ep(3, 8080)]);
+    assert_eq!(count("sep-", &d), 0);
 }
 
 #[test]
@@ -349,7 +345,8 @@ fn one_endpoint_change_costs_the_same_at_1000_and_10000_services() {
         let node = NodeInput::default();
         let before = desired(&services, &node);
         let (elements, chains, _) = before.size();
-        assert_eq!(chains, n * 12); // svc + ext + 10 sep
+        assert_eq!(chains, n * 2); // svc + ext: the endpoints are set elements
+        assert_eq!(before.endpoint_sets.len(), n);
         assert!(elements >= n);
         // One endpoint more in Service 7.
         if let Some(list) = services[7].endpoints.get_mut("http") {
@@ -360,11 +357,42 @@ fn one_endpoint_change_costs_the_same_at_1000_and_10000_services() {
         }
         let added = desired(&services, &node);
         let ops = diff(&before, &added);
-        // New endpoint chain + its 2 rules; the service chain flushed and its 1 rule.
-        assert_eq!(ops.len(), 5, "{ops:?}");
-        // And back: the service chain rewritten, the endpoint chain flushed and deleted.
+        // The service's two sets flushed and refilled; no rule, chain or verdict element,
+        // which is what spares the kernel a validation of the whole table.
+        assert!(
+            matches!(
+                &ops[..],
+                [
+                    Op::FlushMap(_),
+                    Op::AddEndpointElements { endpoints, .. },
+                    Op::FlushSet(_),
+                    Op::AddIpElements { ips, .. },
+                ] if endpoints.len() == 11 && ips.len() == 11
+            ),
+            "{ops:?}"
+        );
+        // And back: the same four.
         let removed = diff(&added, &before);
         assert_eq!(removed.len(), 4, "{removed:?}");
+        assert!(
+            removed.iter().all(|o| matches!(
+                o,
+                Op::FlushMap(_)
+                    | Op::FlushSet(_)
+                    | Op::AddEndpointElements { .. }
+                    | Op::AddIpElements { .. }
+            )),
+            "{removed:?}"
+        );
+        // The same endpoints on another port: only the map changes.
+        let mut moved = services.clone();
+        if let Some(list) = moved[7].endpoints.get_mut("http") {
+            for e in list.iter_mut() {
+                e.port = 9090;
+            }
+        }
+        let port_only = diff(&added, &desired(&moved, &node));
+        assert_eq!(port_only.len(), 2, "{port_only:?}");
         sizes.push((ops.len(), document(&ops).len(), removed.len()));
         assert!(diff(&before, &before).is_empty());
     }
@@ -414,8 +442,16 @@ fn diff_orders_adds_before_uses_and_deletes_after() {
         ops.iter()
             .filter(|o| matches!(o, Op::DeleteChain(_)))
             .count(),
-        3
+        2
     );
+    // b's sets exist before its rules name them; a's go after its rules are gone.
+    assert!(
+        pos(&|o| matches!(o, Op::AddEndpointMap { .. }))
+            < pos(&|o| matches!(o, Op::AddRule { .. }))
+    );
+    assert!(pos(&|o| matches!(o, Op::AddIpSet(_))) < pos(&|o| matches!(o, Op::AddRule { .. })));
+    assert!(rpos(&|o| matches!(o, Op::DeleteChain(_))) < pos(&|o| matches!(o, Op::DeleteMap(_))));
+    assert!(rpos(&|o| matches!(o, Op::DeleteChain(_))) < pos(&|o| matches!(o, Op::DeleteSet(_))));
     // a had endpoints; with none it moves to the reject maps, and its chains go.
     let empty = svc(
         "a",
@@ -435,6 +471,61 @@ fn diff_orders_adds_before_uses_and_deletes_after() {
         adds,
         vec![MapName::NoEndpointServices, MapName::NoEndpointNodePorts]
     );
+}
+
+#[test]
+fn endpoints_split_the_random_range_evenly() {
+    assert!(model::buckets(0).is_empty());
+    assert!(model::buckets(model::MAX_BUCKETS + 1).is_empty());
+    assert_eq!(model::buckets(1), vec![(0, 65535)]);
+    for n in [2, 3, 7, 10, 1000, 65_535, 65_536] {
+        let b = model::buckets(n);
+        assert_eq!(b.len(), n);
+        assert_eq!(b[0].0, 0);
+        assert_eq!(b[n - 1].1, 65535);
+        // Consecutive, and sizes differ by at most one.
+        assert!(b.windows(2).all(|w| w[1].0 == w[0].1 + 1));
+        let sizes: Vec<u32> = b.iter().map(|(a, z)| z - a + 1).collect();
+        let (min, max) = (sizes.iter().min(), sizes.iter().max());
+        assert!(max.zip(min).is_some_and(|(x, m)| x - m <= 1), "{n}");
+    }
+}
+
+#[test]
+fn affinity_and_huge_services_keep_endpoint_chains() {
+    let mut s = with(
+        svc(
+            "sticky",
+            ServiceKind::ClusterIp,
+            Some([10, 96, 0, 9]),
+            vec![port("", 80, None)],
+        ),
+        "",
+        vec![ep(2, 80), ep(3, 80)],
+    );
+    s.spec.affinity_timeout = Some(60);
+    let d = desired(&[s], &NodeInput::default());
+    assert!(d.endpoint_sets.is_empty());
+    assert_eq!(count("sep-", &d), 2);
+    let many: Vec<Endpoint> = (0..=model::MAX_BUCKETS as u32)
+        .map(|i| Endpoint {
+            ip: Ipv4Addr::from(0x0a00_0000 + i),
+            port: 80,
+        })
+        .collect();
+    let huge = with(
+        svc(
+            "huge",
+            ServiceKind::ClusterIp,
+            Some([10, 96, 0, 8]),
+            vec![port("", 80, None)],
+        ),
+        "",
+        many,
+    );
+    let d = desired(&[huge], &NodeInput::default());
+    assert!(d.endpoint_sets.is_empty());
+    assert_eq!(count("sep-", &d), model::MAX_BUCKETS + 1);
 }
 
 #[test]

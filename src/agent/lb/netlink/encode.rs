@@ -16,7 +16,10 @@ use std::net::Ipv4Addr;
 
 use super::super::TABLE;
 use super::super::diff::Op;
-use super::super::model::{Hook, MARK_CHAIN, MASQUERADE_MARK, MapKey, MapName, Protocol, Rule};
+use super::super::model::{
+    Endpoint, EndpointSet, Hook, MARK_CHAIN, MASQUERADE_MARK, MapKey, MapName, Protocol,
+    RANDOM_RANGE, Rule,
+};
 use super::wire::{
     MsgType, NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END, NFNL_SUBSYS_NFTABLES, NFPROTO_IPV4,
     NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, Writer,
@@ -57,6 +60,8 @@ const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 const NFTA_SET_ELEM_LIST_SET_ID: u16 = 4;
 const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_SET_ELEM_DATA: u16 = 2;
+const NFTA_SET_ELEM_FLAGS: u16 = 3;
+const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;
 const NFTA_DATA_VALUE: u16 = 1;
 const NFTA_DATA_VERDICT: u16 = 2;
 const NFTA_VERDICT_CODE: u16 = 1;
@@ -64,6 +69,7 @@ const NFTA_VERDICT_CHAIN: u16 = 2;
 
 const NFT_SET_ANONYMOUS: u32 = 0x1;
 const NFT_SET_CONSTANT: u32 = 0x2;
+const NFT_SET_INTERVAL: u32 = 0x4;
 const NFT_SET_MAP: u32 = 0x8;
 const NFT_SET_TIMEOUT: u32 = 0x10;
 const NFT_SET_EVAL: u32 = 0x20;
@@ -103,6 +109,7 @@ const CMP_NEQ: u32 = 1;
 const NFT_NG_RANDOM: u32 = 1;
 const NFT_DYNSET_OP_UPDATE: u32 = 1;
 const NFT_NAT_DNAT: u32 = 1;
+const NFT_BYTEORDER_HTON: u32 = 1;
 const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 2;
 const NF_NAT_RANGE_PROTO_RANDOM_FULLY: u32 = 0x10;
 const NFT_REJECT_ICMP_UNREACH: u32 = 0;
@@ -309,36 +316,77 @@ impl Encoder {
                     .bytes(NFTA_SET_USERDATA, &key_byteorder_udata(BYTEORDER_BIG));
                 self.w.end();
             }
-            Op::DeleteSet(name) => {
+            Op::DeleteSet(name) | Op::DeleteMap(name) => {
                 self.msg(MsgType::DelSet, 0);
                 self.w.str(NFTA_SET_TABLE, TABLE);
                 self.w.str(NFTA_SET_NAME, name);
                 self.w.end();
             }
             Op::AddElements { map, elements } => {
-                let items: Vec<(Vec<u8>, Option<&str>)> = elements
+                let items: Vec<(Vec<u8>, Data)> = elements
                     .iter()
-                    .map(|(k, c)| (key_bytes(k), Some(c.as_str())))
+                    .map(|(k, c)| (key_bytes(k), Data::Goto(c.as_str())))
                     .collect();
                 self.elements(MsgType::NewSetElem, map.as_str(), None, &items);
             }
             Op::DeleteElements { map, keys } => {
-                let items: Vec<(Vec<u8>, Option<&str>)> =
-                    keys.iter().map(|k| (key_bytes(k), None)).collect();
+                let items: Vec<(Vec<u8>, Data)> =
+                    keys.iter().map(|k| (key_bytes(k), Data::None)).collect();
                 self.elements(MsgType::DelSetElem, map.as_str(), None, &items);
+            }
+            Op::AddEndpointMap { name, protocol } => {
+                let id = self.next_set_id();
+                self.msg(MsgType::NewSet, NLM_F_CREATE);
+                self.w.str(NFTA_SET_TABLE, TABLE);
+                self.w.str(NFTA_SET_NAME, name);
+                self.w.u32(NFTA_SET_FLAGS, NFT_SET_INTERVAL | NFT_SET_MAP);
+                self.w.u32(NFTA_SET_KEY_TYPE, TYPE_INTEGER);
+                self.w.u32(NFTA_SET_KEY_LEN, 4);
+                self.w
+                    .u32(NFTA_SET_DATA_TYPE, (TYPE_IPADDR << 6) | TYPE_INET_SERVICE);
+                self.w.u32(NFTA_SET_DATA_LEN, 8);
+                self.w.u32(NFTA_SET_ID, id);
+                self.w
+                    .bytes(NFTA_SET_USERDATA, &endpoint_map_udata(*protocol));
+                self.w.end();
+            }
+            Op::AddIpSet(name) => {
+                let id = self.next_set_id();
+                self.msg(MsgType::NewSet, NLM_F_CREATE);
+                self.w.str(NFTA_SET_TABLE, TABLE);
+                self.w.str(NFTA_SET_NAME, name);
+                self.w.u32(NFTA_SET_FLAGS, 0);
+                self.w.u32(NFTA_SET_KEY_TYPE, TYPE_IPADDR);
+                self.w.u32(NFTA_SET_KEY_LEN, 4);
+                self.w.u32(NFTA_SET_ID, id);
+                self.w
+                    .bytes(NFTA_SET_USERDATA, &key_byteorder_udata(BYTEORDER_BIG));
+                self.w.end();
+            }
+            Op::FlushSet(name) | Op::FlushMap(name) => {
+                // DELSETELEM without elements removes them all (nft names the set first).
+                self.msg(MsgType::DelSetElem, 0);
+                self.w.str(NFTA_SET_ELEM_LIST_SET, name);
+                self.w.str(NFTA_SET_ELEM_LIST_TABLE, TABLE);
+                self.w.end();
+            }
+            Op::AddEndpointElements { map, endpoints } => {
+                let items = endpoint_elements(endpoints);
+                self.elements(MsgType::NewSetElem, map, None, &items);
+            }
+            Op::AddIpElements { set, ips } => {
+                let items: Vec<(Vec<u8>, Data)> = ips
+                    .iter()
+                    .map(|ip| (ip.octets().to_vec(), Data::None))
+                    .collect();
+                self.elements(MsgType::NewSetElem, set, None, &items);
             }
         }
     }
 
     /// Elements of a set by name (or by id, for a set of this batch), split over messages
     /// so that no element list outgrows its 16-bit length.
-    fn elements(
-        &mut self,
-        ty: MsgType,
-        set: &str,
-        set_id: Option<u32>,
-        items: &[(Vec<u8>, Option<&str>)],
-    ) {
+    fn elements(&mut self, ty: MsgType, set: &str, set_id: Option<u32>, items: &[(Vec<u8>, Data)]) {
         let mut rest = items;
         while !rest.is_empty() {
             let flags = if ty == MsgType::NewSetElem {
@@ -355,19 +403,33 @@ impl Encoder {
             let list = self.w.open(NFTA_SET_ELEM_LIST_ELEMENTS);
             let start = self.w.buf.len();
             let mut written = 0;
-            for (key, verdict) in rest {
-                if self.w.buf.len() - start > ELEMENTS_PER_MESSAGE {
+            for (key, data) in rest {
+                // An interval's start and end stay in one message (nft sends them so).
+                if self.w.buf.len() - start > ELEMENTS_PER_MESSAGE
+                    && !matches!(data, Data::IntervalEnd)
+                {
                     break;
                 }
                 // libnftnl numbers the list's items from 1 (the kernel reads any type).
                 let elem = self.w.open((written % 0x3fff + 1) as u16);
+                if let Data::IntervalEnd = data {
+                    self.w.u32(NFTA_SET_ELEM_FLAGS, NFT_SET_ELEM_INTERVAL_END);
+                }
                 let k = self.w.open(NFTA_SET_ELEM_KEY);
                 self.w.bytes(NFTA_DATA_VALUE, key);
                 self.w.close(k);
-                if let Some(chain) = verdict {
-                    let d = self.w.open(NFTA_SET_ELEM_DATA);
-                    self.verdict(NFT_GOTO, Some(chain));
-                    self.w.close(d);
+                match data {
+                    Data::Goto(chain) => {
+                        let d = self.w.open(NFTA_SET_ELEM_DATA);
+                        self.verdict(NFT_GOTO, Some(chain));
+                        self.w.close(d);
+                    }
+                    Data::Value(value) => {
+                        let d = self.w.open(NFTA_SET_ELEM_DATA);
+                        self.w.bytes(NFTA_DATA_VALUE, value);
+                        self.w.close(d);
+                    }
+                    Data::None | Data::IntervalEnd => {}
                 }
                 self.w.close(elem);
                 written += 1;
@@ -429,14 +491,71 @@ impl Encoder {
         self.w.u32(NFTA_SET_DESC_SIZE, targets.len() as u32);
         self.w.close(desc);
         self.w.end();
-        let items: Vec<(Vec<u8>, Option<&str>)> = targets
+        let items: Vec<(Vec<u8>, Data)> = targets
             .iter()
             .enumerate()
-            .map(|(i, c)| ((i as u32).to_ne_bytes().to_vec(), Some(c.as_str())))
+            .map(|(i, c)| ((i as u32).to_ne_bytes().to_vec(), Data::Goto(c.as_str())))
             .collect();
         self.elements(MsgType::NewSetElem, ANONYMOUS_MAP, Some(id), &items);
         id
     }
+}
+
+/// What an element carries besides its key.
+enum Data<'a> {
+    None,
+    /// A verdict map's `goto <chain>`.
+    Goto(&'a str),
+    /// A data map's value.
+    Value(Vec<u8>),
+    /// The element ends an interval (its key is one past the interval's last value).
+    IntervalEnd,
+}
+
+/// An endpoint map's elements as nft sends them: for each interval `[a, b]`, the key `a`
+/// with the endpoint (`ip . port`, the port padded to 4 bytes), then the key `b + 1`
+/// flagged as an interval end (also after the last one: the key is a 32-bit integer, so
+/// 65536 fits). Keys are big-endian: the rule turns numgen's result with `byteorder hton`.
+fn endpoint_elements(endpoints: &[Endpoint]) -> Vec<(Vec<u8>, Data<'static>)> {
+    let set = EndpointSet {
+        protocol: Protocol::Tcp,
+        endpoints: endpoints.to_vec(),
+    };
+    let mut out = Vec::with_capacity(endpoints.len() * 2);
+    for ((start, end), ep) in set.intervals() {
+        let mut value = ep.ip.octets().to_vec();
+        value.extend_from_slice(&ep.port.to_be_bytes());
+        value.extend_from_slice(&[0, 0]);
+        out.push((start.to_be_bytes().to_vec(), Data::Value(value)));
+        out.push(((end + 1).to_be_bytes().to_vec(), Data::IntervalEnd));
+    }
+    out
+}
+
+/// The user data nft 1.0.6 writes for `typeof numgen random mod 65536 : ip daddr . tcp
+/// dport` (copied from `nft --debug=mnl`), which is what lets `nft list` print the map's
+/// `typeof` (its key is a plain integer, which has no `type` spelling). The byte at
+/// [`TYPEOF_DPORT_PROTOCOL`] names the dport's protocol header (tcp 8, udp 6, sctp 10).
+const ENDPOINT_MAP_UDATA: [u8; 100] = [
+    0x00, 0x04, 0x01, 0x00, 0x00, 0x00, 0x01, 0x04, 0x00, 0x00, 0x00, 0x00, 0x03, 0x1a, 0x00, 0x04,
+    0x17, 0x00, 0x00, 0x00, 0x01, 0x12, 0x00, 0x04, 0x01, 0x00, 0x00, 0x00, 0x01, 0x04, 0x00, 0x00,
+    0x01, 0x00, 0x02, 0x04, 0x00, 0x00, 0x00, 0x00, 0x04, 0x34, 0x00, 0x04, 0x0d, 0x00, 0x00, 0x00,
+    0x01, 0x2c, 0x00, 0x14, 0x00, 0x04, 0x07, 0x00, 0x00, 0x00, 0x01, 0x0c, 0x00, 0x04, 0x0c, 0x00,
+    0x00, 0x00, 0x01, 0x04, 0x0c, 0x00, 0x00, 0x00, 0x01, 0x14, 0x00, 0x04, 0x07, 0x00, 0x00, 0x00,
+    0x01, 0x0c, 0x00, 0x04, 0x08, 0x00, 0x00, 0x00, 0x01, 0x04, 0x02, 0x00, 0x00, 0x00, 0x06, 0x04,
+    0x00, 0x00, 0x00, 0x00,
+];
+const TYPEOF_DPORT_PROTOCOL: usize = 84;
+
+/// [`ENDPOINT_MAP_UDATA`] for `protocol`'s dport.
+pub fn endpoint_map_udata(protocol: Protocol) -> Vec<u8> {
+    let mut out = ENDPOINT_MAP_UDATA.to_vec();
+    out[TYPEOF_DPORT_PROTOCOL] = match protocol {
+        Protocol::Tcp => 8,
+        Protocol::Udp => 6,
+        Protocol::Sctp => 10,
+    };
+    out
 }
 
 /// The kernel replaces `%d` with the first free number, as for nft's own anonymous maps.
@@ -665,6 +784,40 @@ impl Exprs<'_> {
                     w.u32(4, 0); // NFTA_NG_OFFSET
                 });
                 self.lookup(ANONYMOUS_MAP, map_id, true);
+            }
+            Rule::HairpinSet { set } => {
+                self.payload(REG_1, PAYLOAD_NETWORK, IP_SADDR, 4);
+                self.lookup(set, None, false);
+                self.immediate_verdict(NFT_JUMP, Some(MARK_CHAIN));
+            }
+            Rule::DnatMap { protocol, map } => {
+                self.l4proto_is(*protocol);
+                self.expr("numgen", |w| {
+                    w.u32(1, REG_1); // NFTA_NG_DREG
+                    w.u32(2, RANDOM_RANGE); // NFTA_NG_MODULUS
+                    w.u32(3, NFT_NG_RANDOM); // NFTA_NG_TYPE
+                    w.u32(4, 0); // NFTA_NG_OFFSET
+                });
+                self.expr("byteorder", |w| {
+                    w.u32(1, REG_1); // NFTA_BYTEORDER_SREG
+                    w.u32(2, REG_1); // NFTA_BYTEORDER_DREG
+                    w.u32(3, NFT_BYTEORDER_HTON); // NFTA_BYTEORDER_OP
+                    w.u32(4, 4); // NFTA_BYTEORDER_LEN
+                    w.u32(5, 4); // NFTA_BYTEORDER_SIZE
+                });
+                self.expr("lookup", |w| {
+                    w.u32(2, REG_1); // NFTA_LOOKUP_SREG
+                    w.u32(3, REG_1); // NFTA_LOOKUP_DREG
+                    w.str(1, map); // NFTA_LOOKUP_SET
+                });
+                // As nft sends it: the kernel takes max = min and sets the range flags
+                // (`map ips`, `proto specified`) from the registers given.
+                self.expr("nat", |w| {
+                    w.u32(1, NFT_NAT_DNAT); // NFTA_NAT_TYPE
+                    w.u32(2, u32::from(NFPROTO_IPV4)); // NFTA_NAT_FAMILY
+                    w.u32(3, REG_1); // NFTA_NAT_REG_ADDR_MIN: the address
+                    w.u32(5, REG32_01); // NFTA_NAT_REG_PROTO_MIN: the port after it
+                });
             }
             Rule::Dnat { protocol, ip, port } => {
                 self.l4proto_is(*protocol);

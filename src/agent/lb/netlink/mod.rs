@@ -10,10 +10,13 @@
 //!
 //! What remains is the kernel's own cost, measured with perf at 10,000 Services: every
 //! added rule or verdict-map element makes the commit re-validate the whole table
-//! (`nft_table_validate` walks every chain reachable from the base chains), so one
-//! endpoint change still costs O(table) (220 ms at 10,000 Services on a loaded 2-core
-//! machine); and a full sync binds each anonymous `numgen` map with a walk of the whole
-//! transaction (`__nft_set_trans_bind`, O(n²), three quarters of its time).
+//! (`nft_table_validate` walks every chain reachable from the base chains: 220 ms at
+//! 10,000 Services on a loaded 2-core machine). That is why endpoints are data-map
+//! elements ([`super::model::EndpointSet`]): an endpoint change adds no rule and no verdict,
+//! so it skips validation. Services with ClientIP affinity keep per-endpoint chains and
+//! an anonymous `numgen` verdict map, so their endpoint changes still validate, and a full
+//! sync binds each anonymous map with a walk of the whole transaction
+//! (`__nft_set_trans_bind`, O(n²)).
 //!
 //! - [`wire`]: netlink messages and attributes (pure);
 //! - [`encode`]: [`Op`]s as nf_tables messages (pure);
@@ -36,12 +39,30 @@ use wire::{MsgType, NFPROTO_IPV4, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_E
 
 /// The kernel's nf_tables, in this network namespace or a named one (`/run/netns/<name>`,
 /// how tests and the benchmark run a node without touching the host).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct NetlinkNft {
     pub netns: Option<String>,
     seq: u32,
     /// The size in bytes of the last batch sent (for the benchmark).
     pub last_batch_bytes: usize,
+    /// The socket batches are sent on, kept open between them. Why: closing a
+    /// NETLINK_NETFILTER socket makes nf_tables finish freeing what earlier commits
+    /// removed (`nft_rcv_nl_event` flushes the destroy work, which waits for an RCU grace
+    /// period): 10-20 ms per endpoint change on a loaded machine, more than the commit
+    /// itself. Dropped after an I/O error, and reopened by the next batch.
+    socket: Option<Socket>,
+}
+
+impl Clone for NetlinkNft {
+    /// A clone opens its own socket: reports must not go to another's reader.
+    fn clone(&self) -> Self {
+        NetlinkNft {
+            netns: self.netns.clone(),
+            seq: self.seq,
+            last_batch_bytes: self.last_batch_bytes,
+            socket: None,
+        }
+    }
 }
 
 impl NetlinkNft {
@@ -51,6 +72,7 @@ impl NetlinkNft {
             // Distinct per process, so a report can never be taken for another's.
             seq: std::process::id().wrapping_mul(65_536),
             last_batch_bytes: 0,
+            socket: None,
         }
     }
 
@@ -100,6 +122,20 @@ pub fn describe(op: &Op) -> String {
             map.as_str(),
             elements.len()
         ),
+        Op::AddEndpointMap { name, protocol } => format!(
+            "add map {t} {name} {{ typeof numgen random mod 65536 : ip daddr . {} dport; flags interval; }}",
+            protocol.as_str()
+        ),
+        Op::AddIpSet(name) => format!("add set {t} {name} {{ type ipv4_addr; }}"),
+        Op::FlushSet(name) => format!("flush set {t} {name}"),
+        Op::FlushMap(name) => format!("flush map {t} {name}"),
+        Op::DeleteMap(name) => format!("delete map {t} {name}"),
+        Op::AddEndpointElements { map, endpoints } => {
+            format!("add element {t} {map} ({} endpoints)", endpoints.len())
+        }
+        Op::AddIpElements { set, ips } => {
+            format!("add element {t} {set} ({} addresses)", ips.len())
+        }
         Op::DeleteElements { map, keys } => format!(
             "delete element {t} {} ({} elements)",
             map.as_str(),
@@ -119,12 +155,17 @@ impl NftApply for NetlinkNft {
         let batch = encode(ops, self.seq);
         self.reserve(batch.op_of.len() + 2);
         self.last_batch_bytes = batch.bytes.len();
-        let socket = self.socket()?;
+        let socket = match self.socket.take() {
+            Some(s) => s,
+            None => self.socket()?,
+        };
         socket
             .send(&batch.bytes)
             .map_err(|e| self.io(&format!("sending {} operations", ops.len()), e))?;
         let mut buf = vec![0u8; 64 * 1024];
         let mut refused: Vec<(u32, i32)> = Vec::new();
+        // This batch's sequence numbers: begin, its messages, end.
+        let last_seq = batch.first_seq.wrapping_add(batch.op_of.len() as u32 + 1);
         loop {
             let n = match socket.recv(&mut buf, false) {
                 Ok(Some(n)) => n,
@@ -135,11 +176,14 @@ impl NftApply for NetlinkNft {
                 if reply.ty == NLMSG_ERROR
                     && let Some((errno, seq)) = wire::error_of(reply.payload)
                     && errno != 0
+                    && seq.wrapping_sub(batch.first_seq) <= last_seq.wrapping_sub(batch.first_seq)
                 {
                     refused.push((seq, errno));
                 }
             }
         }
+        // Kept only when the exchange went well (an error above drops it).
+        self.socket = Some(socket);
         let Some(&(seq, errno)) = refused.iter().min_by_key(|(seq, _)| *seq) else {
             return Ok(());
         };

@@ -6,6 +6,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+#[derive(Debug)]
 pub struct Socket(OwnedFd);
 
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {

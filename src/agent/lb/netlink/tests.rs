@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 
 use super::super::diff::Op;
-use super::super::model::{IpKey, MapKey, MapName, PortKey, Protocol, Rule};
+use super::super::model::{Endpoint, IpKey, MapKey, MapName, PortKey, Protocol, Rule};
 use super::encode::{Batch, comment_of, comment_udata, encode, key_bytes};
 use super::wire::{self, MsgType, NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END};
 use super::{describe, marker_in};
