@@ -3,6 +3,7 @@
 
 pub mod defaults;
 pub mod edit;
+pub mod handlers;
 pub mod limits;
 pub mod parse;
 pub mod positions;
