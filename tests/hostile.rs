@@ -977,6 +977,15 @@ fn the_alias_bomb_and_deep_nesting_are_refused_in_bounded_time_by_the_parser() {
     }
 }
 
+/// A request (name, method, path, body) and the status codes that may answer it.
+type ApiCase = (
+    &'static str,
+    reqwest::Method,
+    String,
+    Vec<u8>,
+    &'static [u16],
+);
+
 /// Hostile HTTP requests against a real serve: each gets a 4xx Status (never a 5xx, never a
 /// hang), serve keeps answering, and the applied Deployment is untouched.
 #[test]
@@ -996,7 +1005,7 @@ fn hostile_api_requests_get_a_4xx_and_change_nothing() {
         .unwrap();
     let scale = "/apis/tend.dev/v1/namespaces/default/deployments/web/scale";
     let huge = vec![b' '; 5 << 20];
-    let cases: Vec<(&str, reqwest::Method, String, Vec<u8>, &[u16])> = vec![
+    let cases: Vec<ApiCase> = vec![
         ("scale: not JSON", reqwest::Method::POST, scale.into(), b"{replicas: 3".to_vec(), &[400]),
         ("scale: negative", reqwest::Method::POST, scale.into(), br#"{"replicas": -1}"#.to_vec(), &[400]),
         ("scale: overflow", reqwest::Method::POST, scale.into(), br#"{"replicas": 99999999999999999999999}"#.to_vec(), &[400]),
@@ -1076,5 +1085,108 @@ fn hostile_api_requests_get_a_4xx_and_change_nothing() {
             .iter()
             .all(|p| !p["metadata"]["name"].as_str().unwrap_or("").contains('/')),
         "{pods}"
+    );
+}
+
+/// Strings that reach a container stay data: `process` builds runc's argv and env (JSON in
+/// config.json, never a shell line) with shell metacharacters verbatim; an unknown `$(...)`
+/// stays as written, as in Kubernetes.
+#[test]
+fn metacharacters_reach_the_oci_spec_as_data() {
+    use tend::agent::runtime::bundle::{ImageConfig, process};
+    let container: k8s_openapi::api::core::v1::Container =
+        serde_json::from_value(serde_json::json!({
+            "name": "c",
+            "image": "web:v1",
+            "command": ["/bin/sh", "-c", "echo $(whoami); rm -rf /tmp/x"],
+            "args": ["; reboot", "`id`", "a b"],
+            "env": [
+                {"name": "WEIRD", "value": "$(rm -rf /) `reboot` ; | & > < \" '"},
+                {"name": "NL", "value": "line1\nline2=3"},
+            ],
+        }))
+        .unwrap();
+    let p = process(&ImageConfig::default(), &container, &[]).unwrap();
+    assert_eq!(
+        p.args,
+        [
+            "/bin/sh",
+            "-c",
+            "echo $(whoami); rm -rf /tmp/x",
+            "; reboot",
+            "`id`",
+            "a b"
+        ]
+    );
+    assert!(
+        p.env
+            .contains(&"WEIRD=$(rm -rf /) `reboot` ; | & > < \" '".to_string()),
+        "{:?}",
+        p.env
+    );
+    assert!(
+        p.env.contains(&"NL=line1\nline2=3".to_string()),
+        "{:?}",
+        p.env
+    );
+}
+
+/// An HTTP probe's path and headers reach the wire as one request line and one header line:
+/// a real probe against a listener on loopback that records the raw request.
+#[test]
+fn an_http_probe_sends_path_and_headers_as_data() {
+    use std::io::{Read, Write};
+    use tend::agent::probe::{Handler, ProbeKind, ProbeOutcome, Scheme, target};
+    use tend::agent::prober::{NetProber, ProbeRunner};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = conn.read(&mut buf).unwrap();
+            assert!(n > 0, "request ended early");
+            request.extend_from_slice(&buf[..n]);
+        }
+        conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        String::from_utf8(request).unwrap()
+    });
+    let handler = Handler::Http {
+        scheme: Scheme::Http,
+        host: None,
+        port,
+        path: "/ready/@evil.example/..;rm?q=$(reboot)&x=%0d%0a".to_string(),
+        headers: vec![(
+            "X-Check".into(),
+            "$(reboot); rm -rf / | nft flush ruleset".into(),
+        )],
+    };
+    let t = target(ProbeKind::Readiness, &handler, Some("127.0.0.1"), "cid").unwrap();
+    let runtime = std::sync::Arc::new(tend::agent::runtime::runc::RecordingRuntime::default());
+    let prober = NetProber::new(runtime).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let outcome = rt.block_on(prober.run(&t, Duration::from_secs(5)));
+    assert_eq!(outcome, ProbeOutcome::Success);
+    let request = server.join().unwrap();
+    let mut lines = request.split("\r\n");
+    assert_eq!(
+        lines.next(),
+        Some("GET /ready/@evil.example/..;rm?q=$(reboot)&x=%0d%0a HTTP/1.1"),
+        "{request}"
+    );
+    let headers: Vec<&str> = lines.filter(|l| !l.is_empty()).collect();
+    assert!(
+        headers.contains(&"x-check: $(reboot); rm -rf / | nft flush ruleset"),
+        "{headers:?}"
+    );
+    assert!(
+        headers.contains(&format!("host: 127.0.0.1:{port}").as_str()),
+        "{headers:?}"
     );
 }
