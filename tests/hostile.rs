@@ -1190,3 +1190,39 @@ fn an_http_probe_sends_path_and_headers_as_data() {
         "{headers:?}"
     );
 }
+
+/// Directory mode: a FIFO named like a manifest (opening it would wait for a writer forever)
+/// and a symlink to a device are refused by name; the source keeps applying.
+#[test]
+fn a_fifo_or_a_device_in_a_directory_source_is_refused_not_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("manifests");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("web.yaml"), GOOD_DEPLOY).unwrap();
+    let fifo = std::ffi::CString::new(dir.join("fifo.yaml").to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    std::os::unix::fs::symlink("/dev/zero", dir.join("zero.yaml")).unwrap();
+    let serve = Serve::start(&["--dir", dir.to_str().unwrap()], &tmp.path().join("state"));
+    let started = Instant::now();
+    let list = serve.wait_for("/apis/tend.dev/v1/revisions", "a revision", |v| {
+        items(v)
+            .iter()
+            .any(|r| phase(r) != "Pending" && !phase(r).is_empty())
+    });
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let rev = items(&list).pop().unwrap();
+    assert_eq!(phase(&rev), "Rejected", "{rev}");
+    let errs = errors(&rev);
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("fifo.yaml:") && e.contains("not a regular file")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("zero.yaml:") && e.contains("leaves the directory")),
+        "{errs:?}"
+    );
+    assert_eq!(serve.get_ok("/version")["major"], "0");
+}
