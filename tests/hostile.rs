@@ -1226,3 +1226,32 @@ fn a_fifo_or_a_device_in_a_directory_source_is_refused_not_read() {
     );
     assert_eq!(serve.get_ok("/version")["major"], "0");
 }
+
+/// File names are the author's too: a newline or escape in one must not split or colour the
+/// one-line error that names it.
+#[test]
+fn a_file_name_with_control_characters_is_named_on_one_line() {
+    let repos = Repos::new();
+    repos.write("web.yaml", GOOD_DEPLOY);
+    let good = repos.commit("good");
+    repos.push();
+    let serve = Serve::start(&["--repo", repos.bare.to_str().unwrap()], &repos.state());
+    assert_eq!(phase(&serve.wait_revision(&good)), "Applied");
+    repos.write("evil\nweb.yaml:1: all good\x1b[2J.yaml", "kind: [");
+    let id = repos.commit("a file name with a newline");
+    repos.push();
+    let rev = serve.wait_revision(&id);
+    assert_eq!(phase(&rev), "Rejected", "{rev}");
+    let errs = errors(&rev);
+    assert!(!errs.is_empty());
+    for e in &errs {
+        assert!(
+            !e.chars().any(char::is_control),
+            "one line, no escapes: {e:?}"
+        );
+        assert!(
+            e.starts_with("evil\\nweb.yaml:1: all good\\u{1b}[2J.yaml:"),
+            "{e:?}"
+        );
+    }
+}
