@@ -520,6 +520,73 @@ fn cases() -> Vec<Case> {
             ),
             "protocol",
         ),
+        case(
+            "an affinity timeout of -1",
+            "hostile/aff.yaml",
+            service(
+                "a",
+                "  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: -1\n  ports:\n  - port: 80\n",
+            ),
+            "timeoutSeconds",
+        ),
+        case(
+            "an affinity timeout of 10^12",
+            "hostile/aff2.yaml",
+            service(
+                "a",
+                "  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: 1000000000000\n  ports:\n  - port: 80\n",
+            ),
+            "timeoutSeconds",
+        ),
+        case(
+            "an nft rule in an external IP",
+            "hostile/extip.yaml",
+            service(
+                "e",
+                "  externalIPs: [\"1.2.3.4 } ; flush ruleset\"]\n  ports:\n  - port: 80\n",
+            ),
+            "externalIPs",
+        ),
+        // YAML oddities.
+        case(
+            "a Python object tag",
+            "hostile/tag.yaml",
+            deploy_with(
+                "x",
+                "        image: !!python/object/apply:os.system [\"reboot\"]\n",
+            ),
+            "image",
+        ),
+        case(
+            "a list as a key",
+            "hostile/listkey.yaml",
+            "apiVersion: v1\nkind: Service\n[a, b]: c\n",
+            "plain value",
+        ),
+        case(
+            "a port in hex beyond 65535",
+            "hostile/hex.yaml",
+            service("h", "  ports:\n  - port: 0x10000\n"),
+            "out of range",
+        ),
+        case(
+            "a port as a string",
+            "hostile/strport.yaml",
+            service("h", "  ports:\n  - port: \"80\"\n"),
+            "port",
+        ),
+        case(
+            "replicas .inf",
+            "hostile/inf.yaml",
+            deploy_spec("x", &format!("  replicas: .inf\n{POD_TEMPLATE}")),
+            "replicas",
+        ),
+        case(
+            "tabs for indentation",
+            "hostile/tabs.yaml",
+            "apiVersion: v1\nkind: Service\nmetadata:\n\tname: x\n",
+            "",
+        ),
         // Strings that reach a command line, an OCI spec or an HTTP request.
         case(
             "an image with a shell command",

@@ -727,6 +727,34 @@ fn service(spec: &Map<String, Value>, report: &mut Report) {
             format!("sessionAffinity must be None or ClientIP, not {affinity:?}"),
         );
     }
+    if let Some(timeout) = spec
+        .get("sessionAffinityConfig")
+        .and_then(|c| c.pointer("/clientIP/timeoutSeconds"))
+        && !timeout.as_i64().is_some_and(|t| (1..=86_400).contains(&t))
+    {
+        // As Kubernetes (MaxClientIPServiceAffinitySeconds): it becomes an nftables timeout.
+        report.error(
+            "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+            format!("timeoutSeconds must be 1-86400, not {timeout}"),
+        );
+    }
+    for (i, ip) in spec
+        .get("externalIPs")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        if ip
+            .as_str()
+            .is_none_or(|ip| ip.parse::<std::net::IpAddr>().is_err())
+        {
+            report.error(
+                &item("spec.externalIPs", i),
+                format!("externalIPs must be IP addresses, not {ip}"),
+            );
+        }
+    }
     labels(spec.get("selector"), "spec.selector", report);
     let ports = spec.get("ports").and_then(Value::as_array);
     let headless = spec.get("clusterIP").and_then(Value::as_str) == Some("None");
