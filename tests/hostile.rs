@@ -1322,3 +1322,45 @@ fn a_file_name_with_control_characters_is_named_on_one_line() {
         );
     }
 }
+
+/// What reaches nftables from a Service is typed before any rule is built: addresses are
+/// parsed (`Ipv4Addr`), ports are `u16`, and chain names are hashes, so a Service that got
+/// past validation (or into the store by another way) cannot put words into a rule.
+#[test]
+fn nft_metacharacters_in_a_service_never_reach_a_rule() {
+    use tend::agent::lb::model::ServiceInput;
+    let service = |spec: Value| -> k8s_openapi::api::core::v1::Service {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web; flush ruleset", "namespace": "default"},
+            "spec": spec,
+        }))
+        .unwrap()
+    };
+    let bad_ip = service(
+        serde_json::json!({"clusterIP": "10.96.0.9; flush ruleset", "ports": [{"port": 80}]}),
+    );
+    let err = ServiceInput::from_k8s(&bad_ip, None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not an address"), "{err}");
+    let bad_port =
+        service(serde_json::json!({"clusterIP": "10.96.0.9", "ports": [{"port": 70000}]}));
+    assert!(ServiceInput::from_k8s(&bad_port, None).is_err());
+    let endpoints: k8s_openapi::api::core::v1::Endpoints =
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web; flush ruleset", "namespace": "default"},
+            "subsets": [{"addresses": [{"ip": "10.0.0.1 } ; flush ruleset"}, {"ip": "10.244.1.2"}],
+                         "ports": [{"port": 8080}]}],
+        }))
+        .unwrap();
+    let ok = service(serde_json::json!({"clusterIP": "10.96.0.9", "ports": [{"port": 80}]}));
+    let input = ServiceInput::from_k8s(&ok, Some(&endpoints));
+    // Either the hostile address is refused or it is dropped; it never becomes rule text.
+    if let Ok(input) = input {
+        let text = format!("{input:?}");
+        assert!(
+            !text.contains("flush ruleset }") && !text.contains("10.0.0.1 }"),
+            "{text}"
+        );
+    }
+}
