@@ -179,6 +179,15 @@ fn cases() -> Vec<Case> {
     );
     fat_annotations.push_str(&"x".repeat(300 * 1024));
     fat_annotations.push_str("\"\nspec:\n  ports:\n  - port: 80\n");
+    let mut huge_object = deploy_with("huge", "        image: web:v1\n        env:\n");
+    let mut i = 0;
+    while huge_object.len() < 2_000_000 {
+        huge_object.push_str(&format!(
+            "        - name: V{i}\n          value: {}\n",
+            "x".repeat(100)
+        ));
+        i += 1;
+    }
     let mut many_docs = String::new();
     for _ in 0..1500 {
         many_docs.push_str("---\na: 1\n");
@@ -217,6 +226,12 @@ fn cases() -> Vec<Case> {
             "limit of 4194304 bytes",
         )
         .no_line(),
+        case(
+            "an object of 2 MB (16,000 env entries)",
+            "hostile/huge.yaml",
+            huge_object,
+            "more than the limit of 1572864",
+        ),
         case(
             "1,500 documents",
             "hostile/docs.yaml",
