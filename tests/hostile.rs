@@ -891,6 +891,7 @@ fn every_hostile_commit_is_rejected_and_the_last_good_state_keeps_serving() {
         slowest.1
     );
     let rss = rss_kib(&serve);
+    eprintln!("serve's resident memory after the corpus: {rss} KiB");
     assert!(
         rss < 512 * 1024,
         "serve's memory after the corpus: {rss} KiB"
