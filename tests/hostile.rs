@@ -1380,3 +1380,29 @@ fn nft_metacharacters_in_a_service_never_reach_a_rule() {
         );
     }
 }
+
+/// Crashes found by fuzzing (fuzz/), replayed through the path that crashed.
+#[test]
+fn fuzz_crashes_stay_fixed() {
+    let limits = tend::manifest::Limits::default();
+    // `tend scale`'s edit sliced a line at the parser's column, which counts characters,
+    // as if it were a byte offset: a multibyte character before a key (here after a run of
+    // CRs) panicked with "byte index is not a char boundary".
+    let bytes = include_bytes!("fixtures/hostile/fuzz-edit-char-boundary.yaml");
+    let text = std::str::from_utf8(bytes).unwrap();
+    let parsed = tend::manifest::load_file("crash.yaml", bytes, &limits);
+    let deployments: Vec<_> = parsed
+        .objects
+        .iter()
+        .filter(|o| o.key.kind == tend::api::Kind::Deployment)
+        .collect();
+    assert!(!deployments.is_empty(), "{:?}", parsed.errors);
+    for o in deployments {
+        for edit in [
+            tend::source::write::Edit::SetReplicas(7),
+            tend::source::write::Edit::SetPaused(true),
+        ] {
+            let _ = tend::manifest::edit::apply_edit(text, &o.key, &edit);
+        }
+    }
+}
