@@ -319,6 +319,10 @@ impl SourceController {
             .iter()
             .map(|(k, (b, _, _))| (k.clone(), b.clone()))
             .collect();
+        // One line each, whatever a file name or value holds: a newline in a file name
+        // must not forge a second error, nor an escape sequence reach a terminal.
+        let errors: Vec<String> = errors.iter().map(|e| manifest::one_line(e)).collect();
+        let warnings: Vec<String> = warnings.iter().map(|e| manifest::one_line(e)).collect();
         let the_plan = plan::plan(&bodies, &applied, &scope);
         let (created, updated, pruned) = the_plan.counts();
         let record_key = ObjectKey::new(Kind::Revision, "", &info.id);

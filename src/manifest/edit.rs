@@ -355,14 +355,20 @@ impl DocContext<'_, '_> {
     fn key_at(&self, pos: Pos, field: &str) -> Result<(usize, usize), EditError> {
         let index = pos.line.saturating_sub(1);
         let line = self.lines.content(index);
-        let start = pos.column.saturating_sub(1);
-        if start > line.len() || !line[..start].trim().is_empty() {
+        // The parser's column counts characters; slicing needs the byte offset.
+        let column = pos.column.saturating_sub(1);
+        let start = line
+            .char_indices()
+            .map(|(i, _)| i)
+            .chain(std::iter::once(line.len()))
+            .nth(column);
+        let Some(start) = start.filter(|&s| line[..s].trim().is_empty()) else {
             return Err(self.unsupported(
                 field,
                 index,
                 "the key does not start its line (flow style?)",
             ));
-        }
+        };
         let rest = &line[start..];
         let key_len = match rest.chars().next() {
             Some(q @ ('"' | '\'')) => rest[1..].find(q).map(|i| i + 2),

@@ -3,6 +3,7 @@
 
 pub mod defaults;
 pub mod edit;
+pub mod handlers;
 pub mod limits;
 pub mod parse;
 pub mod positions;
@@ -63,6 +64,23 @@ pub struct ParsedFile {
     pub objects: Vec<DesiredObject>,
     pub errors: Vec<Diagnostic>,
     pub warnings: Vec<Diagnostic>,
+}
+
+/// `text` with control characters escaped as Rust does (`\n`, `\u{1b}`), so that a message
+/// built from a file name or a value stays on one line and prints no terminal escapes.
+pub fn one_line(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_string();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// Parses, converts, defaults and validates one file. Never panics on any input.

@@ -128,7 +128,9 @@ const TOP_LEVEL_FIELDS: [&str; 5] = ["apiVersion", "kind", "metadata", "spec", "
 fn load_document(file: &str, text: &str, mut doc: Document, parsed: &mut ParsedFile) {
     let value = std::mem::take(&mut doc.value);
     let mut report = Report::new(file, &doc.positions);
-    if let Some(object) = check_document(text, value, &mut report) {
+    if let Some(object) = check_document(text, value, &mut report)
+        && object_size_ok(&object.1, &mut report)
+    {
         parsed.objects.push(DesiredObject {
             key: object.0,
             file: file.to_string(),
@@ -138,6 +140,26 @@ fn load_document(file: &str, text: &str, mut doc: Document, parsed: &mut ParsedF
     }
     parsed.errors.extend(report.errors);
     parsed.warnings.extend(report.warnings);
+}
+
+/// The largest object, as JSON, that is accepted: etcd's default request limit, which is
+/// what bounds a Kubernetes object. Every object is copied into ReplicaSets, pods, watch events
+/// and agents; one of a few megabytes (100,000 env entries) would be copied everywhere.
+pub const MAX_OBJECT_BYTES: usize = 1536 * 1024;
+
+fn object_size_ok(object: &Value, report: &mut Report) -> bool {
+    let size = serde_json::to_vec(object).map_or(usize::MAX, |v| v.len());
+    if size > MAX_OBJECT_BYTES {
+        report.error(
+            "",
+            format!(
+                "the object is {size} bytes as JSON, more than the limit of {MAX_OBJECT_BYTES} \
+                 bytes (as Kubernetes' etcd)"
+            ),
+        );
+        return false;
+    }
+    true
 }
 
 fn check_document(text: &str, value: Value, report: &mut Report) -> Option<(ObjectKey, Value)> {

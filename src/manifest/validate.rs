@@ -11,6 +11,8 @@ use std::net::Ipv4Addr;
 
 const DNS_LABEL_MAX: usize = 63;
 const DNS_SUBDOMAIN_MAX: usize = 253;
+/// The most bytes an object's annotations may hold, keys and values together (Kubernetes').
+pub const ANNOTATIONS_MAX_BYTES: usize = 256 * 1024;
 
 /// A DNS-1123 label: at most 63 lowercase letters, digits and '-', starting and ending
 /// with a letter or digit.
@@ -124,10 +126,6 @@ pub fn port_name_problem(name: &str) -> Option<String> {
         return Some("must not start or end with '-' nor contain \"--\"".to_string());
     }
     None
-}
-
-fn has_control(s: &str) -> bool {
-    s.chars().any(char::is_control)
 }
 
 /// Checks one defaulted object; errors go to `report` with their field path.
@@ -258,6 +256,20 @@ fn metadata(kind: Kind, object: &Value, report: &mut Report) {
         report,
     );
     if let Some(Value::Object(annotations)) = meta.and_then(|m| m.get("annotations")) {
+        // As Kubernetes (TotalAnnotationSizeLimitB): keys and values together.
+        let total: usize = annotations
+            .iter()
+            .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+            .sum();
+        if total > ANNOTATIONS_MAX_BYTES {
+            report.error(
+                "metadata.annotations",
+                format!(
+                    "annotations are {total} bytes in all, more than the limit of \
+                     {ANNOTATIONS_MAX_BYTES} bytes"
+                ),
+            );
+        }
         for key in annotations.keys() {
             if let Some(problem) = label_key_problem(key) {
                 report.error(
@@ -572,8 +584,16 @@ fn container(
                 ),
             )
         }
-        Some(_) => {}
+        Some(image) => {
+            if let Some(problem) = super::handlers::image_problem(image) {
+                report.error(
+                    &image_path,
+                    format!("invalid image reference {image:?}: {problem}"),
+                );
+            }
+        }
     }
+    super::handlers::container_handlers(c, path, report);
     if let Some(policy) = c.get("imagePullPolicy").and_then(Value::as_str)
         && !["Always", "IfNotPresent", "Never"].contains(&policy)
     {
@@ -630,15 +650,15 @@ fn container(
     {
         let at = field(&item(&env_path, i), "name");
         match env.get("name").and_then(Value::as_str) {
-            Some(name) if name.is_empty() || has_control(name) || name.contains('=') => report
-                .error(
-                    &at,
-                    format!(
-                        "invalid environment variable name {name:?}: it must be non-empty, \
-                         without '=' or control characters"
-                    ),
-                ),
-            _ => {}
+            Some(name) => {
+                if let Some(problem) = super::handlers::env_name_problem(name) {
+                    report.error(
+                        &at,
+                        format!("invalid environment variable name {name:?}: it {problem}"),
+                    );
+                }
+            }
+            None => report.error(&at, "every environment variable needs a name"),
         }
     }
 }
@@ -706,6 +726,34 @@ fn service(spec: &Map<String, Value>, report: &mut Report) {
             "spec.sessionAffinity",
             format!("sessionAffinity must be None or ClientIP, not {affinity:?}"),
         );
+    }
+    if let Some(timeout) = spec
+        .get("sessionAffinityConfig")
+        .and_then(|c| c.pointer("/clientIP/timeoutSeconds"))
+        && !timeout.as_i64().is_some_and(|t| (1..=86_400).contains(&t))
+    {
+        // As Kubernetes (MaxClientIPServiceAffinitySeconds): it becomes an nftables timeout.
+        report.error(
+            "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+            format!("timeoutSeconds must be 1-86400, not {timeout}"),
+        );
+    }
+    for (i, ip) in spec
+        .get("externalIPs")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        if ip
+            .as_str()
+            .is_none_or(|ip| ip.parse::<std::net::IpAddr>().is_err())
+        {
+            report.error(
+                &item("spec.externalIPs", i),
+                format!("externalIPs must be IP addresses, not {ip}"),
+            );
+        }
     }
     labels(spec.get("selector"), "spec.selector", report);
     let ports = spec.get("ports").and_then(Value::as_array);

@@ -152,6 +152,13 @@ pub fn prepare_object(
     if body_name.is_empty() {
         return Err(ApiError::bad_request("metadata.name is required"));
     }
+    // As the Kubernetes API server: names and namespaces are DNS names, so that no name
+    // can carry a path, a newline or a shell word into the agents (bundle paths, log files).
+    if let Some(problem) = crate::manifest::validate::dns_subdomain_problem(body_name) {
+        return Err(ApiError::bad_request(format!(
+            "invalid metadata.name {body_name:?}: a DNS-1123 subdomain {problem}"
+        )));
+    }
     if let Some(name) = name
         && body_name != name
     {
@@ -160,6 +167,11 @@ pub fn prepare_object(
         )));
     }
     if kind.namespaced() {
+        if let Some(problem) = crate::manifest::validate::dns_label_problem(namespace) {
+            return Err(ApiError::bad_request(format!(
+                "invalid namespace {namespace:?}: a DNS-1123 label {problem}"
+            )));
+        }
         match meta.get("namespace").and_then(Value::as_str) {
             None | Some("") => {
                 meta.insert("namespace".into(), Value::String(namespace.to_string()));
@@ -242,11 +254,24 @@ pub async fn record_event(
             "the Event's involvedObject.kind {kind:?} is not a kind tend knows"
         )));
     }
+    let involved_name = required("/involvedObject/name")?;
+    let involved_ns = field("/involvedObject/namespace").unwrap_or_else(|| namespace.to_string());
+    // The Event's own name is made of these: DNS names only, as any object's.
+    if let Some(problem) = crate::manifest::validate::dns_subdomain_problem(&involved_name) {
+        return Err(ApiError::bad_request(format!(
+            "invalid involvedObject.name {involved_name:?}: a DNS-1123 subdomain {problem}"
+        )));
+    }
+    if let Some(problem) = crate::manifest::validate::dns_label_problem(&involved_ns) {
+        return Err(ApiError::bad_request(format!(
+            "invalid involvedObject.namespace {involved_ns:?}: a DNS-1123 label {problem}"
+        )));
+    }
     let involved = json!({
         "kind": kind,
         "metadata": {
-            "name": required("/involvedObject/name")?,
-            "namespace": field("/involvedObject/namespace").unwrap_or_else(|| namespace.to_string()),
+            "name": involved_name,
+            "namespace": involved_ns,
             "uid": field("/involvedObject/uid"),
         },
     });
@@ -290,7 +315,10 @@ mod tests {
 
     #[test]
     fn refuses_mismatches() {
-        let cases: [(&[u8], Option<&str>); 6] = [
+        let cases: [(&[u8], Option<&str>); 9] = [
+            (br#"{"metadata":{"name":"../../etc/cron.d/x"}}"#, None),
+            (br#"{"metadata":{"name":"a\nb"}}"#, None),
+            (br#"{"metadata":{"name":"a; rm -rf /"}}"#, None),
             (br#"{"metadata":{"name":"a","namespace":"other"}}"#, None),
             (br#"{"kind":"Pod","metadata":{"name":"a"}}"#, None),
             (br#"{"apiVersion":"v1","metadata":{"name":"a"}}"#, None),
@@ -306,6 +334,14 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(body)
             );
+        }
+    }
+
+    #[test]
+    fn refuses_a_namespace_that_is_not_a_dns_label() {
+        for ns in ["..", "a/b", "Kube System", "x\n"] {
+            let err = prepare_object(Kind::Pod, ns, None, br#"{"metadata":{"name":"a"}}"#).err();
+            assert_eq!(err.map(|e| e.code), Some(StatusCode::BAD_REQUEST), "{ns:?}");
         }
     }
 

@@ -140,8 +140,20 @@ impl DirSource {
 
     fn read_file(&self, path: &Path) -> FileState {
         let read = || -> std::io::Result<FileState> {
-            let file = std::fs::File::open(path)?;
-            let size = file.metadata()?.len();
+            // Non-blocking, then checked: opening a FIFO named `x.yaml` would otherwise wait
+            // for a writer forever, and reading a device would never end.
+            use std::os::unix::fs::OpenOptionsExt;
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(path)?;
+            let meta = file.metadata()?;
+            if !meta.is_file() {
+                return Ok(FileState::Refused(
+                    "not a regular file (a FIFO, socket or device?)".to_string(),
+                ));
+            }
+            let size = meta.len();
             if size > self.max_file_bytes as u64 {
                 return Ok(FileState::Refused(format!(
                     "file is {size} bytes, over the limit of {} bytes",

@@ -232,6 +232,28 @@ impl GitSource {
         Ok(Some(tree))
     }
 
+    /// Why `--path` is refused at a commit where it exists but is not a directory (a symlink, a
+    /// file): read as "the directory is gone", it would prune everything; followed, a symlink
+    /// could lead out of the repository. The revision is rejected instead.
+    fn subdir_refusal(&self, root: &Tree<'_>) -> Option<(String, String)> {
+        let sub = self.subdir.as_ref()?;
+        let entry = root.get_path(Path::new(sub)).ok()?;
+        if entry.kind() == Some(ObjectType::Tree) {
+            return None;
+        }
+        let what = if entry.filemode() == 0o120000 {
+            "a symlink"
+        } else {
+            "a file"
+        };
+        Some((
+            sub.clone(),
+            format!(
+                "--path {sub} is {what} in this commit, not a directory; tend does not follow it"
+            ),
+        ))
+    }
+
     /// The state of one tree entry (path relative to `--path`): its blob, or why it is refused.
     fn entry_state(&self, root: &Tree<'_>, rel_path: &str, mode: i32, id: Oid) -> FileState {
         if mode == MODE_SYMLINK {
@@ -510,7 +532,22 @@ impl GitSource {
     ) -> Result<(Files, (Oid, BTreeSet<String>)), SourceError> {
         let commit = self.find_commit(id)?;
         let root = commit.tree().map_err(|e| self.err(e.message()))?;
+        if let Some(refusal) = self.subdir_refusal(&root) {
+            return Ok(refusal_files(refusal, commit.id()));
+        }
         let sub = self.subtree(&root)?;
+        // After a commit whose `--path` was refused, list everything: a diff from it would
+        // miss the files that were removed meanwhile.
+        let base = match base {
+            Some(b) => {
+                let b_root = self
+                    .find_commit(b)?
+                    .tree()
+                    .map_err(|e| self.err(e.message()))?;
+                self.subdir_refusal(&b_root).is_none().then_some(b)
+            }
+            None => None,
+        };
         let Some(base) = base else {
             let (files, links) = match &sub {
                 Some(sub) => self.all_files(&root, sub)?,
@@ -845,6 +882,15 @@ fn follow_symlink(
         return Err(format!("symlink to {original}: {here} is not a file"));
     }
     Ok(entry.id())
+}
+
+/// The files of a revision whose `--path` is refused: that one refusal, nothing else.
+fn refusal_files((path, reason): (String, String), id: Oid) -> (Files, (Oid, BTreeSet<String>)) {
+    let files = Files {
+        complete: true,
+        files: [(path, FileState::Refused(reason))].into_iter().collect(),
+    };
+    (files, (id, BTreeSet::new()))
 }
 
 #[cfg(test)]
