@@ -421,15 +421,16 @@ impl AgentClient {
             buffer.extend_from_slice(&chunk);
             while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = buffer.drain(..=end).collect();
-                let Ok(event) = serde_json::from_slice::<Value>(&line) else {
+                let Ok(mut event) = serde_json::from_slice::<Value>(&line) else {
                     continue;
                 };
-                let object = event.get("object").cloned().unwrap_or(Value::Null);
+                let object = event.get_mut("object").map(Value::take).unwrap_or_default();
+                let rv = resource_version_of(&object);
                 let watch_event = match event.get("type").and_then(Value::as_str) {
-                    Some("ADDED" | "MODIFIED") => WatchEvent::Applied(object.clone()),
-                    Some("DELETED") => WatchEvent::Deleted(object.clone()),
+                    Some("ADDED" | "MODIFIED") => WatchEvent::Applied(object),
+                    Some("DELETED") => WatchEvent::Deleted(object),
                     Some("BOOKMARK") => {
-                        last_rv = last_rv.max(resource_version_of(&object));
+                        last_rv = last_rv.max(rv);
                         continue;
                     }
                     Some("ERROR") => {
@@ -440,7 +441,7 @@ impl AgentClient {
                     }
                     _ => continue,
                 };
-                last_rv = last_rv.max(resource_version_of(&object));
+                last_rv = last_rv.max(rv);
                 if events.send(watch_event).await.is_err() {
                     return Ok(WatchEnd::Closed);
                 }

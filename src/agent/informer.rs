@@ -41,13 +41,14 @@ impl<T: DeserializeOwned + Clone> Informer<T> {
             .objects
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let parse = |object: &Value| -> Option<T> {
-            match serde_json::from_value(object.clone()) {
-                Ok(t) => Some(t),
+        // The key first: parsing consumes the object.
+        let parse = |object: Value| -> ((String, String), Option<T>) {
+            let key = namespace_and_name(&object);
+            match serde_json::from_value(object) {
+                Ok(t) => (key, Some(t)),
                 Err(e) => {
-                    let (ns, name) = namespace_and_name(object);
-                    tracing::warn!("{ns}/{name} does not parse, left out: {e}");
-                    None
+                    tracing::warn!("{}/{} does not parse, left out: {e}", key.0, key.1);
+                    (key, None)
                 }
             }
         };
@@ -55,17 +56,19 @@ impl<T: DeserializeOwned + Clone> Informer<T> {
             WatchEvent::Listed(items) => {
                 *slot = Some(
                     items
-                        .iter()
-                        .filter_map(|o| Some((namespace_and_name(o), parse(o)?)))
+                        .into_iter()
+                        .filter_map(|o| match parse(o) {
+                            (key, Some(t)) => Some((key, t)),
+                            (_, None) => None,
+                        })
                         .collect(),
                 );
             }
             WatchEvent::Applied(object) => {
                 let map = slot.get_or_insert_with(BTreeMap::new);
-                let key = namespace_and_name(&object);
-                match parse(&object) {
-                    Some(t) => map.insert(key, t),
-                    None => map.remove(&key),
+                match parse(object) {
+                    (key, Some(t)) => map.insert(key, t),
+                    (key, None) => map.remove(&key),
                 };
             }
             WatchEvent::Deleted(object) => {

@@ -138,9 +138,6 @@ pub async fn keep_load_balancing(
                         failures = 0;
                         if report.ops > 0 {
                             tracing::info!(kind = ?report.kind, ops = report.ops, "services programmed");
-                            // A sync builds and drops a copy of the whole table; give the
-                            // freed pages back rather than keep them (glibc would).
-                            crate::cli::serve::release_freed_memory();
                         }
                         period
                     }

@@ -250,10 +250,13 @@ impl NodeCleanup for AgentCleanup {
     }
 
     fn remove_load_balancer(&self) -> Result<(), String> {
-        let table = super::lb::TABLE;
-        // `add` first makes the `delete` fine when the table is already gone.
-        let script = format!("add table ip {table}\ndelete table ip {table}\n");
-        let lb = run_nft_script(&script);
+        use super::lb::diff::Op;
+        use super::lb::nft::NftApply as _;
+        // `add` first makes the `delete` fine when the table is already gone; one netlink
+        // batch, as the proxy sends its own.
+        let lb = super::lb::netlink::NetlinkNft::new(None)
+            .apply(&[Op::AddTable, Op::DeleteTable])
+            .map_err(|e| e.to_string());
         let cidr = self.service_cidr.to_string();
         let route = command("ip", &["route", "del", &cidr, "dev", "lo"]).or_else(|e| {
             // Already gone.
@@ -307,35 +310,6 @@ impl NodeCleanup for AgentCleanup {
         let _ = std::fs::remove_file(&pid_file);
         let _ = std::fs::remove_file(super::runtime::reaper::socket_path(&self.state));
         Ok(())
-    }
-}
-
-/// Loads an nft script from stdin (`nft -f -`).
-fn run_nft_script(script: &str) -> Result<(), String> {
-    use std::io::Write;
-    let mut child = std::process::Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("nft -f -: {e}"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
-            .map_err(|e| format!("nft -f -: {e}"))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("nft -f -: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "deleting table ip {}: {}",
-            super::lb::TABLE,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
     }
 }
 

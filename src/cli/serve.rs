@@ -280,7 +280,7 @@ const TRIM_PERIOD: Duration = Duration::from_secs(10);
 /// Hands memory freed after an apply back to the system. A large revision builds several
 /// transient copies of its objects; glibc keeps freed pages in its arenas, so without this
 /// serve's resident memory would stay at the peak of the largest apply ever made.
-pub fn release_freed_memory() {
+fn release_freed_memory() {
     // SAFETY: malloc_trim only walks glibc's own arenas under their locks; it has no
     // preconditions and is safe to call from any thread at any time.
     unsafe {
@@ -333,7 +333,7 @@ fn start_controllers(
 }
 
 /// Prints a line for the person who started the daemon; a closed stdout is not an error.
-fn say(line: &str) {
+pub(crate) fn say(line: &str) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");

@@ -224,15 +224,9 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Prints for the person at the terminal; a closed stdout is not an error.
+/// Prints for the person at the terminal (serve's printer; `text` may end in a newline).
 fn say(text: &str) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    let _ = write!(out, "{text}");
-    if !text.ends_with('\n') {
-        let _ = writeln!(out);
-    }
-    let _ = out.flush();
+    super::serve::say(text.strip_suffix('\n').unwrap_or(text));
 }
 
 #[cfg(test)]
