@@ -866,9 +866,11 @@ fn every_hostile_commit_is_rejected_and_the_last_good_state_keeps_serving() {
         // Every case runs, and the failures are listed together at the end.
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let took = check_rejected(&serve, &id, case);
-            // Bounded time, even for the bombs (the time includes noticing the push).
+            // Bounded time, even for the bombs (the time includes noticing the push). The
+            // bound catches a blow-up or a hang, not slowness: a debug build on a busy CI
+            // machine must pass it (the slowest case took 222 ms here).
             assert!(
-                took < Duration::from_secs(2),
+                took < Duration::from_secs(15),
                 "{}: took {took:?}",
                 case.name
             );
@@ -1056,7 +1058,8 @@ fn the_alias_bomb_and_deep_nesting_are_refused_in_bounded_time_by_the_parser() {
         let took = started.elapsed();
         assert!(!parsed.errors.is_empty(), "{name} refused");
         assert!(parsed.objects.is_empty(), "{name} yields nothing");
-        assert!(took < Duration::from_millis(500), "{name} took {took:?}");
+        // A blow-up or a hang, not speed: generous for a debug build on a busy machine.
+        assert!(took < Duration::from_secs(5), "{name} took {took:?}");
     }
 }
 
