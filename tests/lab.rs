@@ -18,79 +18,25 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn missing() -> Vec<String> {
-    let mut missing = Vec::new();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        missing.push("root".to_string());
-    }
-    for tool in [
-        "runc",
-        "nft",
-        "ip",
-        "nsenter",
-        "curl",
-        "umoci",
-        "skopeo",
-        "docker-registry",
-    ] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            missing.push(tool.to_string());
-        }
-    }
-    if !Path::new("/bin/busybox").exists() {
-        missing.push("/bin/busybox (busybox-static)".to_string());
-    }
-    missing
-}
+#[path = "support/tools.rs"]
+mod tools;
+use tools::{quiet, run, s};
+
+/// The tools the lab runs.
+const LAB_TOOLS: &[&str] = &[
+    "runc",
+    "nft",
+    "ip",
+    "nsenter",
+    "curl",
+    "umoci",
+    "skopeo",
+    "docker-registry",
+];
 
 /// Whether the lab can run; prints why not, or panics under CI.
 fn lab_possible(test: &str) -> bool {
-    let missing = missing();
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{test}: CI is set and the lab needs {}", missing.join(", "));
-    }
-    eprintln!("SKIPPED {test}: the lab needs {}", missing.join(", "));
-    false
-}
-
-fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn quiet(cmd: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(cmd)
-        .args(args)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
+    tools::possible(test, "the lab", LAB_TOOLS)
 }
 
 /// A node of the lab: a network namespace with `eth0` on the lab bridge, and its agent.

@@ -18,73 +18,17 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-fn missing() -> Vec<String> {
-    let mut missing = Vec::new();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        missing.push("root".to_string());
-    }
-    for tool in ["runc", "nft", "ip", "nsenter", "curl", "umoci", "skopeo"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            missing.push(tool.to_string());
-        }
-    }
-    if !Path::new("/bin/busybox").exists() {
-        missing.push("/bin/busybox (busybox-static)".to_string());
-    }
-    missing
-}
+#[path = "support/tools.rs"]
+mod tools;
+use tools::{quiet, run, s};
 
 /// Whether the test can run; prints why not, or panics under CI.
 fn possible(test: &str) -> bool {
-    let missing = missing();
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "{test}: CI is set and `tend up` needs {}",
-            missing.join(", ")
-        );
-    }
-    eprintln!("SKIPPED {test}: `tend up` needs {}", missing.join(", "));
-    false
-}
-
-fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn quiet(cmd: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(cmd)
-        .args(args)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
+    tools::possible(
+        test,
+        "`tend up`",
+        &["runc", "nft", "ip", "nsenter", "curl", "umoci", "skopeo"],
+    )
 }
 
 /// Busybox images serving `web <version>` at `/` and the pod's hostname at
