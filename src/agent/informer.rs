@@ -6,8 +6,8 @@
 //! [`Informer`] (pure, apart from its notifier) applies [`WatchEvent`]s to a map keyed by
 //! namespace and name, parsed once into `T`; [`follow_into`] feeds it from the API.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, RwLock};
 
 use k8s_openapi::Metadata;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -17,11 +17,26 @@ use tokio::sync::{mpsc, watch};
 
 use super::client::{AgentClient, WatchEvent, namespace_and_name};
 
+/// A namespace and name.
+pub type Key = (String, String);
+
+/// What changed since the last [`Informer::take_changed`].
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changed {
+    /// Everything may have (a list replaced the objects).
+    pub all: bool,
+    /// These objects were added, changed or deleted.
+    pub keys: BTreeSet<Key>,
+}
+
 /// The objects of one kind, by namespace and name; `None` until the first list arrived.
 pub struct Informer<T> {
-    objects: RwLock<Option<BTreeMap<(String, String), T>>>,
+    objects: RwLock<Option<BTreeMap<Key, T>>>,
     /// Bumped on every change, so that readers can wait for one.
     generation: watch::Sender<u64>,
+    /// The keys changed since the last [`Informer::take_changed`], for the one reader that
+    /// works incrementally (the Service proxy): it then reads only those objects.
+    changed: Mutex<Changed>,
 }
 
 impl<T> Default for Informer<T> {
@@ -29,7 +44,64 @@ impl<T> Default for Informer<T> {
         Informer {
             objects: RwLock::new(None),
             generation: watch::channel(0).0,
+            changed: Mutex::new(Changed::default()),
         }
+    }
+}
+
+impl<T> Informer<T> {
+    fn mark(&self, key: Option<Key>) {
+        let mut changed = self
+            .changed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match key {
+            None => {
+                changed.all = true;
+                changed.keys.clear();
+            }
+            Some(key) if !changed.all => {
+                changed.keys.insert(key);
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// What changed since the last call (for one reader: taking clears it).
+    pub fn take_changed(&self) -> Changed {
+        std::mem::take(
+            &mut *self
+                .changed
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+
+    /// Whether the first list arrived.
+    pub fn listed(&self) -> bool {
+        self.objects
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .is_some()
+    }
+
+    /// The keys of every object held.
+    pub fn keys(&self) -> Vec<Key> {
+        self.objects
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .as_ref()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Reads one object without copying the others.
+    pub fn with<R>(&self, key: &Key, f: impl FnOnce(Option<&T>) -> R) -> R {
+        let slot = self
+            .objects
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(slot.as_ref().and_then(|m| m.get(key)))
     }
 }
 
@@ -52,7 +124,7 @@ impl<T: DeserializeOwned + Clone> Informer<T> {
                 }
             }
         };
-        match event {
+        let key = match event {
             WatchEvent::Listed(items) => {
                 *slot = Some(
                     items
@@ -63,21 +135,31 @@ impl<T: DeserializeOwned + Clone> Informer<T> {
                         })
                         .collect(),
                 );
+                None
             }
             WatchEvent::Applied(object) => {
                 let map = slot.get_or_insert_with(BTreeMap::new);
                 match parse(object) {
-                    (key, Some(t)) => map.insert(key, t),
-                    (key, None) => map.remove(&key),
-                };
-            }
-            WatchEvent::Deleted(object) => {
-                if let Some(map) = slot.as_mut() {
-                    map.remove(&namespace_and_name(&object));
+                    (key, Some(t)) => {
+                        map.insert(key.clone(), t);
+                        Some(key)
+                    }
+                    (key, None) => {
+                        map.remove(&key);
+                        Some(key)
+                    }
                 }
             }
-        }
+            WatchEvent::Deleted(object) => {
+                let key = namespace_and_name(&object);
+                if let Some(map) = slot.as_mut() {
+                    map.remove(&key);
+                }
+                Some(key)
+            }
+        };
         drop(slot);
+        self.mark(key);
         self.generation.send_modify(|g| *g += 1);
     }
 
@@ -99,6 +181,7 @@ impl<T: DeserializeOwned + Clone> Informer<T> {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         *slot = Some(objects.into_iter().map(|o| (key(&o), o)).collect());
         drop(slot);
+        self.mark(None);
         self.generation.send_modify(|g| *g += 1);
     }
 
@@ -170,6 +253,30 @@ mod tests {
         informer.apply(WatchEvent::Listed(vec![svc("other", "a", "10.96.0.3")]));
         assert_eq!(ips(&informer), ["10.96.0.3"]);
         assert_eq!(*changes.borrow(), 5);
+    }
+
+    #[test]
+    fn changed_keys_are_reported_once_and_a_list_means_all() {
+        let informer = Informer::<Service>::default();
+        assert!(!informer.listed());
+        informer.apply(WatchEvent::Listed(vec![svc("default", "a", "10.96.0.1")]));
+        assert!(informer.listed());
+        informer.apply(WatchEvent::Applied(svc("default", "b", "10.96.0.2")));
+        let first = informer.take_changed();
+        assert!(first.all && first.keys.is_empty(), "{first:?}");
+        assert_eq!(informer.take_changed(), Changed::default(), "taking clears");
+        informer.apply(WatchEvent::Applied(svc("default", "a", "10.96.0.9")));
+        informer.apply(WatchEvent::Deleted(svc("default", "b", "")));
+        informer.apply(WatchEvent::Applied(svc("default", "a", "10.96.0.8")));
+        let changed = informer.take_changed();
+        assert!(!changed.all);
+        let keys: Vec<&str> = changed.keys.iter().map(|k| k.1.as_str()).collect();
+        assert_eq!(keys, ["a", "b"]);
+        let ip = informer.with(&("default".into(), "a".into()), |s| {
+            s.and_then(|s| s.spec.as_ref()?.cluster_ip.clone())
+        });
+        assert_eq!(ip.as_deref(), Some("10.96.0.8"));
+        assert_eq!(informer.keys().len(), 1);
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! `tend bench services`: the load balancer's figures (issue 5), measured for real in a
 //! network namespace the bench makes (removed in Drop, also on failure): for N Services × 10
-//! endpoints, the full sync; one endpoint change (added, then removed, alternately) through
-//! [`LbSync`] over netlink ([`NetlinkNft`], what the agent uses) — its time, operations and
-//! bytes; the same change loaded as a hand-written `nft -f` script of just that change; a
-//! drift check; and the in-process model of all Services, which is not part of the
-//! transaction but is what a sync recomputes today.
+//! endpoints, the agent's full sync; one endpoint change (added, then removed, alternately)
+//! the way the agent takes it — the Endpoints watch event into the informer, the changed
+//! Service read ([`changes`]), its fragment of the table rebuilt and diffed, and the netlink
+//! transaction ([`Proxy`] over [`NetlinkNft`]) — its time, operations and bytes; the
+//! transaction alone; the same change loaded as a hand-written `nft -f` script of just that
+//! change; a drift check; and, for comparison, the model of all Services rebuilt, which is
+//! what every change cost before the table was kept per Service.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -13,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use super::LbSync;
+use k8s_openapi::api::core::v1::{Endpoints, Service};
+use serde_json::{Value, json};
+
 use super::diff::{self, Op};
 use super::model::{
     self, Endpoint, NodeInput, Protocol, ServiceInput, ServiceKind, ServicePort, ServiceSpec,
@@ -21,6 +25,9 @@ use super::model::{
 use super::netlink::NetlinkNft;
 use super::netlink::encode::encode;
 use super::nft::{NftApply, NftCommand, document};
+use crate::agent::client::WatchEvent;
+use crate::agent::informer::Informer;
+use crate::agent::proxy::{Proxy, changes};
 
 /// The goal for one endpoint change at 10,000 Services (issue 5).
 const GOAL: Duration = Duration::from_millis(5);
@@ -71,6 +78,34 @@ pub fn cluster(n: usize) -> Vec<ServiceInput> {
         .collect()
 }
 
+/// A Service and its Endpoints as the API serves them (what the agent's informers read).
+pub fn to_k8s(input: &ServiceInput) -> (Value, Value) {
+    let spec = &input.spec;
+    let metadata = json!({"namespace": spec.namespace, "name": spec.name});
+    let ports: Vec<Value> = spec
+        .ports
+        .iter()
+        .map(|p| json!({"name": p.name, "port": p.port, "protocol": p.protocol.as_str().to_uppercase()}))
+        .collect();
+    let service = json!({
+        "metadata": metadata,
+        "spec": {
+            "clusterIP": spec.cluster_ip.map(|ip| ip.to_string()).unwrap_or_else(|| "None".into()),
+            "ports": ports,
+        },
+    });
+    let subsets: Vec<Value> = input
+        .endpoints
+        .iter()
+        .flat_map(|(port, endpoints)| {
+            endpoints.iter().map(move |e| {
+                json!({"addresses": [{"ip": e.ip.to_string()}], "ports": [{"name": port, "port": e.port}]})
+            })
+        })
+        .collect();
+    (service, json!({"metadata": metadata, "subsets": subsets}))
+}
+
 /// The change in nft's own syntax, as a person would write it for `nft -f`: the baseline.
 pub fn hand_written(ops: &[Op]) -> String {
     super::text::document(ops)
@@ -85,9 +120,9 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
-/// `tend bench services`: one block of figures per size in `sizes`; `changes` endpoint
+/// `tend bench services`: one block of figures per size in `sizes`; `changes_per_size` endpoint
 /// changes are timed per size (the median is reported).
-pub fn run(sizes: &[usize], changes: usize) -> anyhow::Result<ExitCode> {
+pub fn run(sizes: &[usize], changes_per_size: usize) -> anyhow::Result<ExitCode> {
     let mut missing = Vec::new();
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
@@ -117,7 +152,7 @@ pub fn run(sizes: &[usize], changes: usize) -> anyhow::Result<ExitCode> {
         netns: Some(ns.0.clone()),
     };
     println!(
-        "tend bench services: {changes} endpoint changes per size, in network namespace {} (goal: one change ≤ {} at 10,000 Services, independent of the count)",
+        "tend bench services: {changes_per_size} endpoint changes per size, in network namespace {} (goal: one change ≤ {} at 10,000 Services, independent of the count)",
         ns.0,
         ms(GOAL)
     );
@@ -129,20 +164,38 @@ pub fn run(sizes: &[usize], changes: usize) -> anyhow::Result<ExitCode> {
         let before = model::desired(&services, &node);
         let model_time = started.elapsed();
         let target = n / 2;
+        let (_, unchanged_endpoints) = to_k8s(&services[target]);
         if let Some(list) = services[target].endpoints.get_mut("http") {
             list.push(Endpoint {
                 ip: Ipv4Addr::new(10, 250, 0, 9),
                 port: 8080,
             });
         }
+        let (_, changed_endpoints) = to_k8s(&services[target]);
         let after = model::desired(&services, &node);
+
+        // The agent's informers, as after their first list.
+        let (service_informer, endpoints_informer) = (
+            Informer::<Service>::default(),
+            Informer::<Endpoints>::default(),
+        );
+        let (mut service_objects, mut endpoints_objects) = (Vec::new(), Vec::new());
+        for s in cluster(n).iter().map(to_k8s) {
+            service_objects.push(s.0);
+            endpoints_objects.push(s.1);
+        }
+        service_informer.apply(WatchEvent::Listed(service_objects));
+        endpoints_informer.apply(WatchEvent::Listed(endpoints_objects));
 
         let full_ops = diff::full(&before, "bench");
         let full_bytes = encode(&full_ops, 0).bytes.len();
         let full_json = document(&full_ops).len();
-        let mut lb = LbSync::new(NetlinkNft::new(Some(ns.0.clone())), "bench");
+        let mut proxy = Proxy::new(NetlinkNft::new(Some(ns.0.clone())), "bench", node.clone());
         let started = Instant::now();
-        lb.sync(before.clone())
+        let all = changes(&service_informer, &endpoints_informer, &proxy.table, |_| {})
+            .context("informers listed")?;
+        proxy
+            .sync(all, false)
             .with_context(|| format!("full sync of {n} Services"))?;
         let full_time = started.elapsed();
 
@@ -151,30 +204,44 @@ pub fn run(sizes: &[usize], changes: usize) -> anyhow::Result<ExitCode> {
         let change_bytes = (encode(&add, 0).bytes.len() + encode(&remove, 0).bytes.len()) / 2;
         let change_json = (document(&add).len() + document(&remove).len()) / 2;
         let change_ops = (add.len() + remove.len()) as f64 / 2.0;
-        // The whole sync (diff of the record against the new table, then the transaction)...
+        // The whole sync, from the watch event to the kernel...
         let mut tend_times = Vec::new();
-        for i in 0..changes {
-            let next = if i % 2 == 0 { &after } else { &before }.clone();
+        let mut sent_ops = Vec::new();
+        for i in 0..changes_per_size.max(2).next_multiple_of(2) {
+            let event = if i % 2 == 0 {
+                &changed_endpoints
+            } else {
+                &unchanged_endpoints
+            }
+            .clone();
             let started = Instant::now();
-            lb.sync(next).context("endpoint change")?;
+            endpoints_informer.apply(WatchEvent::Applied(event));
+            let pending = changes(&service_informer, &endpoints_informer, &proxy.table, |_| {})
+                .context("informers listed")?;
+            let report = proxy.sync(pending, false).context("endpoint change")?;
             tend_times.push(started.elapsed());
+            sent_ops.push(report.ops);
         }
-        if changes % 2 == 1 {
-            lb.sync(before.clone()).context("endpoint change back")?;
+        if sent_ops.iter().any(|ops| *ops as f64 > change_ops.ceil()) {
+            bail!(
+                "an endpoint change sent {sent_ops:?} operations, more than the change ({change_ops})"
+            );
         }
         // ...and the transaction alone, what the hand-written `nft -f` below also does.
         let mut transaction_times = Vec::new();
-        for i in 0..changes.max(2).next_multiple_of(2) {
+        for i in 0..changes_per_size.max(2).next_multiple_of(2) {
             let ops = if i % 2 == 0 { &add } else { &remove };
             let started = Instant::now();
-            lb.nft_mut()
+            proxy
+                .lb
+                .nft_mut()
                 .apply(ops)
                 .context("endpoint change over netlink")?;
             transaction_times.push(started.elapsed());
         }
         let (add_text, remove_text) = (hand_written(&add), hand_written(&remove));
         let mut hand_times = Vec::new();
-        for i in 0..changes {
+        for i in 0..changes_per_size {
             let (text, ops) = if i % 2 == 0 {
                 (&add_text, add.len())
             } else {
@@ -185,17 +252,17 @@ pub fn run(sizes: &[usize], changes: usize) -> anyhow::Result<ExitCode> {
             hand_times.push(started.elapsed());
         }
         let started = Instant::now();
-        let drift = lb.check().context("drift check")?;
+        let drift = proxy.lb.check().context("drift check")?;
         let check_time = started.elapsed();
 
         let (tend_median, hand_median) = (median(tend_times), median(hand_times));
         let transaction_median = median(transaction_times);
-        let ratio = transaction_median.as_secs_f64() / hand_median.as_secs_f64().max(1e-9);
+        let ratio = tend_median.as_secs_f64() / hand_median.as_secs_f64().max(1e-9);
         if n >= 10_000 && tend_median > GOAL {
             met = false;
         }
         println!(
-            "{n} Services × 10 endpoints: full sync {} ({} ops, {:.1} MB netlink, {:.1} MB as JSON); one endpoint change {} median ({change_ops} ops, {change_bytes} bytes netlink, {change_json} bytes as JSON), of which the netlink transaction {}; hand-written nft -f of the same change {} (ratio transaction / nft -f {ratio:.2}); drift check {} (drift: {drift}); model of all Services in process {}",
+            "{n} Services × 10 endpoints: full sync {} ({} ops, {:.1} MB netlink, {:.1} MB as JSON); one endpoint change, watch event to kernel, {} median ({change_ops} ops, {change_bytes} bytes netlink, {change_json} bytes as JSON), of which the netlink transaction {}; hand-written nft -f of the same change {} (ratio tend / nft -f {ratio:.3}); drift check {} (drift: {drift}); for comparison, the model of all Services rebuilt {}",
             ms(full_time),
             full_ops.len(),
             full_bytes as f64 / 1e6,
@@ -218,6 +285,20 @@ pub fn run(sizes: &[usize], changes: usize) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_api_objects_read_back_as_the_same_inputs() {
+        for input in cluster(3) {
+            let (service, endpoints) = to_k8s(&input);
+            let service: Service = serde_json::from_value(service).expect("service");
+            let endpoints: Endpoints = serde_json::from_value(endpoints).expect("endpoints");
+            let mut read = ServiceInput::from_k8s(&service, Some(&endpoints)).expect("input");
+            for list in read.endpoints.values_mut() {
+                list.sort();
+            }
+            assert_eq!(read, input);
+        }
+    }
 
     #[test]
     fn the_hand_written_change_is_the_same_commands_in_nft_syntax() {

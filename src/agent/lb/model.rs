@@ -601,6 +601,24 @@ pub fn desired(services: &[ServiceInput], node: &NodeInput) -> Desired {
     out
 }
 
+/// What one Service contributes to the table on this node (its share of [`desired`]):
+/// its chains, sets and map elements, and no empty maps. Chain and set names are hashes of
+/// the Service's namespace and name, so two Services' fragments never share one; only map
+/// keys can clash (two Services claiming one ClusterIP port), which
+/// [`super::table::Table`] resolves as [`desired`] does.
+pub fn fragment(service: &ServiceInput, node: &NodeInput) -> Desired {
+    let mut out = Desired {
+        node: node.clone(),
+        ..Desired::default()
+    };
+    for map in MapName::ALL {
+        out.elements.insert(map, BTreeMap::new());
+    }
+    add_service(&mut out, service);
+    out.elements.retain(|_, elements| !elements.is_empty());
+    out
+}
+
 fn add_service(out: &mut Desired, service: &ServiceInput) {
     let spec = &service.spec;
     if spec.kind == ServiceKind::ExternalName {

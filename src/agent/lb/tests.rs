@@ -679,7 +679,7 @@ fn the_sync_goes_full_then_incremental_and_full_again_after_failure_or_drift() {
     lb.nft_mut().fail_next = true;
     services.truncate(1);
     assert!(lb.sync(desired(&services, &node)).is_err());
-    assert!(lb.applied().is_none());
+    assert!(!lb.programmed());
     assert_eq!(
         lb.sync(desired(&services, &node)).expect("full").kind,
         SyncKind::Full
