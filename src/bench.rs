@@ -34,6 +34,9 @@ pub struct BenchArgs {
     /// `agent`: replicas of the Deployment whose agent memory is measured.
     #[arg(long, default_value_t = 50)]
     pub replicas: usize,
+    /// `agent`: ClusterIP Services beside those pods (each selects a tenth of them).
+    #[arg(long, default_value_t = 2000)]
+    pub memory_services: usize,
     /// `agent`: the figures to measure, comma-separated (pods, pull, memory).
     #[arg(long, default_value = "pods,pull,memory")]
     pub only: String,

@@ -95,6 +95,25 @@ impl<T> Informer<T> {
             .unwrap_or_default()
     }
 
+    /// The objects of one namespace, in name order; `None` until the first list.
+    pub fn namespace(&self, namespace: &str) -> Option<Vec<T>>
+    where
+        T: Clone,
+    {
+        let slot = self
+            .objects
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let start = (namespace.to_string(), String::new());
+        Some(
+            slot.as_ref()?
+                .range(start..)
+                .take_while(|((ns, _), _)| ns == namespace)
+                .map(|(_, t)| t.clone())
+                .collect(),
+        )
+    }
+
     /// Reads one object without copying the others.
     pub fn with<R>(&self, key: &Key, f: impl FnOnce(Option<&T>) -> R) -> R {
         let slot = self

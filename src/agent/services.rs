@@ -3,22 +3,37 @@
 //! `{NAME}_PORT_*` ones), computed by [`service_env`] (pure), and the node's cache of Services
 //! the pod sync reads them from ([`ServiceCache`], kept by a watch).
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::Service;
 use serde_json::Value;
 
 /// The Services the pod sync may read when it starts a container.
 pub trait ServiceSource: Send + Sync {
-    /// Every Service of the cluster; `None` while they have not been read once (the kubelet
+    /// The Services a container of a pod in `namespace` may be told about: those of
+    /// `namespace` and the `kubernetes` Service of `default` (a container's variables name
+    /// no others, and copying every Service of a large cluster for each container start
+    /// cost more than the start). `None` while they have not been read once (the kubelet
     /// then refuses to start containers rather than start them with missing variables).
-    fn services(&self) -> Option<Vec<Service>>;
+    fn services_for(&self, namespace: &str) -> Option<Vec<Service>>;
 }
 
 /// A fixed list (tests, and syncers that were given no cache: no Services at all).
 pub struct StaticServices(pub Vec<Service>);
 
 impl ServiceSource for StaticServices {
-    fn services(&self) -> Option<Vec<Service>> {
-        Some(self.0.clone())
+    fn services_for(&self, namespace: &str) -> Option<Vec<Service>> {
+        Some(
+            self.0
+                .iter()
+                .filter(|s| {
+                    let ns = s.metadata.namespace.as_deref().unwrap_or("default");
+                    ns == namespace
+                        || (ns == "default" && s.metadata.name.as_deref() == Some("kubernetes"))
+                })
+                .cloned()
+                .collect(),
+        )
     }
 }
 
@@ -26,8 +41,15 @@ impl ServiceSource for StaticServices {
 pub type ServiceCache = super::informer::Informer<Service>;
 
 impl ServiceSource for ServiceCache {
-    fn services(&self) -> Option<Vec<Service>> {
-        self.snapshot()
+    fn services_for(&self, namespace: &str) -> Option<Vec<Service>> {
+        let mut services = self.namespace(namespace)?;
+        if namespace != "default"
+            && let Some(master) =
+                self.with(&("default".into(), "kubernetes".into()), |s| s.cloned())
+        {
+            services.push(master);
+        }
+        Some(services)
     }
 }
 
@@ -43,7 +65,11 @@ pub fn env_for_pod(source: &dyn ServiceSource, pod: &Value) -> Option<Vec<(Strin
         .pointer("/spec/enableServiceLinks")
         .and_then(Value::as_bool)
         .unwrap_or(true);
-    Some(service_env(&source.services()?, namespace, links))
+    Some(service_env(
+        &source.services_for(namespace)?,
+        namespace,
+        links,
+    ))
 }
 
 /// The Services the kubelet names to a container, in kubelet order of precedence: the
@@ -70,27 +96,21 @@ pub fn env_for_pod(source: &dyn ServiceSource, pod: &Value) -> Option<Vec<(Strin
 /// (k8s.io/kubernetes pkg/kubelet/envvars `FromServices` and kubelet_pods.go
 /// `getServiceEnvVarMap`.)
 pub fn service_env(services: &[Service], namespace: &str, links: bool) -> Vec<(String, String)> {
-    let mut chosen: Vec<&Service> = Vec::new();
-    let name_of = |s: &Service| s.metadata.name.clone().unwrap_or_default();
-    let namespace_of = |s: &Service| {
-        s.metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".to_string())
-    };
+    // By name: the first of a name wins (the pod's own namespace has no duplicates; the
+    // `kubernetes` Service of `default` may share a name with one of the pod's namespace).
+    let mut chosen: BTreeMap<&str, &Service> = BTreeMap::new();
     for s in services.iter().filter(|s| cluster_ip(s).is_some()) {
-        let (name, ns) = (name_of(s), namespace_of(s));
+        let name = s.metadata.name.as_deref().unwrap_or_default();
+        let ns = s.metadata.namespace.as_deref().unwrap_or("default");
         let master = ns == "default" && name == "kubernetes";
-        let wanted = (links && ns == namespace) || master;
-        if wanted && !chosen.iter().any(|c| name_of(c) == name) {
-            chosen.push(s);
+        if (links && ns == namespace) || master {
+            chosen.entry(name).or_insert(s);
         }
     }
-    chosen.sort_by_key(|s| name_of(s));
     let mut env = Vec::new();
-    for s in chosen {
+    for (name, s) in chosen {
         let Some(ip) = cluster_ip(s) else { continue };
-        let prefix = env_name(&name_of(s));
+        let prefix = env_name(name);
         let ports = s
             .spec
             .as_ref()
@@ -273,8 +293,55 @@ mod tests {
     #[test]
     fn the_cache_is_unread_until_replaced() {
         let cache = ServiceCache::default();
-        assert!(cache.services().is_none());
+        assert!(cache.services_for("default").is_none());
         cache.replace(vec![svc("default", "a", "10.96.0.2", json!([{"port": 1}]))]);
-        assert_eq!(cache.services().map(|s| s.len()), Some(1));
+        assert_eq!(cache.services_for("default").map(|s| s.len()), Some(1));
+    }
+
+    #[test]
+    fn a_pod_is_given_its_namespace_and_the_master_service_only() {
+        let all = vec![
+            svc("default", "kubernetes", "10.96.0.1", json!([{"port": 443}])),
+            svc("default", "web", "10.96.0.2", json!([{"port": 80}])),
+            svc("shop", "cart", "10.96.0.3", json!([{"port": 80}])),
+            svc("shop", "web", "10.96.0.4", json!([{"port": 80}])),
+            svc("zoo", "cart", "10.96.0.5", json!([{"port": 80}])),
+        ];
+        let cache = ServiceCache::default();
+        cache.replace(all.clone());
+        let names = |v: Option<Vec<Service>>| -> Vec<String> {
+            let mut n: Vec<String> = v
+                .unwrap_or_default()
+                .into_iter()
+                .map(|s| {
+                    format!(
+                        "{}/{}",
+                        s.metadata.namespace.unwrap_or_default(),
+                        s.metadata.name.unwrap_or_default()
+                    )
+                })
+                .collect();
+            n.sort();
+            n
+        };
+        let shop = ["default/kubernetes", "shop/cart", "shop/web"];
+        assert_eq!(names(cache.services_for("shop")), shop);
+        assert_eq!(
+            names(StaticServices(all.clone()).services_for("shop")),
+            shop
+        );
+        assert_eq!(
+            names(cache.services_for("default")),
+            ["default/kubernetes", "default/web"]
+        );
+        // The variables are those the whole list gives.
+        let env = service_env(
+            &cache.services_for("shop").unwrap_or_default(),
+            "shop",
+            true,
+        );
+        assert_eq!(env, service_env(&all, "shop", true));
+        assert_eq!(lookup(&env, "WEB_SERVICE_HOST"), Some("10.96.0.4"));
+        assert_eq!(lookup(&env, "KUBERNETES_SERVICE_HOST"), Some("10.96.0.1"));
     }
 }

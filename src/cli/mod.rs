@@ -253,7 +253,26 @@ pub fn install_panic_hook() {
 }
 
 /// The whole program: parse, run, and never let a panic escape.
+/// At most this many glibc malloc arenas (unless `MALLOC_ARENA_MAX` says otherwise).
+/// glibc gives each thread that meets a locked arena its own, up to 8 per core, and an arena
+/// keeps the peak of what its threads once held: the agent's blocking threads (container
+/// starts, nft) each left a few MiB behind, 195 MiB with 50 pods and 2,000 Services, for a
+/// live heap of a fraction of that. Two arenas keep two threads from contending while the
+/// process's memory follows what it holds.
+const MALLOC_ARENAS: i32 = 2;
+
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS);
+        }
+    }
+}
+
 pub fn main() -> ExitCode {
+    limit_malloc_arenas();
     install_panic_hook();
     let cli = <Cli as clap::Parser>::parse();
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli))).unwrap_or(ExitCode::from(2))

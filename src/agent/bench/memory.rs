@@ -1,7 +1,9 @@
-//! Figure 3: the agent's resident memory with 50 pods. `tend serve --dir` and `tend agent
-//! --images` run in one node namespace the bench makes (no links needed: the API is on its
-//! loopback); a Deployment of N replicas of the imported busybox image (`imagePullPolicy:
-//! Never`) is in the directory from the start. The bench reaches the API from a thread that
+//! Figure 3: the agent's resident memory with 50 pods and 2,000 Services (issue 7's row).
+//! `tend serve --dir` and `tend agent --images` run in one node namespace the bench makes (no
+//! links needed: the API is on its loopback); [`DEPLOYMENTS`] Deployments sharing N replicas
+//! of the imported busybox image (`imagePullPolicy: Never`) and M ClusterIP Services, each
+//! selecting one of the Deployments (so ~N/10 endpoints each, as in a cluster whose Services
+//! have a few pods each), are in the directory from the start. The bench reaches the API from a thread that
 //! joined the namespace, waits until every pod is Running, and reads the agent's VmRSS then
 //! and 10 s later. Clean-up is first the real one (the Deployment's file removed, the agent
 //! stops the pods), then the [`Lab`]'s.
@@ -18,22 +20,59 @@ use std::time::{Duration, Instant};
 const NODE: &str = "bench-node";
 const PORT: u16 = 7443;
 
-/// The Deployment the bench applies.
-pub fn deployment_yaml(replicas: usize) -> String {
+/// How many Deployments share the replicas (and the Services' selectors).
+pub const DEPLOYMENTS: usize = 10;
+
+/// The Deployments the bench applies: `replicas` in all, spread over [`DEPLOYMENTS`].
+pub fn deployments_yaml(replicas: usize) -> String {
+    (0..DEPLOYMENTS)
+        .map(|d| {
+            let share = replicas / DEPLOYMENTS + usize::from(d < replicas % DEPLOYMENTS);
+            deployment_yaml(d, share)
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+/// ClusterIP Services `first..end`, the i-th selecting Deployment `i % DEPLOYMENTS`.
+pub fn services_yaml(first: usize, end: usize) -> String {
+    (first..end)
+        .map(|i| {
+            format!(
+                "apiVersion: v1
+kind: Service
+metadata:
+  name: bench-svc-{i}
+spec:
+  selector:
+    app: bench-{}
+  ports:
+  - name: http
+    port: 80
+    targetPort: 8080
+",
+                i % DEPLOYMENTS
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+fn deployment_yaml(index: usize, replicas: usize) -> String {
     format!(
         "apiVersion: apps/v1
 kind: Deployment
 metadata:
-  name: bench
+  name: bench-{index}
 spec:
   replicas: {replicas}
   selector:
     matchLabels:
-      app: bench
+      app: bench-{index}
   template:
     metadata:
       labels:
-        app: bench
+        app: bench-{index}
     spec:
       terminationGracePeriodSeconds: 5
       containers:
@@ -128,7 +167,7 @@ pub fn log_tail(path: &Path) -> String {
     lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
 }
 
-pub fn run(lab: &mut Lab, replicas: usize) -> anyhow::Result<Report> {
+pub fn run(lab: &mut Lab, replicas: usize, services: usize) -> anyhow::Result<Report> {
     let node = format!("tend-bench-mem-{}", std::process::id());
     lab.node_namespace(&node)?;
     let work = lab.work.clone();
@@ -137,7 +176,12 @@ pub fn run(lab: &mut Lab, replicas: usize) -> anyhow::Result<Report> {
     for d in [&manifests, &images] {
         std::fs::create_dir_all(d)?;
     }
-    std::fs::write(manifests.join("bench.yaml"), deployment_yaml(replicas))?;
+    std::fs::write(manifests.join("bench.yaml"), deployments_yaml(replicas))?;
+    // 500 a file: a file may hold at most 1,000 documents.
+    for (file, first) in (0..services).step_by(500).enumerate() {
+        let yaml = services_yaml(first, (first + 500).min(services));
+        std::fs::write(manifests.join(format!("services-{file}.yaml")), yaml)?;
+    }
     busybox_image()?.write_oci_archive(&images.join("busybox.tar"), BUSYBOX_REF)?;
     let serve_state = work.join("serve");
     let agent_state = work.join("agent");
@@ -210,7 +254,11 @@ pub fn run(lab: &mut Lab, replicas: usize) -> anyhow::Result<Report> {
     });
     let uids = match uids {
         Ok(u) => u,
-        Err(e) => bail!("{e:#}; agent log: {}", log_tail(&work.join("agent.log"))),
+        Err(e) => bail!(
+            "{e:#}; agent log: {}; serve log: {}",
+            log_tail(&work.join("agent.log")),
+            log_tail(&work.join("serve.log"))
+        ),
     };
     let all_running_s = started.elapsed().as_secs_f64();
     lab.pod_netns.extend(
@@ -245,7 +293,7 @@ pub fn run(lab: &mut Lab, replicas: usize) -> anyhow::Result<Report> {
 
     let mut report = Report::default();
     report.goal(
-        &format!("agent resident memory, {replicas} pods Running"),
+        &format!("agent resident memory, {replicas} pods Running, {services} Services"),
         at_running.total,
         "MiB",
         30.0,
@@ -301,4 +349,36 @@ pub fn run(lab: &mut Lab, replicas: usize) -> anyhow::Result<Report> {
         ));
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_manifests_are_valid_and_share_the_replicas() {
+        let limits = crate::manifest::Limits::default();
+        let deployments =
+            crate::manifest::load_file("bench.yaml", deployments_yaml(53).as_bytes(), &limits);
+        assert!(deployments.errors.is_empty(), "{:?}", deployments.errors);
+        assert_eq!(deployments.objects.len(), DEPLOYMENTS);
+        let replicas: i64 = deployments
+            .objects
+            .iter()
+            .filter_map(|o| o.object["spec"]["replicas"].as_i64())
+            .sum();
+        assert_eq!(replicas, 53);
+        let services =
+            crate::manifest::load_file("services.yaml", services_yaml(10, 35).as_bytes(), &limits);
+        assert!(services.errors.is_empty(), "{:?}", services.errors);
+        assert_eq!(services.objects.len(), 25);
+        assert_eq!(
+            services.objects[13].object["spec"]["selector"]["app"],
+            "bench-3"
+        );
+        assert_eq!(
+            services.objects[0].object["metadata"]["name"],
+            "bench-svc-10"
+        );
+    }
 }

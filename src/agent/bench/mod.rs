@@ -118,7 +118,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         let report = match figure {
             "pods" => pods::run(&mut lab, args.pods)?,
             "pull" => pull::run(&mut lab, args.pulls)?,
-            _ => memory::run(&mut lab, args.replicas)?,
+            _ => memory::run(&mut lab, args.replicas, args.memory_services)?,
         };
         drop(lab);
         failed |= report.failed;
