@@ -192,12 +192,18 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         server.await.context("the control plane")??;
         return Ok(ExitCode::SUCCESS);
     };
-    let url = client_url(addr);
+    let mut url = client_url(addr);
+    if args.serve.tls_cert.is_some() {
+        url = url.replacen("http://", "https://", 1);
+    }
     say(&banner(&url, &state, &name, address));
 
     let agent = AgentArgs {
         servers: vec![url],
         token_file: state.join("join.token"),
+        // The local agent trusts the server's own certificate (self-signed, or a chain file
+        // that ends in its CA).
+        ca: args.serve.tls_cert.clone(),
         name,
         labels: args.labels.clone(),
         address,

@@ -3,14 +3,19 @@
 //! webhook, pod logs proxied from the nodes' agents ([`logs`]), and the bounds that keep one
 //! client from starving the others.
 
+pub mod audit;
 pub mod auth;
+pub mod credentials;
 pub mod fields;
 pub mod limits;
 pub mod logs;
+pub mod node_auth;
 pub mod objects;
 pub mod path;
+pub mod register;
 pub mod rollout;
 pub mod status;
+pub mod tls;
 pub mod tokens;
 pub mod watch;
 use crate::api::Kind;
@@ -165,10 +170,25 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         ))
         .into_response();
     };
-    if let Decision::Deny(reason) = auth::authorize(identity, &method, &route) {
-        return ApiError::forbidden(reason).into_response();
-    }
-    let response = dispatch(&shared, identity, route, req)
+    let field_selector = Query::<ListParams>::try_from_uri(req.uri())
+        .ok()
+        .and_then(|q| q.0.field_selector);
+    let req = match auth::authorize(&identity, &method, &route, field_selector.as_deref()) {
+        Decision::Allow => req,
+        Decision::Deny(reason) => return ApiError::forbidden(reason).into_response(),
+        conditional => {
+            let Identity::Node(node) = &identity else {
+                return ApiError::forbidden(format!("the {identity} token may not do this"))
+                    .into_response();
+            };
+            let limit = shared.limits.max_body_bytes;
+            match register::resolve(&shared.api.store, conditional, node, req, limit).await {
+                Ok(req) => req,
+                Err(e) => return e.into_response(),
+            }
+        }
+    };
+    let response = dispatch(&shared, identity.clone(), route, req)
         .await
         .unwrap_or_else(IntoResponse::into_response);
     // Status reports from nodes (heartbeats, pod status) come every few seconds per node:
@@ -231,6 +251,10 @@ async fn dispatch(
     let limit = shared.limits.max_body_bytes;
     match (route, method.clone()) {
         (Route::Version, Method::GET) => Ok(Json(version()).into_response()),
+        (Route::Register, Method::POST) => {
+            let body = limits::read_body(req.into_body(), limit).await?;
+            register::register(&shared.api.tokens, &body).await
+        }
         (Route::Collection { kind, namespace }, Method::GET) => {
             let params = Query::<ListParams>::try_from_uri(req.uri())
                 .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?
@@ -308,12 +332,15 @@ async fn open_watch(
             ApiError::bad_request(format!("resourceVersion {rv:?} is not a number"))
         })?),
     };
-    let slot = shared.watch_slots.try_take(identity).ok_or_else(|| {
-        ApiError::too_many_requests(format!(
-            "the {identity} token already has {} open watches",
-            shared.limits.max_watches_per_token
-        ))
-    })?;
+    let slot = shared
+        .watch_slots
+        .try_take(identity.clone())
+        .ok_or_else(|| {
+            ApiError::too_many_requests(format!(
+                "the {identity} token already has {} open watches",
+                shared.limits.max_watches_per_token
+            ))
+        })?;
     let start = watch::WatchStart {
         resource_version,
         timeout: params.timeout_seconds.map(Duration::from_secs),
