@@ -899,8 +899,8 @@ async fn git_webhook_needs_a_good_signature() {
         .await
         .expect("send");
     let (status, status_body) = json_of(response).await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
-    assert_status_object(&status_body, 403, "Forbidden");
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_status_object(&status_body, 401, "Unauthorized");
     let response = server
         .http
         .post(server.url("/api/v1/hooks/git"))
@@ -908,7 +908,7 @@ async fn git_webhook_needs_a_good_signature() {
         .send()
         .await
         .expect("send");
-    assert_eq!(response.status(), StatusCode::FORBIDDEN, "no signature");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "no signature");
     assert!(server.refresh.try_recv().is_err());
 
     let response = server

@@ -369,7 +369,12 @@ async fn git_hook(shared: &Shared, req: Request) -> Result<Response, ApiError> {
     let body = limits::read_body(req.into_body(), shared.limits.max_body_bytes).await?;
     if let Err(e) = webhook::verify_signature(secret, &body, signature.as_deref()) {
         tracing::warn!(error = %e, "git webhook refused");
-        return Err(ApiError::forbidden(e.to_string()));
+        // The signature is the hook's authentication: a missing or wrong one is a 401.
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            format!("git webhook: {e}"),
+        ));
     }
     // A full channel means a fetch is already pending, which serves this hook too.
     let _ = shared.api.source_refresh.try_send(());
