@@ -160,6 +160,22 @@ fn the_join_token_registers_and_a_node_writes_only_its_own_objects() {
     }
     let (code, _) = serve.call(&a, "POST", "/api/v1/nodes", Some(node("c")));
     assert_eq!(code, 403);
+    let mut with_cidr = node("d");
+    with_cidr["spec"] = json!({"podCIDR": "10.244.0.0/24"});
+    let d = serve.register("d");
+    let (code, body) = serve.call(&d, "POST", "/api/v1/nodes", Some(with_cidr));
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body["message"].as_str().unwrap_or("").contains("pod CIDR"),
+        "{body}"
+    );
+    let (code, own) = serve.call(&a, "GET", "/api/v1/nodes/a", None);
+    assert_eq!(code, 200);
+    let (code, _) = serve.call(&a, "PUT", "/api/v1/nodes/a", Some(own));
+    assert_eq!(
+        code, 403,
+        "a node's spec and labels are not its own to write"
+    );
     let (code, node_b) = serve.call(&a, "GET", "/api/v1/nodes/b", None);
     assert_eq!(code, 200, "a node reads other Nodes (routes)");
     let mut status = node_b.clone();

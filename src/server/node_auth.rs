@@ -1,6 +1,7 @@
 //! What a node's credential may do, as Kubernetes' node authorizer and NodeRestriction
-//! admission plugin decide for `system:node:NAME`: write its own Node and the pods bound to
-//! it, read what running them takes, nothing else. Pure: a decision that depends on a stored
+//! admission plugin decide for `system:node:NAME`: create its own Node and write its status,
+//! write the status of the pods bound to it and delete them, read what running them takes,
+//! nothing else. Pure: a decision that depends on a stored
 //! pod is handed back as [`Decision::IfPodBound`] for the caller to resolve.
 
 use super::auth::Decision;
@@ -29,13 +30,18 @@ pub fn authorize_node(
         Route::Collection {
             kind: Kind::Node, ..
         } if *method == Method::POST => Decision::IfCreatesNode(node.to_string()),
+        // Its own Node's status; the spec (pod CIDR, taints) and labels are the control
+        // plane's and the admin's once the Node exists.
+        Route::Status(key)
+            if key.kind == Kind::Node && *method == Method::PUT && key.name == node =>
+        {
+            Decision::Allow
+        }
         Route::Object(key) | Route::Status(key) if key.kind == Kind::Node => {
             if get {
                 Decision::Allow
-            } else if *method == Method::PUT && key.name == node {
-                Decision::Allow
             } else if key.name == node {
-                deny("its own Node (it may read it and replace it or its status)")
+                deny("its own Node (it may read it and replace its status)")
             } else {
                 deny(&format!(
                     "Node {}: a node writes only its own Node",
@@ -133,7 +139,6 @@ mod tests {
             ),
             (Method::GET, Route::Object(node("a")), None, Allow),
             (Method::GET, Route::Object(node("b")), None, Allow),
-            (Method::PUT, Route::Object(node("a")), None, Allow),
             (Method::PUT, Route::Status(node("a")), None, Allow),
             (Method::GET, collection(Kind::Pod, None), mine, Allow),
             (
@@ -205,6 +210,7 @@ mod tests {
     fn everything_else_is_denied_with_one_line() {
         let denied: Vec<(Method, Route, Option<&str>)> = vec![
             (Method::PUT, Route::Object(node("b")), None),
+            (Method::PUT, Route::Object(node("a")), None),
             (Method::PUT, Route::Status(node("b")), None),
             (Method::DELETE, Route::Object(node("a")), None),
             (Method::DELETE, Route::Object(node("b")), None),

@@ -78,17 +78,24 @@ pub async fn resolve(
         Decision::IfCreatesNode(own) => {
             let (parts, body) = req.into_parts();
             let bytes: Bytes = super::limits::read_body(body, max_body).await?;
-            let named = serde_json::from_slice::<Value>(&bytes)
-                .ok()
-                .and_then(|v| {
-                    v.pointer("/metadata/name")
-                        .and_then(Value::as_str)
-                        .map(str::to_string)
-                })
+            let body = serde_json::from_slice::<Value>(&bytes).unwrap_or_default();
+            let named = body
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
                 .unwrap_or_default();
             if named != own {
                 return Err(ApiError::forbidden(format!(
                     "node {own} may not create Node {named:?}: a node creates only its own Node"
+                )));
+            }
+            // The control plane gives pod CIDRs: a node naming one could take another's.
+            if ["/spec/podCIDR", "/spec/podCIDRs"]
+                .iter()
+                .any(|field| body.pointer(field).is_some())
+            {
+                return Err(ApiError::forbidden(format!(
+                    "node {own} may not choose its pod CIDR (spec.podCIDR): the control plane \
+                     allocates it"
                 )));
             }
             Ok(Request::from_parts(parts, Body::from(bytes)))
