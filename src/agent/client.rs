@@ -186,7 +186,11 @@ impl AgentClient {
                 }
                 Err(e) if e.is_connect() || e.is_timeout() || e.is_request() => {
                     tracing::debug!(server = %self.servers[index], "not answering: {e}");
-                    last = format!("{}: {e}", self.servers[index]);
+                    last = format!(
+                        "{}: {}",
+                        self.servers[index],
+                        crate::errors::error_chain(&e)
+                    );
                 }
                 Err(e) => {
                     return Err(ClientError::Invalid {

@@ -138,7 +138,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::telemetry::init(cli.log_format);
             return serve::run(args, cli.log_format);
         }
-        Command::Up(args) => return up::run(args, cli.log_format),
+        Command::Up(mut args) => {
+            args.ca = cli.ca.clone();
+            return up::run(args, cli.log_format);
+        }
         Command::Diff(args) => {
             let client = Client::new(&options())?;
             return diff::run(args, |kind| Ok(client.list(kind, None, "")?));

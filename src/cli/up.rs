@@ -45,6 +45,11 @@ pub struct UpArgs {
     /// with the same --state adopts them.
     #[arg(long)]
     pub keep_workloads: bool,
+    /// The CA the local agent pins with --tls-cert (filled from the global `--ca`; default:
+    /// the --tls-cert file itself, right for a self-signed certificate or a chain that
+    /// holds its CA).
+    #[arg(skip)]
+    pub ca: Option<PathBuf>,
 }
 
 /// A node name from a hostname: its first label, lowercased (`Laptop.local` -> `laptop`);
@@ -201,9 +206,7 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let agent = AgentArgs {
         servers: vec![url],
         token_file: state.join("join.token"),
-        // The local agent trusts the server's own certificate (self-signed, or a chain file
-        // that ends in its CA).
-        ca: args.serve.tls_cert.clone(),
+        ca: args.ca.clone().or_else(|| args.serve.tls_cert.clone()),
         name,
         labels: args.labels.clone(),
         address,

@@ -118,6 +118,7 @@ fn load_or_create_token(path: &Path) -> io::Result<String> {
             Err(e) => return Err(e),
         }
     }
+    tighten(path)?;
     let token = fs::read_to_string(path)?.trim().to_string();
     if token.is_empty() {
         return Err(io::Error::new(
@@ -126,6 +127,21 @@ fn load_or_create_token(path: &Path) -> io::Result<String> {
         ));
     }
     Ok(token)
+}
+
+/// A token file others may read (copied in by hand, or an older tend) is made 0600 again.
+fn tighten(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(path)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            path = %path.display(),
+            "the token file was mode {:o}; making it 0600",
+            mode & 0o777
+        );
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -152,6 +168,13 @@ mod tests {
         let second = Tokens::load_or_create(&state).expect("reuse");
         assert_eq!(first.admin, second.admin);
         assert_eq!(first.join, second.join);
+        // A token left readable by others is made private again.
+        let join = state.join(JOIN_TOKEN_FILE);
+        fs::set_permissions(&join, fs::Permissions::from_mode(0o644)).expect("chmod");
+        let third = Tokens::load_or_create(&state).expect("reuse");
+        assert_eq!(third.join, first.join);
+        let mode = fs::metadata(&join).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]
