@@ -298,7 +298,18 @@ async fn dispatch(
             };
             let body = limits::read_body(req.into_body(), limit).await?;
             let object = objects::create(store, kind, &namespace, &body).await?;
-            Ok((StatusCode::CREATED, Json(object)).into_response())
+            // The audit log names what was created (the path does not).
+            let name = object
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            Ok((
+                StatusCode::CREATED,
+                Extension(audit::AuditName(name)),
+                Json(object),
+            )
+                .into_response())
         }
         (Route::Object(key) | Route::Status(key), Method::GET) => {
             Ok(Json(objects::get(store, key).await?).into_response())
