@@ -85,6 +85,31 @@ impl Server {
             .request(method, self.url(path))
             .bearer_auth(&self.tokens.join)
     }
+
+    /// Registers `node` with the join token: its credential.
+    async fn register(&self, node: &str) -> String {
+        let response = self
+            .join(Method::POST, "/apis/tend.dev/v1/noderegistrations")
+            .json(&json!({ "name": node }))
+            .send()
+            .await
+            .expect("send");
+        let (status, body) = json_of(response).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!(body["name"], node);
+        body["credential"].as_str().expect("credential").to_string()
+    }
+
+    fn as_node(
+        &self,
+        credential: &str,
+        method: reqwest::Method,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, self.url(path))
+            .bearer_auth(credential)
+    }
 }
 
 async fn start_default() -> (tempfile::TempDir, Server) {
@@ -199,7 +224,7 @@ async fn no_token_or_wrong_token_is_401_healthz_is_open() {
 }
 
 #[tokio::test]
-async fn join_token_may_register_its_node_but_not_touch_deployments() {
+async fn join_token_may_only_register_and_the_node_writes_only_its_own_node() {
     let (_dir, server) = start_default().await;
     let response = server
         .join(Method::GET, DEPLOYMENTS)
@@ -225,10 +250,27 @@ async fn join_token_may_register_its_node_but_not_touch_deployments() {
         .send()
         .await
         .expect("send");
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+
+    let n1 = server.register("n1").await;
+    let response = server
+        .as_node(&n1, Method::POST, "/api/v1/nodes")
+        .json(&node)
+        .send()
+        .await
+        .expect("send");
     assert_eq!(response.status(), StatusCode::CREATED);
+    let other = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n2"}});
+    let response = server
+        .as_node(&n1, Method::POST, "/api/v1/nodes")
+        .json(&other)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
     let (status, got) = json_of(
         server
-            .join(Method::GET, "/api/v1/nodes/n1")
+            .as_node(&n1, Method::GET, "/api/v1/nodes/n1")
             .send()
             .await
             .expect("send"),
@@ -239,14 +281,14 @@ async fn join_token_may_register_its_node_but_not_touch_deployments() {
     let mut with_status = got.clone();
     with_status["status"] = json!({"conditions": [{"type": "Ready", "status": "True"}]});
     let response = server
-        .join(Method::PUT, "/api/v1/nodes/n1/status")
+        .as_node(&n1, Method::PUT, "/api/v1/nodes/n1/status")
         .json(&with_status)
         .send()
         .await
         .expect("send");
     assert_eq!(response.status(), StatusCode::OK);
     let response = server
-        .join(Method::DELETE, "/api/v1/nodes/n1")
+        .as_node(&n1, Method::DELETE, "/api/v1/nodes/n1")
         .send()
         .await
         .expect("send");
@@ -257,6 +299,7 @@ async fn join_token_may_register_its_node_but_not_touch_deployments() {
 #[tokio::test]
 async fn agents_post_events_that_are_counted_not_piled_up() {
     let (_dir, server) = start_default().await;
+    let n1 = server.register("n1").await;
     let event = json!({
         "involvedObject": {"kind": "Pod", "name": "web-1", "namespace": "default", "uid": "u1"},
         "reason": "BackOff",
@@ -266,7 +309,7 @@ async fn agents_post_events_that_are_counted_not_piled_up() {
     });
     for _ in 0..3 {
         let response = server
-            .join(Method::POST, "/api/v1/namespaces/default/events")
+            .as_node(&n1, Method::POST, "/api/v1/namespaces/default/events")
             .json(&event)
             .send()
             .await
@@ -290,7 +333,7 @@ async fn agents_post_events_that_are_counted_not_piled_up() {
     assert_eq!(items[0]["source"]["component"], "kubelet");
     // An event that names no object is refused with the reason.
     let response = server
-        .join(Method::POST, "/api/v1/namespaces/default/events")
+        .as_node(&n1, Method::POST, "/api/v1/namespaces/default/events")
         .json(&json!({"reason": "X"}))
         .send()
         .await
@@ -304,9 +347,9 @@ async fn agents_post_events_that_are_counted_not_piled_up() {
             .contains("involvedObject"),
         "{body}"
     );
-    // The join token still may not read events.
+    // A node still may not read events.
     let response = server
-        .join(Method::GET, "/api/v1/namespaces/default/events")
+        .as_node(&n1, Method::GET, "/api/v1/namespaces/default/events")
         .send()
         .await
         .expect("send");
@@ -856,8 +899,8 @@ async fn git_webhook_needs_a_good_signature() {
         .await
         .expect("send");
     let (status, status_body) = json_of(response).await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
-    assert_status_object(&status_body, 403, "Forbidden");
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_status_object(&status_body, 401, "Unauthorized");
     let response = server
         .http
         .post(server.url("/api/v1/hooks/git"))
@@ -865,7 +908,7 @@ async fn git_webhook_needs_a_good_signature() {
         .send()
         .await
         .expect("send");
-    assert_eq!(response.status(), StatusCode::FORBIDDEN, "no signature");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "no signature");
     assert!(server.refresh.try_recv().is_err());
 
     let response = server

@@ -102,9 +102,19 @@ fn endpoints_follow_scaling_and_go_with_the_service() {
         .unwrap();
     assert_eq!(mirrored["endpoints"][0]["addresses"][0], "192.168.1.20");
 
-    // A node (join token) lists and watches Endpoints and EndpointSlices of all namespaces.
+    // A node (its own credential, registered with the join token) lists and watches
+    // Endpoints and EndpointSlices of all namespaces.
     let join = std::fs::read_to_string(serve.state.join("join.token")).unwrap();
     let http = reqwest::blocking::Client::new();
+    let registered: serde_json::Value = http
+        .post(format!("{}/apis/tend.dev/v1/noderegistrations", serve.url))
+        .bearer_auth(join.trim())
+        .json(&serde_json::json!({"name": "ep-reader"}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let credential = registered["credential"].as_str().unwrap().to_string();
     for path in [
         "/api/v1/endpoints",
         "/apis/discovery.k8s.io/v1/endpointslices",
@@ -113,7 +123,7 @@ fn endpoints_follow_scaling_and_go_with_the_service() {
     ] {
         let resp = http
             .get(format!("{}{path}", serve.url))
-            .bearer_auth(join.trim())
+            .bearer_auth(&credential)
             .send()
             .unwrap();
         assert_eq!(resp.status().as_u16(), 200, "GET {path} as a node");

@@ -1,5 +1,5 @@
 //! Nodes: the lifecycle controller fed by hand (pod CIDRs, NotReady, eviction, recovery), the
-//! API a node uses (join token, fieldSelector), and simulated nodes against a real API.
+//! API a node uses (its own credential, fieldSelector), and simulated nodes against a real API.
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -291,6 +291,8 @@ struct Api {
     http: reqwest::Client,
     _dir: tempfile::TempDir,
     join_file: PathBuf,
+    /// Node n1's credential.
+    n1: String,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -298,6 +300,7 @@ impl Api {
     async fn start(store: Arc<dyn Store>) -> Api {
         let dir = tempfile::tempdir().expect("dir");
         let tokens = Tokens::load_or_create(dir.path()).expect("tokens");
+        let n1 = tokens.nodes.issue("n1").expect("register n1");
         let (refresh, _) = mpsc::channel(1);
         let state = Arc::new(ApiState {
             store: store.clone(),
@@ -320,6 +323,7 @@ impl Api {
             store,
             http: reqwest::Client::new(),
             join_file: dir.path().join("join.token"),
+            n1,
             _dir: dir,
             stop: Some(stop),
         }
@@ -349,9 +353,9 @@ impl Api {
             .await
     }
 
-    async fn join(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        self.call(&self.tokens.join.clone(), method, path, body)
-            .await
+    /// A request as node n1, with the credential it was issued when it registered.
+    async fn as_n1(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.call(&self.n1.clone(), method, path, body).await
     }
 }
 
@@ -380,13 +384,13 @@ fn names(list: &Value) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn a_node_lists_watches_and_updates_only_through_what_the_join_token_allows() {
+async fn a_node_lists_watches_and_updates_only_what_its_credential_allows() {
     let api = Api::start(Arc::new(MemoryStore::new())).await;
     for p in [bound_pod("a", "n1"), bound_pod("b", "n2")] {
         api.store.commit(vec![Op::Create(p)]).expect("create");
     }
     let (code, list) = api
-        .join(
+        .as_n1(
             Method::GET,
             "/api/v1/pods?fieldSelector=spec.nodeName%3Dn1",
             None,
@@ -403,9 +407,9 @@ async fn a_node_lists_watches_and_updates_only_through_what_the_join_token_allow
         .await;
     assert_eq!(names(&list), ["b"]);
     let (code, status) = api
-        .join(
+        .as_n1(
             Method::GET,
-            "/api/v1/pods?fieldSelector=spec.host%3Dn1",
+            "/api/v1/pods?fieldSelector=spec.nodeName%3Dn1,spec.host%3Dn1",
             None,
         )
         .await;
@@ -418,18 +422,18 @@ async fn a_node_lists_watches_and_updates_only_through_what_the_join_token_allow
         "{status}"
     );
     let (code, _) = api
-        .join(
+        .as_n1(
             Method::GET,
-            "/api/v1/pods?watch=true&fieldSelector=nonsense",
+            "/api/v1/pods?watch=true&fieldSelector=spec.nodeName%3Dn1,nonsense",
             None,
         )
         .await;
     assert_eq!(code, StatusCode::BAD_REQUEST);
     let (code, _) = api
-        .join(Method::GET, "/api/v1/namespaces/default/services", None)
+        .as_n1(Method::GET, "/api/v1/namespaces/default/services", None)
         .await;
     assert_eq!(code, StatusCode::OK);
-    let (code, _) = api.join(Method::GET, "/api/v1/endpoints", None).await;
+    let (code, _) = api.as_n1(Method::GET, "/api/v1/endpoints", None).await;
     assert_eq!(code, StatusCode::OK);
 
     // A watch with a field selector sees only the node's pods.
@@ -443,7 +447,7 @@ async fn a_node_lists_watches_and_updates_only_through_what_the_join_token_allow
             "{}/api/v1/pods?watch=true&resourceVersion={rv}&fieldSelector=spec.nodeName%3Dn1",
             api.base
         ))
-        .bearer_auth(&api.tokens.join)
+        .bearer_auth(&api.n1)
         .send()
         .await
         .expect("watch");
@@ -463,14 +467,52 @@ async fn a_node_lists_watches_and_updates_only_through_what_the_join_token_allow
     assert_eq!(event["type"], "ADDED");
     assert_eq!(event["object"]["metadata"]["name"], "d");
 
+    // Without the selector, or for another node, listing pods is refused.
+    for path in [
+        "/api/v1/pods",
+        "/api/v1/pods?watch=true",
+        "/api/v1/pods?fieldSelector=spec.nodeName%3Dn2",
+    ] {
+        let (code, body) = api.as_n1(Method::GET, path, None).await;
+        assert_eq!(code, StatusCode::FORBIDDEN, "{path}: {body}");
+    }
+    // Another node's pod: neither read, nor status written, nor deleted.
+    let (code, b) = api
+        .admin(Method::GET, "/api/v1/namespaces/default/pods/b", None)
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    let (code, _) = api
+        .as_n1(Method::GET, "/api/v1/namespaces/default/pods/b", None)
+        .await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    let (code, body) = api
+        .as_n1(
+            Method::PUT,
+            "/api/v1/namespaces/default/pods/b/status",
+            Some(b.clone()),
+        )
+        .await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not bound to it"),
+        "{body}"
+    );
+    let (code, _) = api
+        .as_n1(Method::DELETE, "/api/v1/namespaces/default/pods/b", None)
+        .await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+
     // Pod status and deletion are a node's; creating pods or writing specs is not.
     let (_, pod) = api
-        .join(Method::GET, "/api/v1/namespaces/default/pods/a", None)
+        .as_n1(Method::GET, "/api/v1/namespaces/default/pods/a", None)
         .await;
     let mut running = pod.clone();
     running["status"] = json!({"phase": "Running", "podIP": "10.244.0.2"});
     let (code, stored) = api
-        .join(
+        .as_n1(
             Method::PUT,
             "/api/v1/namespaces/default/pods/a/status",
             Some(running.clone()),
@@ -479,7 +521,7 @@ async fn a_node_lists_watches_and_updates_only_through_what_the_join_token_allow
     assert_eq!(code, StatusCode::OK, "{stored}");
     assert_eq!(stored["status"]["podIP"], "10.244.0.2");
     let (code, _) = api
-        .join(
+        .as_n1(
             Method::PUT,
             "/api/v1/namespaces/default/pods/a",
             Some(stored.clone()),
@@ -487,7 +529,7 @@ async fn a_node_lists_watches_and_updates_only_through_what_the_join_token_allow
         .await;
     assert_eq!(code, StatusCode::FORBIDDEN);
     let (code, _) = api
-        .join(
+        .as_n1(
             Method::POST,
             "/api/v1/namespaces/default/pods",
             Some(bound_pod("e", "n1")),
@@ -495,11 +537,11 @@ async fn a_node_lists_watches_and_updates_only_through_what_the_join_token_allow
         .await;
     assert_eq!(code, StatusCode::FORBIDDEN);
     let (code, _) = api
-        .join(Method::GET, "/apis/apps/v1/replicasets", None)
+        .as_n1(Method::GET, "/apis/apps/v1/replicasets", None)
         .await;
     assert_eq!(code, StatusCode::FORBIDDEN);
     let (code, _) = api
-        .join(Method::DELETE, "/api/v1/namespaces/default/pods/a", None)
+        .as_n1(Method::DELETE, "/api/v1/namespaces/default/pods/a", None)
         .await;
     assert_eq!(code, StatusCode::OK);
     let (code, _) = api

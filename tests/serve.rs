@@ -389,7 +389,7 @@ fn remote_repository_is_fetched_on_a_signed_webhook() {
         .body(body.to_vec())
         .send()
         .unwrap();
-    assert_eq!(bad.status().as_u16(), 403);
+    assert_eq!(bad.status().as_u16(), 401);
     let sig = tend::source::webhook::sign(b"s3cret", body);
     let ok = http
         .post(&hook)

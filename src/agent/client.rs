@@ -95,6 +95,16 @@ pub struct AgentClient {
 
 impl AgentClient {
     pub fn new(servers: Vec<String>, token: String) -> Result<AgentClient, ClientError> {
+        AgentClient::with_ca(servers, token, None)
+    }
+
+    /// A client that trusts only the CA certificates (PEM) in `ca` for `https://` servers,
+    /// not the system's roots: the agent pins its control plane's CA.
+    pub fn with_ca(
+        servers: Vec<String>,
+        token: String,
+        ca: Option<&Path>,
+    ) -> Result<AgentClient, ClientError> {
         let servers: Vec<String> = servers
             .iter()
             .flat_map(|s| s.split(','))
@@ -109,8 +119,14 @@ impl AgentClient {
         if servers.is_empty() {
             return Err(invalid("no server URL given (--server URL[,URL])".into()));
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
+        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
+        if let Some(ca) = ca {
+            for cert in read_ca(ca).map_err(invalid)? {
+                builder = builder.add_root_certificate(cert);
+            }
+            builder = builder.tls_built_in_root_certs(false);
+        }
+        let http = builder
             .build()
             .map_err(|e| invalid(format!("building the HTTP client: {e}")))?;
         Ok(AgentClient {
@@ -170,7 +186,11 @@ impl AgentClient {
                 }
                 Err(e) if e.is_connect() || e.is_timeout() || e.is_request() => {
                     tracing::debug!(server = %self.servers[index], "not answering: {e}");
-                    last = format!("{}: {e}", self.servers[index]);
+                    last = format!(
+                        "{}: {}",
+                        self.servers[index],
+                        crate::errors::error_chain(&e)
+                    );
                 }
                 Err(e) => {
                     return Err(ClientError::Invalid {
@@ -213,6 +233,24 @@ impl AgentClient {
             return Ok(value);
         }
         Err(api_error(&method, path, status, &value))
+    }
+
+    /// Registers node `name` (this client holds the join token): its new credential.
+    pub async fn register(&self, name: &str) -> Result<String, ClientError> {
+        let path = crate::server::path::REGISTER_PATH;
+        let answer = self
+            .call(Method::POST, path, &[], Some(&json!({ "name": name })))
+            .await?;
+        answer
+            .get("credential")
+            .and_then(Value::as_str)
+            .filter(|c| !c.is_empty())
+            .map(str::to_string)
+            .ok_or_else(|| ClientError::Invalid {
+                method: "POST".into(),
+                path: path.into(),
+                reason: "the answer holds no credential".into(),
+            })
     }
 
     /// Creates the Node; `None` when it already exists (a restart: its labels are kept).
@@ -449,6 +487,17 @@ impl AgentClient {
         }
         Ok(WatchEnd::Resume(last_rv))
     }
+}
+
+/// The certificates of a PEM file (a CA, or a bundle of them).
+pub fn read_ca(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("--ca {}: {e}", path.display()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("--ca {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("--ca {}: no PEM certificate in it", path.display()));
+    }
+    Ok(certs)
 }
 
 enum WatchEnd {

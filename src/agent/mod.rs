@@ -40,6 +40,7 @@
 
 pub mod bench;
 pub mod client;
+pub mod credential;
 pub mod events;
 pub mod hooks;
 pub mod image;

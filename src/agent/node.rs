@@ -40,9 +40,14 @@ pub struct AgentArgs {
     /// API servers, tried in order (filled from `--server`).
     #[arg(skip)]
     pub servers: Vec<String>,
-    /// File holding the join token.
+    /// File holding the join token: the agent registers with it once, and then uses the
+    /// node's own credential (kept under `--state`).
     #[arg(long)]
     pub token_file: PathBuf,
+    /// PEM CA certificate(s) the API server's TLS certificate must chain to (filled from the
+    /// global `--ca`); the system's roots are then not trusted.
+    #[arg(skip)]
+    pub ca: Option<PathBuf>,
     /// The node's name.
     #[arg(long)]
     pub name: String,
@@ -254,7 +259,19 @@ pub async fn run(args: AgentArgs, mut shutdown: watch::Receiver<bool>) -> anyhow
             dir.display()
         );
     }
-    let client = AgentClient::from_token_file(args.servers.clone(), &args.token_file)?;
+    let Some(access) = super::credential::obtain(
+        &args.servers,
+        &args.token_file,
+        args.ca.as_deref(),
+        Some(&args.state),
+        &args.name,
+        &mut shutdown,
+    )
+    .await?
+    else {
+        return Ok(());
+    };
+    let client = access.client()?;
     let log_key = super::logs::read_key(&args.token_file)?;
     let log_listener = super::logs::bind(args.address.into(), args.port).await?;
     let log_port = log_listener.local_addr().map_or(args.port, |a| a.port());
@@ -335,14 +352,14 @@ pub async fn run(args: AgentArgs, mut shutdown: watch::Receiver<bool>) -> anyhow
     // the Service proxy read them.
     let services = Arc::new(ServiceCache::default());
     tokio::spawn(follow_into(
-        AgentClient::from_token_file(args.servers.clone(), &args.token_file)?,
+        access.client()?,
         "/api/v1/services",
         services.clone(),
         shutdown.clone(),
     ));
     let endpoints = Arc::new(Informer::<Endpoints>::default());
     tokio::spawn(follow_into(
-        AgentClient::from_token_file(args.servers.clone(), &args.token_file)?,
+        access.client()?,
         "/api/v1/endpoints",
         endpoints.clone(),
         shutdown.clone(),
@@ -383,17 +400,14 @@ pub async fn run(args: AgentArgs, mut shutdown: watch::Receiver<bool>) -> anyhow
 
     let (events_tx, mut events) = mpsc::channel(256);
     let follower = {
-        let client = AgentClient::from_token_file(args.servers.clone(), &args.token_file)?;
+        let client = access.client()?;
         let selector = format!("spec.nodeName={}", args.name);
         let shutdown = shutdown.clone();
         tokio::spawn(async move { client.follow_pods(&selector, events_tx, shutdown).await })
     };
     let (done_tx, mut done) = mpsc::unbounded_channel();
     let mut agent = Agent {
-        client: Arc::new(AgentClient::from_token_file(
-            args.servers.clone(),
-            &args.token_file,
-        )?),
+        client: Arc::new(access.client()?),
         node: args.name.clone(),
         syncer,
         pods: BTreeMap::new(),

@@ -24,9 +24,14 @@ pub struct SimNodeArgs {
     /// API servers, tried in order (filled from `--server`).
     #[arg(skip)]
     pub servers: Vec<String>,
-    /// File holding the join token.
+    /// File holding the join token: the node registers with it at start (a new credential
+    /// each time: a simulated node keeps no state), then uses its own credential.
     #[arg(long)]
     pub token_file: PathBuf,
+    /// PEM CA certificate(s) the API server's TLS certificate must chain to (filled from the
+    /// global `--ca`).
+    #[arg(skip)]
+    pub ca: Option<PathBuf>,
     /// The node's name.
     #[arg(long)]
     pub name: String,
@@ -59,6 +64,7 @@ impl SimNodeArgs {
         SimNodeArgs {
             servers,
             token_file,
+            ca: None,
             name: name.to_string(),
             labels: String::new(),
             address: Ipv4Addr::LOCALHOST,
@@ -209,11 +215,23 @@ pub fn main(
 pub async fn run(args: SimNodeArgs, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let labels = parse_pairs("--labels", &args.labels).map_err(anyhow::Error::msg)?;
     let capacity = parse_pairs("--capacity", &args.capacity).map_err(anyhow::Error::msg)?;
-    let client = AgentClient::from_token_file(args.servers.clone(), &args.token_file)?;
+    let Some(access) = super::credential::obtain(
+        &args.servers,
+        &args.token_file,
+        args.ca.as_deref(),
+        None,
+        &args.name,
+        &mut shutdown,
+    )
+    .await?
+    else {
+        return Ok(());
+    };
+    let client = access.client()?;
     let bound_pods = super::logs::PodDirectory::default();
     let (log_port, log_server) = sim_log_endpoint(&args, bound_pods.clone()).await?;
     let registration = Registration {
-        client: AgentClient::from_token_file(args.servers.clone(), &args.token_file)?,
+        client: access.client()?,
         name: args.name.clone(),
         address: args.address.into(),
         version: "tend-sim".to_string(),
@@ -249,8 +267,7 @@ pub async fn run(args: SimNodeArgs, mut shutdown: watch::Receiver<bool>) -> anyh
     let (events_tx, mut events) = mpsc::channel(256);
     let selector = format!("spec.nodeName={}", node.args.name);
     let follower = {
-        let client =
-            AgentClient::from_token_file(node.args.servers.clone(), &node.args.token_file)?;
+        let client = access.client()?;
         let shutdown = shutdown.clone();
         tokio::spawn(async move { client.follow_pods(&selector, events_tx, shutdown).await })
     };

@@ -14,6 +14,8 @@ use std::time::Duration;
 pub struct ClientOptions {
     pub server: String,
     pub token: Option<String>,
+    /// PEM CA certificate(s) to trust instead of the system's roots (`--ca`, `TEND_CA`).
+    pub ca: Option<PathBuf>,
 }
 
 impl ClientOptions {
@@ -31,7 +33,14 @@ impl ClientOptions {
             token: token
                 .map(|t| t.trim().to_string())
                 .filter(|t| !t.is_empty()),
+            ca: None,
         }
+    }
+
+    /// The same options, trusting only the CA certificates in `ca` (when given).
+    pub fn with_ca(mut self, ca: Option<PathBuf>) -> ClientOptions {
+        self.ca = ca;
+        self
     }
 }
 
@@ -52,6 +61,9 @@ pub enum ClientError {
     },
     #[error("bad response from {url}: {reason}")]
     BadResponse { url: String, reason: String },
+    /// The `--ca` file cannot be read or holds no certificate (the reason names it).
+    #[error("{0}")]
+    Ca(String),
 }
 
 impl ClientError {
@@ -93,7 +105,14 @@ impl Client {
         if !matches!(base.scheme(), "http" | "https") {
             return Err(bad_url("the scheme must be http or https".into()));
         }
-        let http = Http::builder()
+        let mut builder = Http::builder();
+        if let Some(ca) = &opts.ca {
+            for cert in crate::agent::client::read_ca(ca).map_err(ClientError::Ca)? {
+                builder = builder.add_root_certificate(cert);
+            }
+            builder = builder.tls_built_in_root_certs(false);
+        }
+        let http = builder
             .connect_timeout(
                 timeout.map_or(Duration::from_secs(5), |t| t.min(Duration::from_secs(5))),
             )
@@ -329,6 +348,7 @@ mod tests {
         let opts = ClientOptions {
             server: "localhost:7443".into(),
             token: None,
+            ca: None,
         };
         assert!(Client::new(&opts).is_err());
     }

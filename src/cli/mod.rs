@@ -45,6 +45,10 @@ pub struct Cli {
     /// Bearer token (default: admin.token in $TEND_STATE or /var/lib/tend, when readable).
     #[arg(long, global = true, env = "TEND_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// PEM CA certificate(s) an `https://` server's certificate must chain to (the server's
+    /// `--tls-cert` CA); the system's roots are then not trusted.
+    #[arg(long, global = true, env = "TEND_CA")]
+    pub ca: Option<std::path::PathBuf>,
     /// Log format of daemons.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -125,21 +129,29 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    let options = || ClientOptions::with_token_fallback(cli.server.clone(), cli.token.clone());
+    let options = || {
+        ClientOptions::with_token_fallback(cli.server.clone(), cli.token.clone())
+            .with_ca(cli.ca.clone())
+    };
     let printed = match cli.command {
         Command::Serve(args) => {
             crate::telemetry::init(cli.log_format);
             return serve::run(args, cli.log_format);
         }
-        Command::Up(args) => return up::run(args, cli.log_format),
+        Command::Up(mut args) => {
+            args.ca = cli.ca.clone();
+            return up::run(args, cli.log_format);
+        }
         Command::Diff(args) => {
             let client = Client::new(&options())?;
             return diff::run(args, |kind| Ok(client.list(kind, None, "")?));
         }
-        Command::SimNode(args) => {
+        Command::SimNode(mut args) => {
+            args.ca = cli.ca.clone();
             return crate::agent::sim::main(args, &cli.server, cli.log_format);
         }
-        Command::Agent(args) => {
+        Command::Agent(mut args) => {
+            args.ca = cli.ca.clone();
             return crate::agent::node::main(args, &cli.server, cli.log_format);
         }
         Command::AgentReaper(args) => {

@@ -41,6 +41,16 @@ pub struct ServeArgs {
     /// File holding the secret that signs `POST /api/v1/hooks/git` (X-Hub-Signature-256).
     #[arg(long)]
     pub webhook_secret_file: Option<PathBuf>,
+    /// Serve the API over TLS with this PEM certificate chain (needs --tls-key); agents and
+    /// the CLI then pin the CA with --ca.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Where every mutation is recorded, one JSON line each (default: audit.log under --state).
+    #[arg(long)]
+    pub audit_log: Option<PathBuf>,
 }
 
 use crate::api::ObjectKey;
@@ -53,6 +63,7 @@ use crate::controller::runtime::{self, Context, Reconciler, SystemClock};
 use crate::controller::source::SourceController;
 use crate::manifest::Limits;
 use crate::scheduler::Scheduler;
+use crate::server::audit::{AuditSink, FileAudit};
 use crate::server::{ApiState, Tokens};
 use crate::source::dir::DirSource;
 use crate::source::git::GitSource;
@@ -173,11 +184,21 @@ pub async fn serve_until(
     let (notify_tx, mut notify_rx) = tokio::sync::mpsc::channel::<()>(1);
     let _watch = source.watch(notify_tx.clone())?;
 
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::server::tls::server_config(cert, key)?),
+        _ => None,
+    };
+    let audit_path = args
+        .audit_log
+        .clone()
+        .unwrap_or_else(|| args.state.join(crate::server::audit::AUDIT_LOG_FILE));
+    let audit: Arc<dyn AuditSink> = Arc::new(FileAudit::open(&audit_path)?);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("--listen {}", args.listen))?;
     let addr = listener.local_addr()?;
-    say(&format!("tend serve: listening on http://{addr}"));
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    say(&format!("tend serve: listening on {scheme}://{addr}"));
     say(&format!(
         "tend serve: source {}; state in {} (admin.token, join.token)",
         source.describe(),
@@ -187,6 +208,7 @@ pub async fn serve_until(
         inner: open_writer(&args)?,
         refresh: notify_tx.clone(),
     });
+    let audited_tokens = tokens.clone();
     let state = Arc::new(ApiState {
         store: store.clone(),
         tokens,
@@ -195,13 +217,17 @@ pub async fn serve_until(
         source_writer: Some(writer.clone()),
     });
     let mut api_stop = stop_rx.clone();
-    let api = tokio::spawn(crate::server::serve(
-        listener,
-        crate::server::router(state),
-        async move {
-            let _ = api_stop.wait_for(|s| *s).await;
-        },
-    ));
+    let router =
+        crate::server::audit::layer(crate::server::router(state), audited_tokens, audit.clone());
+    let stopped = async move {
+        let _ = api_stop.wait_for(|s| *s).await;
+    };
+    let api = match tls {
+        Some(config) => tokio::spawn(crate::server::tls::serve_tls(
+            listener, router, config, stopped,
+        )),
+        None => tokio::spawn(crate::server::serve(listener, router, stopped)),
+    };
     listening(addr);
     // Controllers look objects up by owner through an index, as Kubernetes' informers do.
     let indexed: Arc<dyn Store> = Arc::new(OwnerIndex::new(store.clone())?);
@@ -231,7 +257,11 @@ pub async fn serve_until(
         controller = c;
         source = s;
         let wait = match result {
-            Ok(Some(_)) => {
+            Ok(Some(outcome)) => {
+                audit.record(&crate::server::audit::applied_revision(
+                    &outcome.revision,
+                    crate::server::audit::now(),
+                ));
                 release_freed_memory();
                 backoff = Duration::from_millis(500);
                 poll

@@ -45,6 +45,11 @@ pub struct UpArgs {
     /// with the same --state adopts them.
     #[arg(long)]
     pub keep_workloads: bool,
+    /// The CA the local agent pins with --tls-cert (filled from the global `--ca`; default:
+    /// the --tls-cert file itself, right for a self-signed certificate or a chain that
+    /// holds its CA).
+    #[arg(skip)]
+    pub ca: Option<PathBuf>,
 }
 
 /// A node name from a hostname: its first label, lowercased (`Laptop.local` -> `laptop`);
@@ -192,12 +197,16 @@ async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         server.await.context("the control plane")??;
         return Ok(ExitCode::SUCCESS);
     };
-    let url = client_url(addr);
+    let mut url = client_url(addr);
+    if args.serve.tls_cert.is_some() {
+        url = url.replacen("http://", "https://", 1);
+    }
     say(&banner(&url, &state, &name, address));
 
     let agent = AgentArgs {
         servers: vec![url],
         token_file: state.join("join.token"),
+        ca: args.ca.clone().or_else(|| args.serve.tls_cert.clone()),
         name,
         labels: args.labels.clone(),
         address,

@@ -1,8 +1,10 @@
-//! Authentication (which token) and authorisation (may it do this): pure decisions.
+//! Authentication (which token) and authorisation (may it do this): pure decisions. What a
+//! node's own credential may do is [`super::node_auth`]'s table.
 
-use super::path::Route;
+use super::node_auth::authorize_node;
+use super::path::{REGISTER_PATH, Route};
 use super::tokens::{Identity, Tokens};
-use crate::api::Kind;
+use crate::api::ObjectKey;
 use axum::http::{HeaderMap, Method, header};
 
 /// Whether a request may go ahead.
@@ -10,6 +12,11 @@ use axum::http::{HeaderMap, Method, header};
 pub enum Decision {
     Allow,
     Deny(String),
+    /// Allowed when the stored pod is bound to this node (`spec.nodeName`); a node's
+    /// request about a pod. A pod that does not exist answers 404.
+    IfPodBound(ObjectKey),
+    /// Allowed when the Node the body creates is this node.
+    IfCreatesNode(String),
 }
 
 /// The identity of a request's `Authorization: Bearer TOKEN` header, if the token is valid.
@@ -22,63 +29,34 @@ pub fn authenticate(tokens: &Tokens, headers: &HeaderMap) -> Option<Identity> {
     tokens.identify(token.trim())
 }
 
-/// The admin token may do everything. The join token is the agents' credential (until nodes
-/// get their own, issue 8): it may register, list and update Nodes (create, read, replace,
-/// status),
-/// read the server version, read pods, services and endpoints (list and watch too, for a node's
-/// own pods and the load balancing of every Service), write pod status, post events, and
-/// delete pods (a node deletes a pod once it has stopped it); nothing else.
-pub fn authorize(identity: Identity, method: &Method, route: &Route) -> Decision {
-    if identity == Identity::Admin {
-        return Decision::Allow;
+/// The admin token may do everything. The join token may only register a node (and read the
+/// server version): the node then uses the credential it received, which may do what
+/// [`authorize_node`] says. `field_selector` is the request's `fieldSelector`.
+pub fn authorize(
+    identity: &Identity,
+    method: &Method,
+    route: &Route,
+    field_selector: Option<&str>,
+) -> Decision {
+    match identity {
+        Identity::Admin => Decision::Allow,
+        Identity::Node(name) => authorize_node(name, method, route, field_selector),
+        Identity::Join => match route {
+            Route::Healthz | Route::GitHook => Decision::Allow,
+            Route::Register if *method == Method::POST => Decision::Allow,
+            Route::Version if *method == Method::GET => Decision::Allow,
+            _ => Decision::Deny(format!(
+                "the join token may only register a node (POST {REGISTER_PATH}), not {method} \
+                 this resource; the node then uses its own credential"
+            )),
+        },
     }
-    let allowed = match route {
-        Route::Healthz | Route::GitHook => true,
-        Route::Version => *method == Method::GET,
-        // Listing nodes gives an agent the other nodes' pod CIDRs and addresses (routes).
-        Route::Collection {
-            kind: Kind::Node,
-            namespace: None,
-        } => *method == Method::POST || *method == Method::GET,
-        Route::Object(key) if key.kind == Kind::Node => {
-            *method == Method::GET || *method == Method::PUT
-        }
-        Route::Status(key) if key.kind == Kind::Node || key.kind == Kind::Pod => {
-            *method == Method::GET || *method == Method::PUT
-        }
-        Route::Collection { kind, .. } if agent_reads(*kind) => *method == Method::GET,
-        // Events about its pods (pulls, starts, kills, back-offs), aggregated by the server.
-        Route::Collection {
-            kind: Kind::Event,
-            namespace: Some(_),
-        } => *method == Method::POST,
-        Route::Object(key) if key.kind == Kind::Pod => {
-            *method == Method::GET || *method == Method::DELETE
-        }
-        Route::Object(key) if agent_reads(key.kind) => *method == Method::GET,
-        _ => false,
-    };
-    if allowed {
-        Decision::Allow
-    } else {
-        Decision::Deny(format!(
-            "the {identity} token may not {method} this resource"
-        ))
-    }
-}
-
-/// What a node reads: its pods, and every Service and its endpoints.
-fn agent_reads(kind: Kind) -> bool {
-    matches!(
-        kind,
-        Kind::Pod | Kind::Service | Kind::Endpoints | Kind::EndpointSlice
-    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::ObjectKey;
+    use crate::api::Kind;
     use axum::http::HeaderValue;
 
     fn node() -> ObjectKey {
@@ -96,154 +74,87 @@ mod tests {
                 Route::Object(deployment()),
                 Route::Status(node()),
                 Route::Version,
+                Route::Register,
             ] {
-                assert_eq!(authorize(Identity::Admin, &method, &route), Decision::Allow);
+                assert_eq!(
+                    authorize(&Identity::Admin, &method, &route, None),
+                    Decision::Allow
+                );
             }
         }
     }
 
     #[test]
-    fn join_may_register_and_update_nodes() {
-        let nodes = Route::Collection {
-            kind: Kind::Node,
+    fn join_may_only_register() {
+        assert_eq!(
+            authorize(&Identity::Join, &Method::POST, &Route::Register, None),
+            Decision::Allow
+        );
+        assert_eq!(
+            authorize(&Identity::Join, &Method::GET, &Route::Version, None),
+            Decision::Allow
+        );
+        let pods = Route::Collection {
+            kind: Kind::Pod,
             namespace: None,
         };
-        assert_eq!(
-            authorize(Identity::Join, &Method::POST, &nodes),
-            Decision::Allow
-        );
-        assert_eq!(
-            authorize(Identity::Join, &Method::GET, &nodes),
-            Decision::Allow
-        );
-        let events = Route::Collection {
-            kind: Kind::Event,
-            namespace: Some("default".into()),
-        };
-        assert_eq!(
-            authorize(Identity::Join, &Method::POST, &events),
-            Decision::Allow
-        );
-        assert_eq!(
-            authorize(Identity::Join, &Method::GET, &Route::Object(node())),
-            Decision::Allow
-        );
-        assert_eq!(
-            authorize(Identity::Join, &Method::PUT, &Route::Object(node())),
-            Decision::Allow
-        );
-        assert_eq!(
-            authorize(Identity::Join, &Method::PUT, &Route::Status(node())),
-            Decision::Allow
-        );
-    }
-
-    #[test]
-    fn join_may_not_touch_anything_else() {
         let denied = [
-            (Method::GET, Route::Object(deployment())),
-            (Method::PUT, Route::Object(deployment())),
-            (Method::DELETE, Route::Object(node())),
+            (Method::GET, Route::Register, None),
+            (Method::GET, Route::Object(deployment()), None),
+            (Method::PUT, Route::Object(deployment()), None),
+            (Method::GET, Route::Object(node()), None),
+            (Method::PUT, Route::Status(node()), None),
             (
-                Method::DELETE,
+                Method::POST,
                 Route::Collection {
                     kind: Kind::Node,
                     namespace: None,
                 },
+                None,
             ),
-            (
-                Method::POST,
-                Route::Collection {
-                    kind: Kind::Pod,
-                    namespace: Some("default".into()),
-                },
-            ),
-            (
-                Method::PUT,
-                Route::Object(ObjectKey::new(Kind::Pod, "default", "p")),
-            ),
-            (
-                Method::PUT,
-                Route::Status(ObjectKey::new(Kind::Service, "default", "s")),
-            ),
-            (
-                Method::DELETE,
-                Route::Object(ObjectKey::new(Kind::Service, "default", "s")),
-            ),
-            (
-                Method::GET,
-                Route::Collection {
-                    kind: Kind::ReplicaSet,
-                    namespace: None,
-                },
-            ),
-            (
-                Method::GET,
-                Route::Collection {
-                    kind: Kind::Event,
-                    namespace: Some("default".into()),
-                },
-            ),
-        ];
-        for (method, route) in denied {
-            assert!(
-                matches!(
-                    authorize(Identity::Join, &method, &route),
-                    Decision::Deny(_)
-                ),
-                "{method} {route:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn join_may_run_pods_as_a_node() {
-        let pod = ObjectKey::new(Kind::Pod, "default", "p");
-        let allowed = [
-            (
-                Method::GET,
-                Route::Collection {
-                    kind: Kind::Pod,
-                    namespace: None,
-                },
-            ),
+            (Method::GET, pods.clone(), Some("spec.nodeName=n1")),
             (
                 Method::GET,
                 Route::Collection {
                     kind: Kind::Service,
-                    namespace: Some("default".into()),
-                },
-            ),
-            (
-                Method::GET,
-                Route::Collection {
-                    kind: Kind::Endpoints,
                     namespace: None,
                 },
+                None,
             ),
-            (Method::GET, Route::Object(pod.clone())),
-            (Method::PUT, Route::Status(pod.clone())),
-            (Method::DELETE, Route::Object(pod)),
             (
-                Method::GET,
-                Route::Object(ObjectKey::new(Kind::Endpoints, "default", "s")),
+                Method::POST,
+                Route::Collection {
+                    kind: Kind::Event,
+                    namespace: Some("default".into()),
+                },
+                None,
             ),
         ];
-        for (method, route) in allowed {
-            assert_eq!(
-                authorize(Identity::Join, &method, &route),
-                Decision::Allow,
-                "{method} {route:?}"
-            );
+        for (method, route, fields) in denied {
+            match authorize(&Identity::Join, &method, &route, fields) {
+                Decision::Deny(reason) => assert!(reason.contains("only register"), "{reason}"),
+                other => panic!("{method} {route:?}: {other:?}"),
+            }
         }
     }
 
     #[test]
+    fn nodes_are_decided_by_the_node_table() {
+        let me = Identity::Node("n1".into());
+        assert_eq!(
+            authorize(&me, &Method::PUT, &Route::Status(node()), None),
+            Decision::Allow
+        );
+        let other = ObjectKey::new(Kind::Node, "", "n2");
+        assert!(matches!(
+            authorize(&me, &Method::PUT, &Route::Status(other), None),
+            Decision::Deny(_)
+        ));
+    }
+
+    #[test]
     fn bearer_header_is_parsed() {
-        let tokens = Tokens {
-            admin: "adm".into(),
-            join: "jn".into(),
-        };
+        let tokens = Tokens::new("adm", "jn");
         let mut headers = HeaderMap::new();
         assert_eq!(authenticate(&tokens, &headers), None);
         headers.insert(

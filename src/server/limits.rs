@@ -124,7 +124,7 @@ impl WatchSlots {
     pub fn try_take(&self, identity: Identity) -> Option<OwnedSemaphorePermit> {
         let pool = match identity {
             Identity::Admin => &self.admin,
-            Identity::Join => &self.join,
+            Identity::Join | Identity::Node(_) => &self.join,
         };
         pool.clone().try_acquire_owned().ok()
     }

@@ -2,8 +2,9 @@
 //! the control plane finds the pod's node and asks that node's agent
 //! (`/containerLogs/...` on its InternalIP and `daemonEndpoints.kubeletEndpoint.Port`),
 //! signing the request with the join token ([`crate::agent::logs::sign`]), and streams the
-//! answer back. Only the admin token may read logs: a join token is every node's credential,
-//! and one node must not read another's logs.
+//! answer back. Only the admin token may read logs: one node must not read another's logs
+//! (nodes have their own credentials; the join token every node holds is still the key of
+//! these signatures).
 //!
 //! Choosing the container and the node's endpoint are pure functions; only [`handle`]
 //! touches the store and the network.

@@ -3,14 +3,19 @@
 //! webhook, pod logs proxied from the nodes' agents ([`logs`]), and the bounds that keep one
 //! client from starving the others.
 
+pub mod audit;
 pub mod auth;
+pub mod credentials;
 pub mod fields;
 pub mod limits;
 pub mod logs;
+pub mod node_auth;
 pub mod objects;
 pub mod path;
+pub mod register;
 pub mod rollout;
 pub mod status;
+pub mod tls;
 pub mod tokens;
 pub mod watch;
 use crate::api::Kind;
@@ -165,10 +170,25 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         ))
         .into_response();
     };
-    if let Decision::Deny(reason) = auth::authorize(identity, &method, &route) {
-        return ApiError::forbidden(reason).into_response();
-    }
-    let response = dispatch(&shared, identity, route, req)
+    let field_selector = Query::<ListParams>::try_from_uri(req.uri())
+        .ok()
+        .and_then(|q| q.0.field_selector);
+    let req = match auth::authorize(&identity, &method, &route, field_selector.as_deref()) {
+        Decision::Allow => req,
+        Decision::Deny(reason) => return ApiError::forbidden(reason).into_response(),
+        conditional => {
+            let Identity::Node(node) = &identity else {
+                return ApiError::forbidden(format!("the {identity} token may not do this"))
+                    .into_response();
+            };
+            let limit = shared.limits.max_body_bytes;
+            match register::resolve(&shared.api.store, conditional, node, req, limit).await {
+                Ok(req) => req,
+                Err(e) => return e.into_response(),
+            }
+        }
+    };
+    let response = dispatch(&shared, identity.clone(), route, req)
         .await
         .unwrap_or_else(IntoResponse::into_response);
     // Status reports from nodes (heartbeats, pod status) come every few seconds per node:
@@ -231,6 +251,10 @@ async fn dispatch(
     let limit = shared.limits.max_body_bytes;
     match (route, method.clone()) {
         (Route::Version, Method::GET) => Ok(Json(version()).into_response()),
+        (Route::Register, Method::POST) => {
+            let body = limits::read_body(req.into_body(), limit).await?;
+            register::register(&shared.api.tokens, &body).await
+        }
         (Route::Collection { kind, namespace }, Method::GET) => {
             let params = Query::<ListParams>::try_from_uri(req.uri())
                 .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?
@@ -274,7 +298,18 @@ async fn dispatch(
             };
             let body = limits::read_body(req.into_body(), limit).await?;
             let object = objects::create(store, kind, &namespace, &body).await?;
-            Ok((StatusCode::CREATED, Json(object)).into_response())
+            // The audit log names what was created (the path does not).
+            let name = object
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            Ok((
+                StatusCode::CREATED,
+                Extension(audit::AuditName(name)),
+                Json(object),
+            )
+                .into_response())
         }
         (Route::Object(key) | Route::Status(key), Method::GET) => {
             Ok(Json(objects::get(store, key).await?).into_response())
@@ -308,12 +343,15 @@ async fn open_watch(
             ApiError::bad_request(format!("resourceVersion {rv:?} is not a number"))
         })?),
     };
-    let slot = shared.watch_slots.try_take(identity).ok_or_else(|| {
-        ApiError::too_many_requests(format!(
-            "the {identity} token already has {} open watches",
-            shared.limits.max_watches_per_token
-        ))
-    })?;
+    let slot = shared
+        .watch_slots
+        .try_take(identity.clone())
+        .ok_or_else(|| {
+            ApiError::too_many_requests(format!(
+                "the {identity} token already has {} open watches",
+                shared.limits.max_watches_per_token
+            ))
+        })?;
     let start = watch::WatchStart {
         resource_version,
         timeout: params.timeout_seconds.map(Duration::from_secs),
@@ -342,7 +380,12 @@ async fn git_hook(shared: &Shared, req: Request) -> Result<Response, ApiError> {
     let body = limits::read_body(req.into_body(), shared.limits.max_body_bytes).await?;
     if let Err(e) = webhook::verify_signature(secret, &body, signature.as_deref()) {
         tracing::warn!(error = %e, "git webhook refused");
-        return Err(ApiError::forbidden(e.to_string()));
+        // The signature is the hook's authentication: a missing or wrong one is a 401.
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            format!("git webhook: {e}"),
+        ));
     }
     // A full channel means a fetch is already pending, which serves this hook too.
     let _ = shared.api.source_refresh.try_send(());

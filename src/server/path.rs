@@ -9,6 +9,9 @@ pub enum Route {
     Version,
     /// `POST /api/v1/hooks/git`: a signed "fetch now" from a git host.
     GitHook,
+    /// `POST /apis/tend.dev/v1/noderegistrations`: a node presents the join token and its
+    /// name, and receives its own credential.
+    Register,
     /// A collection: `{prefix}/namespaces/{ns}/{plural}`, or `{prefix}/{plural}` (a cluster-scoped
     /// kind, or a namespaced kind across all namespaces, when `namespace` is `None`).
     Collection {
@@ -21,6 +24,9 @@ pub enum Route {
     Status(ObjectKey),
 }
 
+/// Where nodes register (see [`Route::Register`]).
+pub const REGISTER_PATH: &str = "/apis/tend.dev/v1/noderegistrations";
+
 /// Parses a request path; `None` when it names nothing (404), including a plural under another
 /// kind's API group.
 pub fn parse(path: &str) -> Option<Route> {
@@ -28,6 +34,7 @@ pub fn parse(path: &str) -> Option<Route> {
         "/healthz" => return Some(Route::Healthz),
         "/version" => return Some(Route::Version),
         "/api/v1/hooks/git" => return Some(Route::GitHook),
+        REGISTER_PATH => return Some(Route::Register),
         _ => {}
     }
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
