@@ -1,7 +1,7 @@
 //! The OCI runtime spec (`config.json`) for one container, built from the image config and
 //! the Kubernetes container spec the way the kubelet and containerd build it. Pure: no I/O.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::Container;
@@ -67,7 +67,10 @@ pub fn kubelet_env(
     container: &Container,
     service_env: &[(String, String)],
 ) -> Result<Vec<(String, String)>, BundleError> {
-    let mut env: Vec<(String, String)> = service_env.to_vec();
+    let mut env = EnvList::default();
+    for (name, value) in service_env {
+        env.set(name, value.clone());
+    }
     for var in container.env.iter().flatten() {
         if var.value_from.is_some() {
             return Err(BundleError::UnsupportedValueFrom {
@@ -75,10 +78,37 @@ pub fn kubelet_env(
                 name: var.name.clone(),
             });
         }
-        let value = expand(var.value.as_deref().unwrap_or(""), &lookup(&env));
-        set(&mut env, &var.name, value);
+        let raw = var.value.as_deref().unwrap_or("");
+        let value = if raw.contains('$') {
+            expand(raw, &lookup(&env.entries))
+        } else {
+            raw.to_string()
+        };
+        env.set(&var.name, value);
     }
-    Ok(env)
+    Ok(env.entries)
+}
+
+/// Variables in definition order, where defining a name again replaces its value in place
+/// (the kubelet's and the runtime's merges), indexed by name: a container in a namespace of
+/// 2,000 Services has 14,000 Service variables, and a linear search per name made each
+/// container start quadratic in them (seconds).
+#[derive(Default)]
+struct EnvList {
+    entries: Vec<(String, String)>,
+    index: HashMap<String, usize>,
+}
+
+impl EnvList {
+    fn set(&mut self, name: &str, value: String) {
+        match self.index.get(name) {
+            Some(&i) => self.entries[i].1 = value,
+            None => {
+                self.index.insert(name.to_string(), self.entries.len());
+                self.entries.push((name.to_string(), value));
+            }
+        }
+    }
 }
 
 /// What the container runs, as the kubelet and containerd decide it:
@@ -120,17 +150,22 @@ pub fn process(
         });
     }
 
-    let mut env: Vec<(String, String)> = Vec::new();
-    for entry in image.env.iter().flatten() {
-        let (name, value) = entry.split_once('=').unwrap_or((entry.as_str(), ""));
-        set(&mut env, name, value.to_string());
-    }
-    if !env.iter().any(|(n, _)| n == "PATH") {
+    let image_env: Vec<(&str, &str)> = image
+        .env
+        .iter()
+        .flatten()
+        .map(|entry| entry.split_once('=').unwrap_or((entry.as_str(), "")))
+        .collect();
+    let mut env = EnvList::default();
+    if !image_env.iter().any(|(n, _)| *n == "PATH") {
         let (name, value) = DEFAULT_PATH.split_once('=').unwrap_or(("PATH", ""));
-        env.insert(0, (name.to_string(), value.to_string()));
+        env.set(name, value.to_string());
+    }
+    for (name, value) in image_env {
+        env.set(name, value.to_string());
     }
     for (name, value) in kube_env {
-        set(&mut env, &name, value);
+        env.set(&name, value);
     }
     let cwd = container
         .working_dir
@@ -140,7 +175,11 @@ pub fn process(
         .unwrap_or_else(|| "/".to_string());
     Ok(Process {
         args: argv,
-        env: env.into_iter().map(|(n, v)| format!("{n}={v}")).collect(),
+        env: env
+            .entries
+            .into_iter()
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect(),
         cwd,
     })
 }
@@ -255,13 +294,6 @@ pub fn expand(input: &str, vars: &BTreeMap<&str, &str>) -> String {
 
 fn lookup(env: &[(String, String)]) -> BTreeMap<&str, &str> {
     env.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect()
-}
-
-fn set(env: &mut Vec<(String, String)>, name: &str, value: String) {
-    match env.iter_mut().find(|(n, _)| n == name) {
-        Some(entry) => entry.1 = value,
-        None => env.push((name.to_string(), value)),
-    }
 }
 
 #[cfg(test)]
@@ -464,6 +496,43 @@ mod tests {
         ] {
             assert_eq!(expand(input, &vars), want, "input {input:?}");
         }
+    }
+
+    #[test]
+    fn thousands_of_service_variables_merge_in_order_with_later_definitions_in_place() {
+        let service_env: Vec<(String, String)> = (0..14_000)
+            .map(|i| {
+                (
+                    format!("SVC_{i}_SERVICE_HOST"),
+                    format!("10.96.{}.{}", i / 250, i % 250),
+                )
+            })
+            .collect();
+        let container: Container = serde_json::from_value(serde_json::json!({
+            "name": "c", "image": "x", "command": ["run"],
+            "env": [
+                {"name": "SVC_7_SERVICE_HOST", "value": "override"},
+                {"name": "MINE", "value": "$(SVC_8_SERVICE_HOST)/x"},
+            ],
+        }))
+        .expect("container");
+        let image = ImageConfig {
+            env: Some(vec![
+                "SVC_9_SERVICE_HOST=from-image".into(),
+                "LANG=C".into(),
+            ]),
+            ..ImageConfig::default()
+        };
+        let p = process(&image, &container, &service_env).expect("process");
+        assert_eq!(p.env.len(), 14_000 + 3, "PATH, LANG, the Services and MINE");
+        assert!(p.env[0].starts_with("PATH="), "{:?}", &p.env[..3]);
+        assert_eq!(
+            p.env[1], "SVC_9_SERVICE_HOST=10.96.0.9",
+            "the kubelet's value wins in place"
+        );
+        assert_eq!(p.env[2], "LANG=C");
+        assert!(p.env.contains(&"SVC_7_SERVICE_HOST=override".to_string()));
+        assert_eq!(p.env.last().map(String::as_str), Some("MINE=10.96.0.8/x"));
     }
 
     #[test]
