@@ -877,7 +877,16 @@ impl<N: PodNet> PodSyncer<N> {
                     container: c.name.clone(),
                     source: Box::new(source),
                 })?;
-            let started = *memory.started.entry(c.name.clone()).or_insert(now);
+            // When runc created the container, as runc says: the same start time whichever
+            // agent process asks, so an agent that restarts and adopts the container reports
+            // the start it had, not the adoption. Without it, when this agent started it.
+            let started = match state.as_ref().and_then(|s| s.created) {
+                Some(created) => {
+                    memory.started.insert(c.name.clone(), created);
+                    created
+                }
+                None => *memory.started.entry(c.name.clone()).or_insert(now),
+            };
             let observed = match state {
                 None => match memory.start_errors.get(&c.name) {
                     Some((at, _)) => restart::Observed::Exited(Exit {
