@@ -372,17 +372,13 @@ impl Node {
         if pod::is_terminating(&latest) {
             // Nothing runs, so stopping is immediate.
             match self.client.delete_pod(&key.0, &key.1).await {
-                Ok(_) => {
-                    self.undeleted.remove(&key);
-                    self.forget(&key);
-                }
-                Err(e) if e.is_not_found() => {
-                    self.undeleted.remove(&key);
-                    self.forget(&key);
-                }
-                Err(e) => {
+                Err(e) if !e.is_not_found() => {
                     tracing::warn!(pod = %key.1, "deleting a stopped pod: {e}");
                     self.undeleted.insert(key);
+                }
+                _ => {
+                    self.undeleted.remove(&key);
+                    self.forget(&key);
                 }
             }
             return;
