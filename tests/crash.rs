@@ -903,3 +903,51 @@ fn agent_killed_while_pods_start_and_stop_adopts_every_container_once() {
         "seed {seed}: only {adopted} adoptions checked"
     );
 }
+
+/// An agent killed between removing a pod's container and releasing its rootfs comes back to
+/// a terminating pod with no container: deleting it must still release the rootfs (with real
+/// overlays the directory stays busy otherwise, and the pod is never deleted).
+#[test]
+fn a_deleted_pod_whose_container_is_already_gone_has_its_rootfs_released() {
+    use tend::agent::network::ipam::{Cidr, IpamStore};
+    use tend::agent::network::{NodeNetwork, PodNetwork, RecordingNetOps};
+    use tend::agent::pods::{FakeImages, PodSyncer, SyncOutcome};
+    use tend::agent::runtime::runc::RecordingRuntime;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cidr: Cidr = "10.244.1.0/24".parse().expect("cidr");
+    let node = NodeNetwork {
+        pod_cidr: cidr,
+        cluster_cidr: "10.244.0.0/16".parse().expect("cidr"),
+        peers: Vec::new(),
+    };
+    let network = PodNetwork::open(
+        RecordingNetOps::default(),
+        node,
+        IpamStore::new(dir.path().join("ipam.json")),
+    )
+    .expect("network");
+    let images = Arc::new(FakeImages::default());
+    let syncer = PodSyncer::new(
+        Arc::new(RecordingRuntime::default()),
+        network,
+        images.clone(),
+        dir.path(),
+        std::net::Ipv4Addr::new(172, 31, 0, 2),
+    );
+    let uid = "0b9f1c2a-4e5f-6789-abcd-ef0123456789";
+    // What the killed agent left: the container's directory, its container already deleted.
+    let rootfs = dir.path().join("pods").join(uid).join("web/rootfs");
+    std::fs::create_dir_all(&rootfs).expect("rootfs");
+    let pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web-1", "namespace": "default", "uid": uid,
+            "deletionTimestamp": "2026-01-01T00:00:00Z", "deletionGracePeriodSeconds": 1},
+        "spec": {"nodeName": "n1", "containers": [{"name": "web", "image": "web:v1"}]},
+    });
+    let now = "2026-01-01T00:00:01Z".parse().expect("time");
+    let outcome = syncer.sync(&pod, now).expect("sync");
+    assert!(matches!(outcome, SyncOutcome::Deleted));
+    assert_eq!(images.calls(), ["release"], "the rootfs is released");
+    assert!(!dir.path().join("pods").join(uid).exists());
+}

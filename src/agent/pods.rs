@@ -813,6 +813,13 @@ impl<N: PodNet> PodSyncer<N> {
                     PodAction::DeletePodObject => {
                         for c in &containers {
                             self.remove_logs(&container_id(uid, &c.name));
+                            // An agent killed between removing a container and releasing its
+                            // rootfs left the overlay mounted: the directory would stay busy
+                            // and the pod undeleted for ever. Releasing is idempotent.
+                            let dir = self.pods_dir.join(uid).join(&c.name);
+                            self.images
+                                .release(&dir)
+                                .map_err(|source| self.image_err(name, &c.name, source))?;
                         }
                         let dir = self.pods_dir.join(uid);
                         remove_dir(&dir).map_err(|source| SyncError::Io {
