@@ -859,6 +859,53 @@ fn agent_killed_while_pods_start_and_stop_adopts_every_container_once() {
         }
     }
 
+    // A pod deleted while the agent is down (as the node controller evicts the pods of a node
+    // that stays NotReady): the restarted agent removes its container, rootfs, namespace and
+    // address, and runs the replacement.
+    node.kill_agent();
+    let victim = node.pods().into_iter().next().expect("a pod");
+    let victim_uid = text(&victim, "/metadata/uid").to_string();
+    let (code, _) = {
+        let serve = node.serve();
+        let resp = reqwest::blocking::Client::new()
+            .delete(format!(
+                "{}/api/v1/namespaces/default/pods/{}",
+                serve.url,
+                text(&victim, "/metadata/name")
+            ))
+            .bearer_auth(&serve.token)
+            .send()
+            .expect("delete");
+        (resp.status().as_u16(), ())
+    };
+    assert_eq!(code, 200);
+    node.start_agent();
+    converge(&node, replicas, version, "the evicted pod replaced");
+    let victim_dir = node.state.join("pods").join(&victim_uid);
+    assert!(
+        !victim_dir.exists(),
+        "seed {seed}: {} left\n{}",
+        victim_dir.display(),
+        node.agent_log()
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    assert!(
+        !mounts.contains(&victim_uid),
+        "seed {seed}: a mount of {victim_uid} left"
+    );
+    let ipam = std::fs::read_to_string(node.state.join("network/ipam.json")).unwrap_or_default();
+    assert!(
+        !ipam.contains(&victim_uid),
+        "seed {seed}: {victim_uid} still leased: {ipam}"
+    );
+    let victim_netns = tend::agent::network::plan::pod_names(&victim_uid).netns;
+    assert!(
+        !tools::quiet("ip", &["netns", "list"])
+            .unwrap_or_default()
+            .contains(&victim_netns),
+        "seed {seed}: {victim_netns} left"
+    );
+
     // The Deployment goes: nothing is left behind.
     node.repos.remove("web.yaml");
     let id = node.repos.commit("remove node-web");
