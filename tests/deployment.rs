@@ -534,12 +534,13 @@ fn default_25_percent_first_steps_on_3_and_10_replicas() {
         name(&lab.rs_with_image("nginx:1")),
         name(&lab.rs_with_image("nginx:2")),
     );
-    // The first sync: 3 new (surge), 2 old gone (unavailable); the next: the total is 11 of
-    // the 13 allowed, so 2 more new ones; then nothing until pods become available.
-    assert_eq!(
-        lab.scalings(),
-        vec![format!("{new}=3"), format!("{old}=8"), format!("{new}=5")]
-    );
+    // The first sync: 3 new (surge), 2 old gone (unavailable). Kubernetes' next sync grows
+    // the new one to 5 at once (the specs total 11 of the 13 allowed), while the 2 old pods
+    // are still there: 15 pods. tend waits until they are gone (the old status says 8), so
+    // that there are never more than 13.
+    assert_eq!(lab.scalings(), vec![format!("{new}=3"), format!("{old}=8")]);
+    lab.kubelet(true);
+    assert_eq!(lab.scalings(), vec![format!("{new}=5")]);
     lab.run_to_completion(true, |lab| {
         assert!(sum(lab, "/spec/replicas") <= 13);
         assert!(sum(lab, "/status/availableReplicas") >= 8);
@@ -809,4 +810,44 @@ fn a_taken_name_counts_a_collision_and_uses_the_next_hash() {
         format!("web-{}", rollout::pod_template_hash(&template, Some(1)))
     );
     assert_eq!(replicas(&ours), 3);
+}
+
+#[test]
+fn the_new_replica_set_grows_only_once_the_old_pods_are_gone() {
+    let mut lab = Lab::new();
+    lab.apply(surge_1_unavailable_0(3, "nginx:1"));
+    lab.run_to_completion(false, |_| {});
+    lab.apply(surge_1_unavailable_0(3, "nginx:2"));
+    let status = |lab: &mut Lab, image: &str, replicas: i64, available: i64| {
+        let rs = lab.rs_with_image(image);
+        let status = json!({"replicas": replicas, "readyReplicas": available,
+            "availableReplicas": available, "observedGeneration": rs["metadata"]["generation"]});
+        lab.store
+            .commit(vec![Op::PutStatus {
+                key: ObjectKey::of(&rs).unwrap(),
+                status,
+                expect_rv: None,
+            }])
+            .unwrap();
+        lab.settle();
+    };
+    // The new pod is available: the old ReplicaSet is scaled down to 2 ...
+    status(&mut lab, "nginx:2", 1, 1);
+    assert_eq!(replicas(&lab.rs_with_image("nginx:1")), 2);
+    // ... but while its 3 pods are still there (its controller has not removed one yet, as
+    // after a conflict or a restart), a second new pod would make 5 > 3 + maxSurge 1.
+    assert_eq!(replicas(&lab.rs_with_image("nginx:2")), 1);
+    // Once the old pod is gone, the new ReplicaSet grows.
+    status(&mut lab, "nginx:1", 2, 2);
+    assert_eq!(replicas(&lab.rs_with_image("nginx:2")), 2);
+    lab.run_to_completion(false, |lab| {
+        let held: i64 = lab
+            .replica_sets()
+            .iter()
+            .map(|rs| replicas(rs).max(rs["status"]["replicas"].as_i64().unwrap_or(0)))
+            .sum();
+        assert!(held <= 4, "{held} pods held");
+    });
+    assert_eq!(replicas(&lab.rs_with_image("nginx:2")), 3);
+    assert_eq!(replicas(&lab.rs_with_image("nginx:1")), 0);
 }

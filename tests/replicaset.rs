@@ -206,18 +206,21 @@ fn creates_three_pods_named_labelled_and_owned() {
     let rs = h.create(replica_set(RS, 3, None));
     h.run(&ReplicaSetController::new(), &[rs_key(RS)]);
 
+    // Slow start: batches of 1 and 2, each one transaction with the status counting them.
     let actions = h.actions();
     assert_eq!(
         actions.iter().map(|l| generic(l)).collect::<Vec<_>>(),
         [
             "create Pod web-5d8f7c9b6-*",
+            "status ReplicaSet web-5d8f7c9b6",
             "create Pod web-5d8f7c9b6-*",
             "create Pod web-5d8f7c9b6-*",
             "status ReplicaSet web-5d8f7c9b6",
         ]
     );
-    let mut created: Vec<String> = actions[..3]
+    let mut created: Vec<String> = actions
         .iter()
+        .filter(|l| l.starts_with("create Pod "))
         .map(|l| l.trim_start_matches("create Pod ").to_string())
         .collect();
     created.sort();
@@ -260,6 +263,7 @@ fn scales_up_then_down_deleting_unbound_and_not_ready_pods_first() {
         generic_actions(&h),
         [
             "create Pod web-5d8f7c9b6-*",
+            "status ReplicaSet web-5d8f7c9b6",
             "create Pod web-5d8f7c9b6-*",
             "status ReplicaSet web-5d8f7c9b6",
         ]
@@ -371,8 +375,11 @@ fn terminating_pods_are_replaced_and_not_counted() {
     h.run(&controller, &[rs_key(RS)]);
     assert_eq!(
         generic_actions(&h),
-        ["create Pod web-5d8f7c9b6-*"],
-        "the counts are what they were: no status write"
+        [
+            "create Pod web-5d8f7c9b6-*",
+            "status ReplicaSet web-5d8f7c9b6"
+        ],
+        "a creation is committed with the status, which guards it"
     );
     assert_eq!(h.pods().len(), 4);
     let st = status(&h, RS);
@@ -391,7 +398,12 @@ fn failed_pods_are_deleted_and_replaced() {
     let actions = h.actions();
     assert_eq!(
         actions.iter().map(|l| generic(l)).collect::<Vec<_>>()[2..],
-        ["create Pod web-5d8f7c9b6-*", "create Pod web-5d8f7c9b6-*"]
+        [
+            "create Pod web-5d8f7c9b6-*",
+            "status ReplicaSet web-5d8f7c9b6",
+            "create Pod web-5d8f7c9b6-*",
+            "status ReplicaSet web-5d8f7c9b6"
+        ]
     );
     let mut deletions = actions[..2].to_vec();
     deletions.sort();
@@ -740,4 +752,71 @@ async fn watch_driven_loop_creates_scales_and_collects() {
     for l in loops {
         l.await.expect("loop ends");
     }
+}
+
+/// A store that, just before the first transaction creating a pod, commits a scale-down of
+/// the ReplicaSet: the Deployment controller's write landing between the ReplicaSet
+/// controller's read and its creation.
+struct ScaledMeanwhile {
+    inner: Arc<dyn Store>,
+    to: u64,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl Store for ScaledMeanwhile {
+    fn get(&self, key: &ObjectKey) -> Result<Option<Value>, tend::store::StoreError> {
+        self.inner.get(key)
+    }
+    fn list(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+    ) -> Result<(Vec<Value>, u64), tend::store::StoreError> {
+        self.inner.list(kind, namespace)
+    }
+    fn commit(&self, ops: Vec<Op>) -> Result<tend::store::Committed, tend::store::StoreError> {
+        let creates_pod = ops
+            .iter()
+            .any(|op| matches!(op, Op::Create(o) if o["kind"] == "Pod"));
+        if creates_pod && !self.done.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let key = ObjectKey::new(Kind::ReplicaSet, "default", RS);
+            let mut rs = self.inner.get(&key)?.expect("rs");
+            rs["spec"]["replicas"] = json!(self.to);
+            self.inner.commit(vec![Op::Put {
+                object: rs,
+                expect_rv: None,
+            }])?;
+        }
+        self.inner.commit(ops)
+    }
+    fn watch(&self, from_rv: u64) -> Result<tend::store::Watch, tend::store::StoreError> {
+        self.inner.watch(from_rv)
+    }
+    fn current_rv(&self) -> u64 {
+        self.inner.current_rv()
+    }
+}
+
+#[test]
+fn pods_are_only_created_for_the_spec_they_were_decided_from() {
+    let h = Harness::new();
+    h.create(replica_set(RS, 3, None));
+    let store = Arc::new(ScaledMeanwhile {
+        inner: h.store.clone(),
+        to: 0,
+        done: Default::default(),
+    });
+    let ctx = Context::new(store, h.clock.clone());
+    let queue = WorkQueue::default();
+    queue.add(rs_key(RS));
+    drain(&ReplicaSetController::new(), &ctx, &queue, 100);
+    // The first batch conflicted with the scale-down and the retry saw 0 replicas: no pod
+    // was ever made beyond what the ReplicaSet asked for at the time.
+    assert!(
+        !h.actions().iter().any(|l| l.starts_with("create Pod")),
+        "{:?}",
+        h.actions()
+    );
+    assert!(h.pods().is_empty());
+    assert_eq!(status(&h, RS)["replicas"], 0);
 }

@@ -569,3 +569,50 @@ fn branch_selection_and_empty_repositories() {
         .is_err()
     );
 }
+
+#[test]
+fn a_remote_clone_recovers_from_locks_a_killed_fetch_left() {
+    let tmp = TempDir::new().unwrap();
+    let (bare, clone) = bare_and_clone(&tmp);
+    write(&clone, "a.yaml", "one\n");
+    let one = commit_all(&clone, "one");
+    git(&clone, &["push", "-q", "origin", "main"]);
+    let url = format!("file://{}", bare.display());
+    let state = tmp.path().join("state");
+    let mut source = GitSource::open(&url, Some("main"), None, &state, MAX).unwrap();
+    assert_eq!(source.refresh().unwrap(), Some(one));
+    let dir = source.git_dir().to_path_buf();
+    drop(source);
+
+    // What a SIGKILL during a fetch or a write can leave: git never breaks a lock itself.
+    let locks = [
+        dir.join("refs/remotes/origin/main.lock"),
+        dir.join("packed-refs.lock"),
+        dir.join("HEAD.lock"),
+    ];
+    for lock in &locks {
+        std::fs::write(lock, "").unwrap();
+    }
+    write(&clone, "a.yaml", "two\n");
+    let two = commit_all(&clone, "two");
+    git(&clone, &["push", "-q", "origin", "main"]);
+    let mut source = GitSource::open(&url, Some("main"), None, &state, MAX).unwrap();
+    assert_eq!(source.refresh().unwrap(), Some(two));
+    for lock in &locks {
+        assert!(!lock.exists(), "{} removed", lock.display());
+    }
+}
+
+#[test]
+fn locks_in_a_local_repository_are_left_alone() {
+    let tmp = TempDir::new().unwrap();
+    let repo = work_repo(&tmp, "local");
+    write(&repo, "a.yaml", "one\n");
+    commit_all(&repo, "one");
+    // Another git process may hold this one: tend does not own a local repository.
+    let lock = repo.join(".git/refs/heads/other.lock");
+    std::fs::write(&lock, "").unwrap();
+    let mut source = open(&repo, None, None, &tmp.path().join("state"));
+    assert!(source.refresh().unwrap().is_some());
+    assert!(lock.exists());
+}

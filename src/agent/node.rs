@@ -585,13 +585,22 @@ impl Agent {
             for id in &removed {
                 syncer.remove_orphan(id, Duration::from_secs(10))?;
             }
-            Ok::<_, super::runtime::runc::RuntimeError>((listed.len(), removed))
+            // Their directories (rootfs mounts), namespaces and addresses too.
+            let cleaned = match syncer.remove_unbound_pods(&bound) {
+                Ok(uids) => uids.len(),
+                Err(e) => {
+                    tracing::warn!("removing what pods no longer here left: {e}");
+                    0
+                }
+            };
+            Ok::<_, super::runtime::runc::RuntimeError>((listed.len(), removed, cleaned))
         })
         .await;
         match result {
-            Ok(Ok((found, removed))) => tracing::info!(
+            Ok(Ok((found, removed, cleaned))) => tracing::info!(
                 found,
                 removed = removed.len(),
+                cleaned,
                 "adopted the containers of pods still bound here"
             ),
             Ok(Err(e)) => tracing::warn!("adopting containers: {e}"),

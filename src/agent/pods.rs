@@ -517,6 +517,8 @@ pub trait PodNet: Send {
     /// Sets the pod's network up (nothing when it is); its IP and network namespace name.
     fn setup_pod(&mut self, uid: &str) -> Result<(Ipv4Addr, String), NetError>;
     fn teardown_pod(&mut self, uid: &str) -> Result<(), NetError>;
+    /// Uids of the pods holding an address.
+    fn leased(&self) -> Vec<String>;
 }
 
 impl<O: NetOps + Send> PodNet for PodNetwork<O> {
@@ -527,6 +529,10 @@ impl<O: NetOps + Send> PodNet for PodNetwork<O> {
 
     fn teardown_pod(&mut self, uid: &str) -> Result<(), NetError> {
         PodNetwork::teardown_pod(self, uid).map(|_| ())
+    }
+
+    fn leased(&self) -> Vec<String> {
+        self.allocations().pods.keys().cloned().collect()
     }
 }
 
@@ -813,6 +819,13 @@ impl<N: PodNet> PodSyncer<N> {
                     PodAction::DeletePodObject => {
                         for c in &containers {
                             self.remove_logs(&container_id(uid, &c.name));
+                            // An agent killed between removing a container and releasing its
+                            // rootfs left the overlay mounted: the directory would stay busy
+                            // and the pod undeleted for ever. Releasing is idempotent.
+                            let dir = self.pods_dir.join(uid).join(&c.name);
+                            self.images
+                                .release(&dir)
+                                .map_err(|source| self.image_err(name, &c.name, source))?;
                         }
                         let dir = self.pods_dir.join(uid);
                         remove_dir(&dir).map_err(|source| SyncError::Io {
@@ -877,7 +890,16 @@ impl<N: PodNet> PodSyncer<N> {
                     container: c.name.clone(),
                     source: Box::new(source),
                 })?;
-            let started = *memory.started.entry(c.name.clone()).or_insert(now);
+            // When runc created the container, as runc says: the same start time whichever
+            // agent process asks, so an agent that restarts and adopts the container reports
+            // the start it had, not the adoption. Without it, when this agent started it.
+            let started = match state.as_ref().and_then(|s| s.created) {
+                Some(created) => {
+                    memory.started.insert(c.name.clone(), created);
+                    created
+                }
+                None => *memory.started.entry(c.name.clone()).or_insert(now),
+            };
             let observed = match state {
                 None => match memory.start_errors.get(&c.name) {
                     Some((at, _)) => restart::Observed::Exited(Exit {
@@ -1198,6 +1220,65 @@ impl<N: PodNet> PodSyncer<N> {
             container: container.to_string(),
             source: Box::new(source),
         }
+    }
+
+    /// Removes what pods no longer bound here left on the node besides containers (those go
+    /// through `remove_orphan`): their directories with any rootfs still mounted, their
+    /// network namespace and address. A pod deleted while the agent was down (evicted from a
+    /// node that stayed NotReady), or an agent killed while it set a pod up, leaves them. Run
+    /// at adoption, before any pod sync starts. Returns the uids cleaned, or the first error.
+    pub fn remove_unbound_pods(&self, bound: &BTreeSet<String>) -> Result<Vec<String>, SyncError> {
+        let mut uids: BTreeSet<String> = lock(&self.network)
+            .leased()
+            .into_iter()
+            .filter(|uid| !bound.contains(uid))
+            .collect();
+        let entries = match std::fs::read_dir(&self.pods_dir) {
+            Ok(entries) => entries.flatten().collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(source) => {
+                return Err(SyncError::Io {
+                    pod: String::new(),
+                    path: self.pods_dir.clone(),
+                    source,
+                });
+            }
+        };
+        for entry in entries {
+            if let Some(uid) = entry.file_name().to_str()
+                && !bound.contains(uid)
+            {
+                uids.insert(uid.to_string());
+            }
+        }
+        for uid in &uids {
+            let dir = self.pods_dir.join(uid);
+            let containers = std::fs::read_dir(&dir)
+                .map(|e| {
+                    e.flatten()
+                        .filter(|e| e.path().is_dir())
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default();
+            for container in containers {
+                let name = container.file_name().to_string_lossy().into_owned();
+                self.images
+                    .release(&container.path())
+                    .map_err(|source| self.image_err(uid, &name, source))?;
+            }
+            remove_dir(&dir).map_err(|source| SyncError::Io {
+                pod: uid.clone(),
+                path: dir.clone(),
+                source,
+            })?;
+            lock(&self.network)
+                .teardown_pod(uid)
+                .map_err(|source| SyncError::Network {
+                    pod: uid.clone(),
+                    source: Box::new(source),
+                })?;
+        }
+        Ok(uids.into_iter().collect())
     }
 
     /// Stops and removes a container of a pod this node no longer runs (adoption clean-up).

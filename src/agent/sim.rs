@@ -170,6 +170,9 @@ struct SimPod {
     ip: Option<Ipv4Addr>,
     started_at: Option<String>,
     ready: bool,
+    /// The last status write failed (no API server answered): retried on the next heartbeat,
+    /// or the pod would stay Pending in the API for ever after a control-plane restart.
+    unwritten: bool,
 }
 
 enum Step {
@@ -185,6 +188,8 @@ struct Node {
     pods: BTreeMap<(String, String), SimPod>,
     used_ips: BTreeSet<Ipv4Addr>,
     steps: mpsc::UnboundedSender<((String, String), String, Step)>,
+    /// Terminating pods whose deletion failed: retried on the next heartbeat.
+    undeleted: BTreeSet<(String, String)>,
 }
 
 /// `tend sim-node`: runs until SIGINT or SIGTERM.
@@ -249,6 +254,7 @@ pub async fn run(args: SimNodeArgs, mut shutdown: watch::Receiver<bool>) -> anyh
         pods: BTreeMap::new(),
         used_ips: BTreeSet::new(),
         steps: steps_tx,
+        undeleted: BTreeSet::new(),
     };
     let mut failures = 0;
     loop {
@@ -279,6 +285,8 @@ pub async fn run(args: SimNodeArgs, mut shutdown: watch::Receiver<bool>) -> anyh
             _ = heartbeats.tick() => {
                 if let Err(e) = node.heartbeat().await {
                     tracing::warn!(node = %node.args.name, "heartbeat: {e}");
+                } else {
+                    node.retry_failed_writes().await;
                 }
             }
             event = events.recv() => match event {
@@ -380,11 +388,16 @@ impl Node {
             .to_string();
         if pod::is_terminating(&latest) {
             // Nothing runs, so stopping is immediate.
-            if let Err(e) = self.client.delete_pod(&key.0, &key.1).await {
-                tracing::warn!(pod = %key.1, "deleting a stopped pod: {e}");
-                return;
+            match self.client.delete_pod(&key.0, &key.1).await {
+                Err(e) if !e.is_not_found() => {
+                    tracing::warn!(pod = %key.1, "deleting a stopped pod: {e}");
+                    self.undeleted.insert(key);
+                }
+                _ => {
+                    self.undeleted.remove(&key);
+                    self.forget(&key);
+                }
             }
-            self.forget(&key);
             return;
         }
         if let Some(known) = self.pods.get_mut(&key)
@@ -423,12 +436,36 @@ impl Node {
                 ip: adopted_ip.filter(|_| adopt),
                 started_at: started_at.filter(|_| adopt),
                 ready: adopt && ready,
+                unwritten: false,
             },
         );
         match (adopt, ready) {
             (true, true) => {}
             (true, false) => self.schedule(key, uid, Step::Ready, self.args.ready_delay),
             (false, _) => self.schedule(key, uid, Step::Start, self.args.start_delay),
+        }
+    }
+
+    /// Writes again what a control-plane outage refused: the deletions of stopped pods and
+    /// the statuses of started ones.
+    async fn retry_failed_writes(&mut self) {
+        for key in std::mem::take(&mut self.undeleted) {
+            match self.client.get_pod(&key.0, &key.1).await {
+                Ok(pod) => self.on_pod(pod).await,
+                Err(e) if e.is_not_found() => self.forget(&key),
+                Err(_) => {
+                    self.undeleted.insert(key);
+                }
+            }
+        }
+        let unwritten: Vec<(String, String)> = self
+            .pods
+            .iter()
+            .filter(|(_, p)| p.unwritten)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in unwritten {
+            self.write_status(&key).await;
         }
     }
 
@@ -481,6 +518,10 @@ impl Node {
     /// Writes the pod's simulated status, guarded by its resourceVersion; after a conflict
     /// reads the pod again and retries.
     async fn write_status(&mut self, key: &(String, String)) {
+        // Until a write succeeds, the next heartbeat writes again.
+        if let Some(pod) = self.pods.get_mut(key) {
+            pod.unwritten = true;
+        }
         for _ in 0..5 {
             let Some(pod) = self.pods.get(key) else {
                 return;
@@ -505,6 +546,7 @@ impl Node {
                 Ok(stored) => {
                     if let Some(pod) = self.pods.get_mut(key) {
                         pod.latest = stored;
+                        pod.unwritten = false;
                     }
                     return;
                 }

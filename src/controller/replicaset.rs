@@ -114,7 +114,7 @@ impl Reconciler for ReplicaSetController {
     }
 
     fn reconcile(&self, key: &ObjectKey, ctx: &Context) -> Result<Action, ReconcileError> {
-        let Some(rs) = ctx.store.get(key)? else {
+        let Some(mut rs) = ctx.store.get(key)? else {
             // Deleted: its pods are the garbage collector's.
             return Ok(Action::Done);
         };
@@ -160,7 +160,14 @@ impl Reconciler for ReplicaSetController {
                 .chain(&removed)
                 .filter_map(|p| p.meta_str("name").map(str::to_string))
                 .collect();
-            let created = create_pods(&rs, want, taken, ctx);
+            let created = create_pods(&mut rs, &active, want, taken, now, ctx);
+            if created.conflict {
+                // The ReplicaSet changed since it was read (scaled down, most often): its pods
+                // are decided again from its new spec.
+                return Err(ReconcileError::Conflict(format!(
+                    "{key} changed while its pods were created"
+                )));
+            }
             active.extend(created.pods);
             if let Some(error) = created.error {
                 let message = format!("Error creating: {error}");
@@ -597,13 +604,27 @@ struct Created {
     pods: Vec<Value>,
     /// Why creation stopped early.
     error: Option<String>,
+    /// The ReplicaSet changed since it was read: nothing more was created.
+    conflict: bool,
 }
 
-/// Creates `count` pods for `rs` in slow-start batches, one transaction per batch, avoiding
-/// the names in `taken`; stops at the first batch that fails.
-fn create_pods(rs: &Value, count: usize, mut taken: Vec<String>, ctx: &Context) -> Created {
+/// Creates `count` pods for `rs` in slow-start batches, avoiding the names in `taken`; stops
+/// at the first batch that fails. Each batch is one transaction with the ReplicaSet's status
+/// counting the new pods, guarded by the ReplicaSet's resourceVersion: pods are only made for
+/// the spec they were decided from (a scale-down committed meanwhile makes the batch a
+/// conflict, not a surplus pod), and `status.replicas` is never behind the pods that exist,
+/// which the Deployment controller relies on to bound a surge (`pods_held`). `rs` follows the
+/// stored ReplicaSet.
+fn create_pods(
+    rs: &mut Value,
+    active: &[Value],
+    count: usize,
+    mut taken: Vec<String>,
+    now: jiff::Timestamp,
+    ctx: &Context,
+) -> Created {
     let prefix = generated_name_prefix(rs.meta_str("name").unwrap_or_default());
-    let mut pods = Vec::new();
+    let mut pods: Vec<Value> = Vec::new();
     for batch in slow_start_batches(count) {
         let mut attempt = 0;
         let committed = loop {
@@ -615,17 +636,33 @@ fn create_pods(rs: &Value, count: usize, mut taken: Vec<String>, ctx: &Context) 
                     pod_from_template(rs, &name)
                 })
                 .collect();
-            match ctx
-                .store
-                .commit(batch_pods.into_iter().map(Op::Create).collect())
-            {
+            let counted: Vec<Value> = active
+                .iter()
+                .chain(&pods)
+                .chain(&batch_pods)
+                .cloned()
+                .collect();
+            let mut ops: Vec<Op> = batch_pods.into_iter().map(Op::Create).collect();
+            if let Some(key) = ObjectKey::of(rs) {
+                ops.push(Op::PutStatus {
+                    key,
+                    status: replica_set_status(rs, &counted, now, None),
+                    expect_rv: Some(rs.resource_version()),
+                });
+            }
+            match ctx.store.commit(ops) {
                 // Someone else took a name between our list and this write: draw again.
                 Err(StoreError::AlreadyExists { .. }) if attempt < NAME_ATTEMPTS => continue,
                 result => break result,
             }
         };
         match committed {
-            Ok(committed) => {
+            Ok(mut committed) => {
+                if committed.objects.len() > batch
+                    && let Some(stored) = committed.objects.pop()
+                {
+                    *rs = stored;
+                }
                 for pod in &committed.objects {
                     let name = pod.meta_str("name").unwrap_or_default();
                     record(
@@ -638,15 +675,27 @@ fn create_pods(rs: &Value, count: usize, mut taken: Vec<String>, ctx: &Context) 
                 }
                 pods.extend(committed.objects);
             }
+            Err(StoreError::Conflict { .. }) => {
+                return Created {
+                    pods,
+                    error: None,
+                    conflict: true,
+                };
+            }
             Err(error) => {
                 return Created {
                     pods,
                     error: Some(error.to_string()),
+                    conflict: false,
                 };
             }
         }
     }
-    Created { pods, error: None }
+    Created {
+        pods,
+        error: None,
+        conflict: false,
+    }
 }
 
 fn unused_name(prefix: &str, taken: &[String]) -> String {

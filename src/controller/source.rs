@@ -59,6 +59,12 @@ pub struct SourceController {
     full: bool,
     /// The newest revision seen (recorded in any phase).
     seen_rev: Option<String>,
+    /// The newest revision applied or rejected: until `seen_rev` is, a sync retries it.
+    settled_rev: Option<String>,
+    /// Revisions recorded as Pending and not settled since. Only the head may stay Pending:
+    /// one left behind by a failed apply or a crash between its record and its apply is
+    /// marked Superseded when a newer head arrives.
+    pending: BTreeSet<String>,
     /// Applied managed objects by source file.
     applied_by_file: HashMap<String, BTreeSet<ObjectKey>>,
     /// The reverse of `applied_by_file`.
@@ -106,6 +112,11 @@ impl SourceController {
         let next_sequence = newest
             .and_then(|r| r.pointer("/spec/sequence").and_then(Value::as_u64))
             .map_or(1, |s| s + 1);
+        let pending = revisions
+            .iter()
+            .filter(|r| r.pointer("/status/phase").and_then(Value::as_str) == Some(PENDING))
+            .filter_map(|r| r.meta_str("name").map(str::to_string))
+            .collect();
         Ok(SourceController {
             store,
             limits,
@@ -115,6 +126,8 @@ impl SourceController {
             dirty: BTreeSet::new(),
             full: true,
             seen_rev: newest.and_then(|r| r.meta_str("name")).map(str::to_string),
+            settled_rev: None,
+            pending,
             applied_by_file,
             file_of,
             next_sequence,
@@ -128,7 +141,7 @@ impl SourceController {
         let Some(head) = source.refresh()? else {
             return Ok(None);
         };
-        if !self.full && self.seen_rev.as_deref() == Some(head.as_str()) {
+        if !self.full && self.settled_rev.as_deref() == Some(head.as_str()) {
             return Ok(None);
         }
         let revisions = if self.seen_rev.as_deref() == Some(head.as_str()) {
@@ -144,6 +157,8 @@ impl SourceController {
 
         self.load_files(source, &head)?;
         let outcome = self.apply(&head_info, superseded)?;
+        self.pending.remove(&head);
+        self.settled_rev = Some(head.clone());
         tracing::info!(
             revision = %head_info.short_id(),
             phase = outcome.phase,
@@ -181,6 +196,11 @@ impl SourceController {
         let mut ops = Vec::new();
         let mut superseded = Vec::new();
         let last = revisions.len().saturating_sub(1);
+        let Some(head) = revisions.get(last) else {
+            return Ok(superseded);
+        };
+        let message = json!(format!("superseded by {}", head.short_id()));
+        let mut sequence = self.next_sequence;
         for (i, info) in revisions.iter().enumerate() {
             let key = ObjectKey::new(Kind::Revision, "", &info.id);
             if self.store.get(&key)?.is_some() {
@@ -190,21 +210,51 @@ impl SourceController {
             if i != last {
                 superseded.push(info.id.clone());
             }
-            let mut record = revision_record(info, &source.describe(), self.next_sequence);
-            self.next_sequence += 1;
+            let mut record = revision_record(info, &source.describe(), sequence);
+            sequence += 1;
             record["status"] = json!({"phase": phase, "errors": [], "warnings": []});
             if i != last {
-                record["status"]["message"] =
-                    json!(format!("superseded by {}", revisions[last].short_id()));
+                record["status"]["message"] = message.clone();
             }
             ops.push(Op::Put {
                 object: record,
                 expect_rv: None,
             });
         }
+        // Older revisions still Pending were never applied (their apply failed, or serve
+        // stopped between their record and their apply): the new head supersedes them.
+        let stale: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|id| **id != head.id)
+            .cloned()
+            .collect();
+        for id in &stale {
+            let key = ObjectKey::new(Kind::Revision, "", id);
+            let Some(record) = self.store.get(&key)? else {
+                continue;
+            };
+            if record.pointer("/status/phase").and_then(Value::as_str) != Some(PENDING) {
+                continue;
+            }
+            let mut status = record.get("status").cloned().unwrap_or_else(|| json!({}));
+            status["phase"] = json!(SUPERSEDED);
+            status["message"] = message.clone();
+            ops.push(Op::PutStatus {
+                key,
+                status,
+                expect_rv: Some(record.resource_version()),
+            });
+            superseded.push(id.clone());
+        }
         if !ops.is_empty() {
             self.store.commit(ops)?;
         }
+        self.next_sequence = sequence;
+        for id in &stale {
+            self.pending.remove(id);
+        }
+        self.pending.insert(head.id.clone());
         Ok(superseded)
     }
 
@@ -833,6 +883,114 @@ mod tests {
                 .unwrap()
                 .is_some()
         );
+    }
+
+    /// A store whose commits fail once `allowed` reaches zero (a full disk, or the moment a
+    /// process is killed: what was committed before stays, nothing after).
+    struct FailingStore {
+        inner: Arc<dyn Store>,
+        allowed: Mutex<usize>,
+    }
+
+    impl Store for FailingStore {
+        fn get(&self, key: &ObjectKey) -> Result<Option<Value>, StoreError> {
+            self.inner.get(key)
+        }
+        fn list(
+            &self,
+            kind: Kind,
+            namespace: Option<&str>,
+        ) -> Result<(Vec<Value>, u64), StoreError> {
+            self.inner.list(kind, namespace)
+        }
+        fn commit(&self, ops: Vec<Op>) -> Result<crate::store::Committed, StoreError> {
+            let mut allowed = self.allowed.lock().unwrap();
+            if *allowed == 0 {
+                return Err(StoreError::Backend {
+                    path: "test".into(),
+                    reason: "no space left on device".into(),
+                });
+            }
+            *allowed -= 1;
+            self.inner.commit(ops)
+        }
+        fn watch(&self, from_rv: u64) -> Result<crate::store::Watch, StoreError> {
+            self.inner.watch(from_rv)
+        }
+        fn current_rv(&self) -> u64 {
+            self.inner.current_rv()
+        }
+    }
+
+    fn phase_of(store: &Arc<dyn Store>, id: &str) -> Value {
+        store
+            .get(&ObjectKey::new(Kind::Revision, "", id))
+            .unwrap()
+            .map_or(Value::Null, |r| r["status"]["phase"].clone())
+    }
+
+    #[test]
+    fn a_failed_apply_is_retried_and_a_stranded_pending_revision_is_superseded() {
+        let memory: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let failing = Arc::new(FailingStore {
+            inner: memory.clone(),
+            allowed: Mutex::new(usize::MAX),
+        });
+        let store: Arc<dyn Store> = failing.clone();
+        let mut c =
+            SourceController::new(store.clone(), "10.96.0.0/12", Limits::default()).unwrap();
+        let mut src = FakeSource::default();
+        src.commit("v0", &[("a.yaml", &deployment("a", "a:v0"))]);
+        src.publish();
+        c.sync(&mut src).unwrap();
+
+        // v1 is recorded, then its apply fails: the next sync applies it all the same.
+        let v1 = src.commit("v1", &[("a.yaml", &deployment("a", "a:v1"))]);
+        src.publish();
+        *failing.allowed.lock().unwrap() = 1;
+        assert!(c.sync(&mut src).is_err());
+        assert_eq!(phase_of(&store, &v1), PENDING);
+        *failing.allowed.lock().unwrap() = usize::MAX;
+        let out = c.sync(&mut src).unwrap().unwrap();
+        assert_eq!((out.phase, out.updated), (APPLIED, 1));
+        assert_eq!(phase_of(&store, &v1), APPLIED);
+        assert_eq!(image(&store, "a").as_deref(), Some("a:v1"));
+
+        // v2 is recorded, then serve dies before applying it; after the restart the source
+        // is already at v3: v2 is superseded by v3, not left Pending for ever.
+        let v2 = src.commit("v2", &[("a.yaml", &deployment("a", "a:v2"))]);
+        src.publish();
+        *failing.allowed.lock().unwrap() = 1;
+        assert!(c.sync(&mut src).is_err());
+        drop(c);
+        let v3 = src.commit("v3", &[("a.yaml", &deployment("a", "a:v3"))]);
+        src.publish();
+        let mut c =
+            SourceController::new(memory.clone(), "10.96.0.0/12", Limits::default()).unwrap();
+        let out = c.sync(&mut src).unwrap().unwrap();
+        assert_eq!(out.phase, APPLIED);
+        assert_eq!(out.superseded, vec![v2.clone()]);
+        assert_eq!(phase_of(&memory, &v2), SUPERSEDED);
+        let record = memory
+            .get(&ObjectKey::new(Kind::Revision, "", &v2))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            record["status"]["message"],
+            format!("superseded by {}", &v3[..7])
+        );
+        assert_eq!(phase_of(&memory, &v3), APPLIED);
+        assert_eq!(image(&memory, "a").as_deref(), Some("a:v3"));
+        let sequences: Vec<u64> = memory
+            .list(Kind::Revision, None)
+            .unwrap()
+            .0
+            .iter()
+            .filter_map(|r| r.pointer("/spec/sequence").and_then(Value::as_u64))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        assert_eq!(sequences, vec![1, 2, 3, 4], "no gaps, no repeats");
     }
 
     #[test]

@@ -78,6 +78,7 @@ impl GitSource {
         let (origin, repo) = if is_url(location) {
             let dir = clone_dir(state_dir, location);
             let repo = if dir.join("HEAD").exists() {
+                remove_stale_locks(&dir);
                 Repository::open_bare(&dir)
             } else {
                 std::fs::create_dir_all(&dir)
@@ -750,6 +751,52 @@ pub(crate) fn redact(location: &str) -> String {
         None => userinfo.to_string(),
     };
     format!("{scheme}://{hidden}{}", &rest[at..])
+}
+
+/// Removes the lock files a process killed in the middle of a fetch or a commit left in
+/// `clone` (a ref's `<name>.lock`, `packed-refs.lock`, `HEAD.lock`, `config.lock`,
+/// `shallow.lock`): git takes a lock by creating that file and never breaks one, so a single
+/// SIGKILL at the wrong moment would make every later fetch fail with "failed to lock file".
+/// Only for the clone under the state directory, which this serve alone uses (the store's
+/// lock keeps a second serve off the same state), and only when opening it, before any of
+/// this process's own writes; a user's local repository is never touched. Returns what was
+/// removed.
+pub fn remove_stale_locks(clone: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let mut remove = |path: PathBuf| match std::fs::remove_file(&path) {
+        Ok(()) => {
+            tracing::warn!(lock = %path.display(), "removed a stale lock left by an earlier stop");
+            removed.push(path);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(lock = %path.display(), "cannot remove a stale lock: {e}"),
+    };
+    for name in [
+        "packed-refs.lock",
+        "HEAD.lock",
+        "config.lock",
+        "shallow.lock",
+        "FETCH_HEAD.lock",
+    ] {
+        remove(clone.join(name));
+    }
+    let mut dirs = vec![clone.join("refs")];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => dirs.push(path),
+                Ok(t) if t.is_file() && path.extension().is_some_and(|e| e == "lock") => {
+                    remove(path)
+                }
+                _ => {}
+            }
+        }
+    }
+    removed
 }
 
 /// `state_dir/sources/<first 16 hex digits of sha256(url)>`.

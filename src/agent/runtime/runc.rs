@@ -53,6 +53,9 @@ pub struct ContainerState {
     /// Known once the container stopped and its init was reaped: the exit status, or 128 +
     /// the signal that killed it (as Kubernetes reports it).
     pub exit_code: Option<i32>,
+    /// When runc created the container (runc's state says). An agent that restarts does not
+    /// remember when the containers it adopts started: this is their start time.
+    pub created: Option<jiff::Timestamp>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -197,6 +200,8 @@ struct RuncState {
     id: String,
     pid: u32,
     status: Status,
+    #[serde(default)]
+    created: Option<String>,
 }
 
 impl Runc {
@@ -330,6 +335,7 @@ impl Runc {
             status: state.status,
             pid: state.pid,
             exit_code,
+            created: state.created.and_then(|t| t.parse().ok()),
         }
     }
 }
@@ -669,6 +675,7 @@ impl ContainerRuntime for RecordingRuntime {
                 status: Status::Running,
                 pid,
                 exit_code: None,
+                created: None,
             },
         );
         Ok(pid)
@@ -805,6 +812,7 @@ mod tests {
             (s.id.as_str(), s.pid, s.status),
             ("c1", 42, Status::Running)
         );
+        assert_eq!(s.created.as_deref(), Some("2026-01-01T00:00:00Z"));
         let none: Option<Vec<RuncState>> = serde_json::from_str("null").expect("null list");
         assert!(none.is_none());
     }

@@ -174,7 +174,7 @@ impl Rollout<'_> {
             Strategy::RollingUpdate { .. } => rollout::new_replica_set_next_size(
                 self.spec.replicas,
                 self.spec.max_surge(),
-                self.replica_sets.iter().map(spec_replicas).sum(),
+                self.replica_sets.iter().map(super::pods_held).sum(),
                 0,
             ),
         };

@@ -209,6 +209,16 @@ pub(crate) fn spec_replicas(rs: &Value) -> i32 {
     int_field(rs, "/spec/replicas")
 }
 
+/// The pods a ReplicaSet may have now: its `spec.replicas`, or more while its controller has
+/// not yet removed the pods of a scale-down (`status.replicas` counts its active pods).
+/// Kubernetes sizes a surge from the specs alone, so when an old ReplicaSet's pods outlive its
+/// scale-down (a conflicted delete, a queue that reaches the new ReplicaSet first, a restart
+/// between the two), the new ReplicaSet's pods come on top of them: more than replicas +
+/// maxSurge pods at once. Counting the pods still there holds the bound at every moment.
+pub(crate) fn pods_held(rs: &Value) -> i32 {
+    spec_replicas(rs).max(int_field(rs, "/status/replicas"))
+}
+
 /// An integer field of a status (`/status/availableReplicas`), 0 when absent.
 pub(crate) fn int_field(object: &Value, pointer: &str) -> i32 {
     object

@@ -52,7 +52,7 @@ impl Rollout<'_> {
             rollout::new_replica_set_next_size(
                 replicas,
                 self.spec.max_surge(),
-                self.replica_sets.iter().map(spec_replicas).sum(),
+                self.replica_sets.iter().map(super::pods_held).sum(),
                 current,
             )
         };
