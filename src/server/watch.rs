@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 /// How often an idle watch gets a `BOOKMARK` carrying the newest resourceVersion seen.
@@ -70,7 +70,7 @@ pub async fn respond(
     store: &Arc<dyn Store>,
     filter: WatchFilter,
     start: WatchStart,
-    slot: OwnedSemaphorePermit,
+    slot: impl Send + Sync + 'static,
     shutdown: Option<ShutdownSignal>,
 ) -> Result<Response, ApiError> {
     let mut pending = VecDeque::new();
@@ -99,7 +99,7 @@ pub async fn respond(
         deadline: start.timeout.map(|t| Instant::now() + t),
         shutdown,
         finished: false,
-        _slot: slot,
+        _slot: Box::new(slot),
     };
     let body = Body::from_stream(futures_util::stream::unfold(state, |mut s| async move {
         let line = s.next_line().await?;
@@ -175,8 +175,8 @@ struct Stream {
     deadline: Option<Instant>,
     shutdown: Option<ShutdownSignal>,
     finished: bool,
-    /// Held for the life of the stream: the token's open-watch count.
-    _slot: OwnedSemaphorePermit,
+    /// Held for the life of the stream: the client's open-watch count.
+    _slot: Box<dyn Send + Sync>,
 }
 
 impl Stream {
