@@ -224,12 +224,18 @@ pub struct Watch {
 impl Watch {
     /// The next change, waiting for one. `Gone` when the watcher fell out of the kept window.
     pub async fn next(&mut self) -> Result<WatchEvent, StoreError> {
+        self.next_encoded().await?.decode()
+    }
+
+    /// The next change in its stored JSON encoding, waiting for one (for streaming it out, or
+    /// filtering it, without parsing it whole).
+    pub async fn next_encoded(&mut self) -> Result<EncodedEvent, StoreError> {
         loop {
             // Mark the current value seen before looking, so an append racing with the look
             // still wakes `changed()` below.
             self.appended.borrow_and_update();
             if let Some(event) = self.try_next_encoded()? {
-                return event.decode();
+                return Ok(event);
             }
             if self.appended.changed().await.is_err() {
                 // The sender lives in `shared`, which this watch holds: never closed.
