@@ -13,8 +13,12 @@ use std::sync::{Arc, RwLock};
 /// How many events a `WatchLog` keeps unless told otherwise.
 pub const DEFAULT_CAPACITY: usize = 100_000;
 /// How many bytes of objects a `WatchLog` keeps unless told otherwise: bounds the memory of
-/// the log when objects are large (100,000 events of 2 KB would be 200 MB).
-pub const DEFAULT_MAX_BYTES: usize = 64 << 20;
+/// the log when objects are large (100,000 events of 2 KB would be 200 MB). With 100 nodes
+/// writing their own and their pods' status every second (`tend bench load`, ~0.9 MB of
+/// changes a second) 16 MiB is the last ~18 s, time enough for a watch broken by a restart or
+/// a network blip to resume without listing again; at 64 MiB serve's memory grew by ~70 MiB
+/// over the first minutes of that load, and a watcher that falls further behind lists again.
+pub const DEFAULT_MAX_BYTES: usize = 16 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "UPPERCASE")]
