@@ -4,7 +4,11 @@
 //! Services (one file each pair), starts `tend serve` on it, and measures: the cold apply,
 //! a one-file commit applied after the ref update, and serve's resident memory; beside them,
 //! the floor: parsing the same YAML alone in this process.
+//!
+//! `tend bench load [--agents 100] [--duration 300s]`: simulated agents watching and
+//! reporting status every second against a real serve ([`load`]).
 
+pub mod load;
 mod push;
 
 use crate::manifest::{self, Limits};
@@ -17,7 +21,7 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// What to measure: `apply`, `schedule`, `agent`, `services` or `push`.
+    /// What to measure: `apply`, `schedule`, `agent`, `services`, `push` or `load`.
     pub what: String,
     /// Deployments (and as many Services) in the repository.
     #[arg(long, default_value_t = 2000)]
@@ -52,6 +56,12 @@ pub struct BenchArgs {
     /// `push`: Services added for the Service-change figure (0: skip it).
     #[arg(long, default_value_t = 2000)]
     pub extra_services: usize,
+    /// `load`: simulated agents, each watching and reporting status every second.
+    #[arg(long, default_value_t = 100)]
+    pub agents: usize,
+    /// `load`: how long the load runs once the agents are registered (`300s`, `5m`).
+    #[arg(long, default_value = "300s", value_parser = crate::cli::serve::parse_duration)]
+    pub duration: std::time::Duration,
     /// Internal: the part of `agent` that runs inside the node namespace, in this directory.
     #[arg(long, hide = true)]
     pub inner: Option<std::path::PathBuf>,
@@ -67,8 +77,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             crate::agent::lb::bench::run(&sizes, args.changes)
         }
         "push" => push::run(args.runs, args.extra_services),
+        "load" => load::main(args.agents, args.duration),
         other => bail!(
-            "bench {other:?}: unknown benchmark (available: apply, schedule, agent, services, push)"
+            "bench {other:?}: unknown benchmark (available: apply, schedule, agent, services, push, load)"
         ),
     }
 }

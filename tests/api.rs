@@ -803,10 +803,10 @@ async fn watches_end_on_timeout_and_on_shutdown() {
 }
 
 #[tokio::test]
-async fn watch_slots_are_bounded_per_token() {
+async fn watch_slots_are_bounded_per_client() {
     let dir = tempfile::tempdir().expect("tempdir");
     let limits = Limits {
-        max_watches_per_token: 1,
+        max_watches_per_client: 1,
         ..Limits::default()
     };
     let server = Server::start(dir.path(), Arc::new(MemoryStore::new()), None, limits).await;

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod credentials;
 pub mod fields;
 pub mod limits;
+pub mod listen;
 pub mod logs;
 pub mod node_auth;
 pub mod objects;
@@ -61,7 +62,8 @@ struct Shared {
     limits: Limits,
     rate: RateLimiter,
     in_flight: Arc<Semaphore>,
-    watch_slots: WatchSlots,
+    /// Keyed by identity and client address: nodes sharing the join token each get a cap.
+    watch_slots: WatchSlots<(Identity, IpAddr)>,
 }
 
 /// The API with the default [`Limits`].
@@ -74,7 +76,7 @@ pub fn router_with_limits(state: Arc<ApiState>, limits: Limits) -> Router {
         api: state,
         rate: RateLimiter::new(limits.rate_per_second, limits.rate_burst),
         in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
-        watch_slots: WatchSlots::new(limits.max_watches_per_token),
+        watch_slots: WatchSlots::new(limits.max_watches_per_client),
         limits,
     });
     Router::new()
@@ -86,24 +88,25 @@ pub fn router_with_limits(state: Arc<ApiState>, limits: Limits) -> Router {
         .with_state(shared)
 }
 
-/// Serves `router` on `listener` until `shutdown` completes; open watches then end, and
-/// requests in progress finish.
+/// Serves `router` on `listener` until `shutdown` completes, with the default connection
+/// bounds; open watches then end, and requests in progress finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (down_tx, down_rx) = tokio::sync::watch::channel(false);
-    let app = router.layer(Extension(ShutdownSignal(down_rx)));
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = down_tx.send(true);
-    })
-    .await
+    listen::serve(listener, router, &Limits::default(), shutdown).await
+}
+
+/// [`serve`] with the connection bounds of `limits` (the time to send a request's head, the
+/// open connections); give the router the same `limits` ([`router_with_limits`]).
+pub async fn serve_with_limits(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: &Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    listen::serve(listener, router, limits, shutdown).await
 }
 
 /// One debug line per request.
@@ -125,11 +128,7 @@ async fn log_request(req: Request, next: Next) -> Response {
 /// The rate per client address, the bound on requests in flight, and the request timeout
 /// (which bounds a watch only until its stream starts).
 async fn admit(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
-    let client = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip())
-        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let client = client_address(&req);
     if !shared.rate.admit(client, Instant::now()) {
         return ApiError::too_many_requests(format!("too many requests from {client}; slow down"))
             .into_response();
@@ -146,6 +145,14 @@ async fn admit(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> R
         ))
         .into_response(),
     }
+}
+
+/// The client's address (the TCP peer); unspecified when the server was not given it.
+fn client_address(req: &Request) -> IpAddr {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
 }
 
 async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
@@ -266,13 +273,14 @@ async fn dispatch(
                     .map_err(|e| ApiError::bad_request(e.to_string()))?;
             if matches!(params.watch.as_deref(), Some("true" | "1")) {
                 let shutdown = req.extensions().get::<ShutdownSignal>().cloned();
+                let client = client_address(&req);
                 let filter = watch::WatchFilter {
                     kind,
                     namespace,
                     selector,
                     fields,
                 };
-                return open_watch(shared, identity, filter, &params, shutdown).await;
+                return open_watch(shared, (identity, client), filter, &params, shutdown).await;
             }
             Ok(
                 Json(objects::list(store, kind, namespace, selector, fields).await?)
@@ -332,7 +340,7 @@ async fn dispatch(
 
 async fn open_watch(
     shared: &Shared,
-    identity: Identity,
+    (identity, client): (Identity, IpAddr),
     filter: watch::WatchFilter,
     params: &ListParams,
     shutdown: Option<ShutdownSignal>,
@@ -345,11 +353,11 @@ async fn open_watch(
     };
     let slot = shared
         .watch_slots
-        .try_take(identity.clone())
+        .try_take((identity.clone(), client))
         .ok_or_else(|| {
             ApiError::too_many_requests(format!(
-                "the {identity} token already has {} open watches",
-                shared.limits.max_watches_per_token
+                "the {identity} token already has {} open watches from {client}",
+                shared.limits.max_watches_per_client
             ))
         })?;
     let start = watch::WatchStart {

@@ -3,23 +3,13 @@
 //! hyper-util, which reqwest already brings into the build, rather than a second server
 //! crate with its own TLS stack.
 
-use super::watch::ShutdownSignal;
-use axum::extract::ConnectInfo;
-use axum::{Extension, Router};
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
+use axum::Router;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt;
-
-/// How long a client may take to finish its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -60,58 +50,21 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
 }
 
 /// Serves `router` over TLS on `listener` until `shutdown` completes; open watches then end,
-/// and requests in progress finish (as [`super::serve`] does for plain HTTP).
+/// and requests in progress finish (as [`super::serve`] does for plain HTTP), with the same
+/// connection bounds ([`super::listen`]).
 pub async fn serve_tls(
     listener: tokio::net::TcpListener,
     router: Router,
     config: Arc<rustls::ServerConfig>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (down_tx, down_rx) = tokio::sync::watch::channel(false);
-    let app = router.layer(Extension(ShutdownSignal(down_rx)));
     let acceptor = TlsAcceptor::from(config);
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, addr) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait instead of spinning.
-                    tracing::warn!("accepting a connection: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%addr, "TLS handshake failed: {e}");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%addr, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let service = app.map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(addr));
-                req
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), TowerToHyperService::new(service));
-            if let Err(e) = watcher.watch(connection).await {
-                tracing::debug!(%addr, "connection ended: {e}");
-            }
-        });
-    }
-    let _ = down_tx.send(true);
-    graceful.shutdown().await;
-    Ok(())
+    super::listen::serve_maybe_tls(
+        listener,
+        router,
+        &super::limits::Limits::default(),
+        Some(acceptor),
+        shutdown,
+    )
+    .await
 }

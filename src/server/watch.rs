@@ -1,12 +1,19 @@
 //! Watches: a chunked stream of newline-delimited JSON events, Kubernetes style
 //! (`{"type":"ADDED","object":{...}}`), from a resourceVersion.
+//!
+//! Every watch reads every change of the store, so the cost per change and watch must stay
+//! small (hundreds of nodes each watch their pods, Services and Endpoints): a change is
+//! filtered on its stored JSON (the kind read from its first bytes; the fields selectors use
+//! parsed only when the kind matches and the watch has selectors) and sent as those bytes,
+//! never parsed whole nor encoded again.
 
 use super::fields::FieldSelector;
 use super::objects::blocking;
 use super::status::ApiError;
 use crate::api::selector::Selector;
 use crate::api::{Kind, ObjectMeta};
-use crate::store::{Store, StoreError, Watch, WatchEvent, WatchEventType};
+use crate::store::watch::EncodedEvent;
+use crate::store::{Store, StoreError, Watch, WatchEventType};
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
@@ -15,7 +22,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 /// How often an idle watch gets a `BOOKMARK` carrying the newest resourceVersion seen.
@@ -54,6 +61,106 @@ impl WatchFilter {
             && self.selector.matches(object.labels())
             && self.fields.matches(object)
     }
+
+    /// [`WatchFilter::matches`] on an object's stored JSON. Reads the kind first (a few bytes
+    /// in: objects are stored with sorted keys, `apiVersion` then `kind`), then, only when
+    /// the watch selects on more than the kind, the fields selectors can look at.
+    pub fn matches_encoded(&self, object: &[u8]) -> bool {
+        if top_level_kind(object).as_deref() != Some(self.kind.name()) {
+            return false;
+        }
+        if self.namespace.is_none() && self.selector.is_empty() && self.fields.is_empty() {
+            return true;
+        }
+        match serde_json::from_slice::<Head>(object) {
+            Ok(head) => self.matches(&head.into_value()),
+            Err(_) => false,
+        }
+    }
+}
+
+/// The fields a watch filter can look at (kind, name, namespace, labels, and the fields of
+/// field selectors); serde skips the rest without building it.
+#[derive(serde::Deserialize)]
+struct Head {
+    kind: Option<Value>,
+    metadata: Option<HeadMeta>,
+    spec: Option<HeadSpec>,
+    status: Option<HeadStatus>,
+}
+
+#[derive(serde::Deserialize)]
+struct HeadMeta {
+    name: Option<Value>,
+    namespace: Option<Value>,
+    labels: Option<Value>,
+}
+
+#[derive(serde::Deserialize)]
+struct HeadSpec {
+    #[serde(rename = "nodeName")]
+    node_name: Option<Value>,
+}
+
+#[derive(serde::Deserialize)]
+struct HeadStatus {
+    phase: Option<Value>,
+}
+
+impl Head {
+    fn into_value(self) -> Value {
+        let mut object = serde_json::Map::new();
+        let put = |map: &mut serde_json::Map<String, Value>, k: &str, v: Option<Value>| {
+            if let Some(v) = v {
+                map.insert(k.to_string(), v);
+            }
+        };
+        put(&mut object, "kind", self.kind);
+        if let Some(m) = self.metadata {
+            let mut meta = serde_json::Map::new();
+            put(&mut meta, "name", m.name);
+            put(&mut meta, "namespace", m.namespace);
+            put(&mut meta, "labels", m.labels);
+            object.insert("metadata".into(), Value::Object(meta));
+        }
+        if let Some(spec) = self.spec {
+            let mut map = serde_json::Map::new();
+            put(&mut map, "nodeName", spec.node_name);
+            object.insert("spec".into(), Value::Object(map));
+        }
+        if let Some(status) = self.status {
+            let mut map = serde_json::Map::new();
+            put(&mut map, "phase", status.phase);
+            object.insert("status".into(), Value::Object(map));
+        }
+        Value::Object(object)
+    }
+}
+
+/// The top-level `kind` of a JSON object, reading no further than that member.
+fn top_level_kind(object: &[u8]) -> Option<String> {
+    use serde::de::{Deserializer as _, Error as _, IgnoredAny, MapAccess, Visitor};
+    struct Probe<'a>(&'a mut Option<String>);
+    impl<'de> Visitor<'de> for Probe<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if key == "kind" {
+                    *self.0 = map.next_value::<String>().ok();
+                    // Found: stop reading (the error only ends the parse early).
+                    return Err(A::Error::custom("found"));
+                }
+                map.next_value::<IgnoredAny>()?;
+            }
+            Ok(())
+        }
+    }
+    let mut kind = None;
+    let _ = serde_json::Deserializer::from_slice(object).deserialize_map(Probe(&mut kind));
+    kind
 }
 
 /// Where a watch starts.
@@ -70,7 +177,7 @@ pub async fn respond(
     store: &Arc<dyn Store>,
     filter: WatchFilter,
     start: WatchStart,
-    slot: OwnedSemaphorePermit,
+    slot: impl Send + Sync + 'static,
     shutdown: Option<ShutdownSignal>,
 ) -> Result<Response, ApiError> {
     let mut pending = VecDeque::new();
@@ -99,7 +206,7 @@ pub async fn respond(
         deadline: start.timeout.map(|t| Instant::now() + t),
         shutdown,
         finished: false,
-        _slot: slot,
+        _slot: Box::new(slot),
     };
     let body = Body::from_stream(futures_util::stream::unfold(state, |mut s| async move {
         let line = s.next_line().await?;
@@ -121,7 +228,7 @@ const MAX_BATCH: usize = 512;
 
 /// Store events, in batches that end on a transaction boundary unless `partial`.
 struct Batch {
-    events: Vec<WatchEvent>,
+    events: Vec<EncodedEvent>,
     partial: bool,
 }
 
@@ -133,13 +240,13 @@ async fn pump(mut watch: Watch, batches: mpsc::Sender<Result<Batch, StoreError>>
     loop {
         let first = tokio::select! {
             _ = batches.closed() => return,
-            event = watch.next() => event,
+            event = watch.next_encoded() => event,
         };
         let mut failure = None;
         let batch = first.map(|first| {
             let mut events = vec![first];
             while events.len() < MAX_BATCH {
-                match watch.try_next() {
+                match watch.try_next_encoded() {
                     Ok(Some(event)) => events.push(event),
                     Ok(None) => break,
                     Err(e) => {
@@ -175,8 +282,8 @@ struct Stream {
     deadline: Option<Instant>,
     shutdown: Option<ShutdownSignal>,
     finished: bool,
-    /// Held for the life of the stream: the token's open-watch count.
-    _slot: OwnedSemaphorePermit,
+    /// Held for the life of the stream: the client's open-watch count.
+    _slot: Box<dyn Send + Sync>,
 }
 
 impl Stream {
@@ -228,9 +335,11 @@ impl Stream {
         let mut last_rv = self.sent_rv;
         for event in &batch.events {
             last_rv = event.resource_version;
-            if self.filter.matches(&event.object) {
-                self.pending
-                    .push_back(event_line(type_name(event.event_type), &event.object));
+            if self.filter.matches_encoded(&event.object) {
+                self.pending.push_back(encoded_event_line(
+                    type_name(event.event_type),
+                    &event.object,
+                ));
             }
         }
         // A cut-short batch may have stopped inside a transaction.
@@ -270,6 +379,17 @@ pub fn event_line(event_type: &str, object: &Value) -> Bytes {
     Bytes::from(bytes)
 }
 
+/// [`event_line`] of an object already in its JSON encoding (as the store keeps it).
+fn encoded_event_line(event_type: &str, object: &[u8]) -> Bytes {
+    let mut bytes = Vec::with_capacity(object.len() + 32);
+    bytes.extend_from_slice(br#"{"type":""#);
+    bytes.extend_from_slice(event_type.as_bytes());
+    bytes.extend_from_slice(br#"","object":"#);
+    bytes.extend_from_slice(object);
+    bytes.extend_from_slice(b"}\n");
+    Bytes::from(bytes)
+}
+
 fn error_line(error: &ApiError) -> Bytes {
     line(&json!({ "type": "ERROR", "object": error.to_status() }))
 }
@@ -305,6 +425,54 @@ mod tests {
         });
         let v: Value = serde_json::from_slice(&error_line(&gone)).expect("json");
         assert_eq!(v["object"]["code"], 410);
+    }
+
+    #[test]
+    fn encoded_events_filter_and_read_as_parsed_ones() {
+        let objects = [
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a", "namespace": "web", "labels": {"app": "shop"}, "ownerReferences": [{"kind": "ReplicaSet"}]}, "spec": {"nodeName": "n1", "containers": [{"name": "c"}]}, "status": {"phase": "Running"}}),
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "b", "labels": {"app": "blog"}}, "spec": {"nodeName": "n2"}}),
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "a", "namespace": "web", "labels": {"app": "shop"}}}),
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "c", "namespace": "web"}, "status": {"phase": "Pending"}}),
+            json!({"metadata": {"name": "no-kind", "labels": {"kind": "Pod"}}}),
+            json!({"apiVersion": "x\"kind\":\"Pod", "kind": "Event", "metadata": {"name": "e"}}),
+        ];
+        let filters = [
+            (Kind::Pod, None, "", ""),
+            (Kind::Pod, None, "", "spec.nodeName=n1"),
+            (Kind::Pod, Some("web"), "app=shop", ""),
+            (
+                Kind::Pod,
+                None,
+                "app!=shop",
+                "status.phase!=Running,metadata.name!=zz",
+            ),
+            (Kind::Service, Some("web"), "", "metadata.name=a"),
+            (Kind::Event, None, "", ""),
+        ];
+        for (kind, ns, labels, fields) in filters {
+            let filter = WatchFilter {
+                kind,
+                namespace: ns.map(str::to_string),
+                selector: Selector::parse(labels).expect("selector"),
+                fields: FieldSelector::parse(kind, fields).expect("fields"),
+            };
+            for object in &objects {
+                let encoded = object.to_string();
+                assert_eq!(
+                    filter.matches_encoded(encoded.as_bytes()),
+                    filter.matches(object),
+                    "{filter:?} on {object}"
+                );
+            }
+        }
+        assert_eq!(top_level_kind(b"[1]"), None);
+        assert_eq!(top_level_kind(b"{\"kind\""), None);
+        let object = objects[0].to_string();
+        let line = encoded_event_line("MODIFIED", object.as_bytes());
+        let parsed: Value = serde_json::from_slice(&line).expect("json");
+        assert_eq!(parsed, json!({"type": "MODIFIED", "object": objects[0]}));
+        assert_eq!(line, event_line("MODIFIED", &objects[0]));
     }
 
     #[test]

@@ -150,7 +150,7 @@ pub(crate) fn apply_transaction(
         now: crate::api::now_rfc3339(),
     };
     let mut objects = Vec::with_capacity(ops.len());
-    let mut events = Vec::with_capacity(ops.len());
+    let mut events: Vec<(String, EncodedEvent)> = Vec::with_capacity(ops.len());
     for op in ops {
         let key = op_key(&op)?;
         let storage_key = key.storage_key();
@@ -159,11 +159,14 @@ pub(crate) fn apply_transaction(
         let encoded = encode(&change.object);
         let stored = (change.event_type != WatchEventType::Deleted).then(|| Arc::clone(&encoded));
         staging.write(&storage_key, stored)?;
-        events.push(EncodedEvent {
-            event_type: change.event_type,
-            resource_version: rv,
-            object: encoded,
-        });
+        events.push((
+            storage_key,
+            EncodedEvent {
+                event_type: change.event_type,
+                resource_version: rv,
+                object: encoded,
+            },
+        ));
         objects.push(change.object);
     }
     Ok((
@@ -171,8 +174,39 @@ pub(crate) fn apply_transaction(
             resource_version: rv,
             objects,
         },
-        events,
+        coalesce(events),
     ))
+}
+
+/// One event per object and transaction, as Kubernetes gives: a transaction that writes an
+/// object twice (the scheduler binds a pod and sets its PodScheduled condition) would
+/// otherwise send two events at one resourceVersion, the first with a state that never
+/// existed on its own, and a watcher resuming from that resourceVersion would miss the
+/// second. The object is its last state; the type says what changed over the transaction:
+/// created (ADDED), created and deleted (no event), deleted then created (MODIFIED).
+pub(crate) fn coalesce(events: Vec<(String, EncodedEvent)>) -> Vec<EncodedEvent> {
+    use WatchEventType::{Added, Deleted, Modified};
+    let mut slots: Vec<Option<EncodedEvent>> = Vec::with_capacity(events.len());
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for (key, event) in events {
+        let Some(&at) = index.get(&key) else {
+            index.insert(key, slots.len());
+            slots.push(Some(event));
+            continue;
+        };
+        let first = slots[at].as_ref().map(|e| e.event_type);
+        let event_type = match (first, event.event_type) {
+            (Some(Added), Deleted) | (None, Deleted) => None,
+            (Some(Added), _) | (None, _) => Some(Added),
+            (Some(Deleted), Added) => Some(Modified),
+            (Some(_), later) => Some(later),
+        };
+        slots[at] = event_type.map(|event_type| EncodedEvent {
+            event_type,
+            ..event
+        });
+    }
+    slots.into_iter().flatten().collect()
 }
 
 /// What the store stamps on the objects of one transaction.
@@ -438,6 +472,65 @@ mod tests {
             resource_version: rv,
             now: "2024-01-01T00:00:00Z".into(),
         }
+    }
+
+    #[test]
+    fn a_transaction_gives_one_event_per_object() {
+        use WatchEventType::{Added, Deleted, Modified};
+        let event = |key: &str, t: WatchEventType, body: &str| {
+            (
+                key.to_string(),
+                EncodedEvent {
+                    event_type: t,
+                    resource_version: 7,
+                    object: Arc::from(body.as_bytes()),
+                },
+            )
+        };
+        let shape = |events: Vec<EncodedEvent>| -> Vec<(WatchEventType, String)> {
+            events
+                .into_iter()
+                .map(|e| {
+                    (
+                        e.event_type,
+                        String::from_utf8_lossy(&e.object).into_owned(),
+                    )
+                })
+                .collect()
+        };
+        // Bind (spec) then status: one MODIFIED with the final state.
+        let bind = coalesce(vec![
+            event("p", Modified, "spec"),
+            event("q", Added, "q"),
+            event("p", Modified, "spec+status"),
+        ]);
+        assert_eq!(
+            shape(bind),
+            [(Modified, "spec+status".into()), (Added, "q".into())]
+        );
+        assert_eq!(
+            shape(coalesce(vec![
+                event("p", Added, "a"),
+                event("p", Modified, "b")
+            ])),
+            [(Added, "b".into())]
+        );
+        assert!(coalesce(vec![event("p", Added, "a"), event("p", Deleted, "a")]).is_empty());
+        assert_eq!(
+            shape(coalesce(vec![
+                event("p", Deleted, "a"),
+                event("p", Added, "b")
+            ])),
+            [(Modified, "b".into())]
+        );
+        assert_eq!(
+            shape(coalesce(vec![
+                event("p", Added, "a"),
+                event("p", Deleted, "a"),
+                event("p", Added, "c"),
+            ])),
+            [(Added, "c".into())]
+        );
     }
 
     #[test]

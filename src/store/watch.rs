@@ -13,8 +13,12 @@ use std::sync::{Arc, RwLock};
 /// How many events a `WatchLog` keeps unless told otherwise.
 pub const DEFAULT_CAPACITY: usize = 100_000;
 /// How many bytes of objects a `WatchLog` keeps unless told otherwise: bounds the memory of
-/// the log when objects are large (100,000 events of 2 KB would be 200 MB).
-pub const DEFAULT_MAX_BYTES: usize = 64 << 20;
+/// the log when objects are large (100,000 events of 2 KB would be 200 MB). With 100 nodes
+/// writing their own and their pods' status every second (`tend bench load`, ~0.9 MB of
+/// changes a second) 16 MiB is the last ~18 s, time enough for a watch broken by a restart or
+/// a network blip to resume without listing again; at 64 MiB serve's memory grew by ~70 MiB
+/// over the first minutes of that load, and a watcher that falls further behind lists again.
+pub const DEFAULT_MAX_BYTES: usize = 16 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -224,12 +228,18 @@ pub struct Watch {
 impl Watch {
     /// The next change, waiting for one. `Gone` when the watcher fell out of the kept window.
     pub async fn next(&mut self) -> Result<WatchEvent, StoreError> {
+        self.next_encoded().await?.decode()
+    }
+
+    /// The next change in its stored JSON encoding, waiting for one (for streaming it out, or
+    /// filtering it, without parsing it whole).
+    pub async fn next_encoded(&mut self) -> Result<EncodedEvent, StoreError> {
         loop {
             // Mark the current value seen before looking, so an append racing with the look
             // still wakes `changed()` below.
             self.appended.borrow_and_update();
             if let Some(event) = self.try_next_encoded()? {
-                return event.decode();
+                return Ok(event);
             }
             if self.appended.changed().await.is_err() {
                 // The sender lives in `shared`, which this watch holds: never closed.
