@@ -320,9 +320,24 @@ async fn tend_serve_caps_watches_per_client_bodies_and_slow_heads() {
         .expect("join token")
         .trim()
         .to_string();
-    let pods = format!("{}/api/v1/pods", serve.url);
+    // A node (its own credential, registered with the join token) watches Services.
+    let registered: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/apis/tend.dev/v1/noderegistrations", serve.url))
+        .bearer_auth(&join)
+        .json(&serde_json::json!({"name": "limits-node"}))
+        .send()
+        .await
+        .expect("register")
+        .json()
+        .await
+        .expect("registration answer");
+    let join = registered["credential"]
+        .as_str()
+        .expect("a credential")
+        .to_string();
+    let pods = format!("{}/api/v1/services", serve.url);
 
-    // One node (the join token from 127.0.0.1): 64 watches, then 429.
+    // One node from 127.0.0.1: 64 watches, then 429.
     let here = client_from(Ipv4Addr::new(127, 0, 0, 1));
     let mut held = Vec::new();
     for i in 0..64 {
@@ -334,7 +349,7 @@ async fn tend_serve_caps_watches_per_client_bodies_and_slow_heads() {
     assert_eq!(code, 429, "the 65th watch: {body}");
     assert!(body.contains("TooManyRequests"), "{body}");
     assert!(body.contains("64 open watches from 127.0.0.1"), "{body}");
-    // Another node on the same token has its own cap, and so has the admin.
+    // The same credential from another address has its own cap, and so has the admin.
     let there = client_from(Ipv4Addr::new(127, 0, 0, 2));
     let (code, other_node, body) = open_watch(&there, &pods, &join).await;
     assert_eq!(code, 200, "another address: {body}");

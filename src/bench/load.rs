@@ -657,6 +657,39 @@ struct PodBook {
     started: HashMap<String, String>,
 }
 
+/// The node credential of `name`, registered with the join token (retried while serve
+/// starts or sheds load).
+async fn node_credential(
+    http: &reqwest::Client,
+    url: &str,
+    join: &str,
+    name: &str,
+) -> anyhow::Result<String> {
+    let mut last = String::new();
+    for _ in 0..20 {
+        match http
+            .post(format!("{url}{}", crate::server::path::REGISTER_PATH))
+            .bearer_auth(join)
+            .json(&json!({ "name": name }))
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+        {
+            Ok(response) if response.status().is_success() => {
+                let body: Value = response.json().await?;
+                if let Some(credential) = body.get("credential").and_then(Value::as_str) {
+                    return Ok(credential.to_string());
+                }
+                last = format!("no credential in {body}");
+            }
+            Ok(response) => last = format!("{}", response.status()),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    bail!("{name} could not register its credential: {last}")
+}
+
 /// Registers the Node; returns its object as created (or found).
 async fn register(agent: &Agent) -> anyhow::Result<()> {
     let capacity: Map<String, Value> = [
@@ -991,12 +1024,15 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<LoadReport> {
             .local_address(IpAddr::V4(address))
             .pool_max_idle_per_host(4)
             .build()?;
+        let name = format!("load-{i:03}");
+        // The join token only registers; the node then acts with its own credential.
+        let token = node_credential(&http, &serve.url, &serve.join, &name).await?;
         let agent = Arc::new(Agent {
-            name: format!("load-{i:03}"),
+            name,
             address,
             http,
             url: serve.url.clone(),
-            token: serve.join.clone(),
+            token,
             samples: Arc::clone(&samples),
         });
         register(&agent).await?;
