@@ -114,7 +114,9 @@ mod tests {
         source.set(3);
         let cache = ServiceEnvCache::default();
         let first = cache.for_pod(&source, &pod("default", None)).expect("env");
-        let again = cache.for_pod(&source, &pod("default", Some(true))).expect("env");
+        let again = cache
+            .for_pod(&source, &pod("default", Some(true)))
+            .expect("env");
         assert_eq!(source.reads.load(Ordering::SeqCst), 1, "read once");
         assert_eq!(first, again);
         assert_eq!(first.get("SVC_2_SERVICE_HOST"), Some("10.96.0.2"));
@@ -123,7 +125,9 @@ mod tests {
             service_env(&source.services_for("default").expect("s"), "default", true).into();
         assert_eq!(first, direct);
 
-        cache.for_pod(&source, &pod("default", Some(false))).expect("env");
+        cache
+            .for_pod(&source, &pod("default", Some(false)))
+            .expect("env");
         cache.for_pod(&source, &pod("shop", None)).expect("env");
         assert_eq!(source.reads.load(Ordering::SeqCst), 4, "one per key");
 
@@ -131,7 +135,11 @@ mod tests {
         let changed = cache.for_pod(&source, &pod("default", None)).expect("env");
         assert_eq!(changed.get("SVC_4_SERVICE_HOST"), Some("10.96.0.4"));
         assert_eq!(source.reads.load(Ordering::SeqCst), 5);
-        assert_eq!(cache.computed.lock().expect("lock").len(), 1, "stale dropped");
+        assert_eq!(
+            cache.computed.lock().expect("lock").len(),
+            1,
+            "stale dropped"
+        );
     }
 
     #[test]

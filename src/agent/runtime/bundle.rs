@@ -111,9 +111,8 @@ pub fn process<'a>(
     service_env: &'a ServiceEnv,
 ) -> Result<Process<'a>, BundleError> {
     let kube_env = kubelet_env(container, service_env)?;
-    let expand_all = |list: &Vec<String>| -> Vec<String> {
-        list.iter().map(|a| expand(a, &kube_env)).collect()
-    };
+    let expand_all =
+        |list: &Vec<String>| -> Vec<String> { list.iter().map(|a| expand(a, &kube_env)).collect() };
     let command = container.command.as_ref().filter(|c| !c.is_empty());
     let args = container.args.as_ref().filter(|a| !a.is_empty());
     let entrypoint = image.entrypoint.clone().unwrap_or_default();
@@ -370,7 +369,9 @@ mod tests {
     }
 
     fn argv(c: &Container) -> Vec<String> {
-        process(&image(), c, &ServiceEnv::default()).expect("process").args
+        process(&image(), c, &ServiceEnv::default())
+            .expect("process")
+            .args
     }
 
     #[test]
@@ -587,9 +588,19 @@ mod tests {
     #[test]
     fn working_dir_from_pod_then_image_then_root() {
         let mut c = container(None, None, &[]);
-        assert_eq!(process(&image(), &c, &ServiceEnv::default()).expect("p").cwd, "/www");
+        assert_eq!(
+            process(&image(), &c, &ServiceEnv::default())
+                .expect("p")
+                .cwd,
+            "/www"
+        );
         c.working_dir = Some("/data".into());
-        assert_eq!(process(&image(), &c, &ServiceEnv::default()).expect("p").cwd, "/data");
+        assert_eq!(
+            process(&image(), &c, &ServiceEnv::default())
+                .expect("p")
+                .cwd,
+            "/data"
+        );
         let bare = ImageConfig {
             entrypoint: Some(strings(&["x"])),
             ..ImageConfig::default()
