@@ -1180,6 +1180,7 @@ fn hostile_api_requests_get_a_4xx_and_change_nothing() {
 #[test]
 fn metacharacters_reach_the_oci_spec_as_data() {
     use tend::agent::runtime::bundle::{ImageConfig, process};
+    use tend::agent::runtime::env::ServiceEnv;
     let container: k8s_openapi::api::core::v1::Container =
         serde_json::from_value(serde_json::json!({
             "name": "c",
@@ -1192,7 +1193,9 @@ fn metacharacters_reach_the_oci_spec_as_data() {
             ],
         }))
         .unwrap();
-    let p = process(&ImageConfig::default(), &container, &[]).unwrap();
+    let (image, none) = (ImageConfig::default(), ServiceEnv::default());
+    let p = process(&image, &container, &none).unwrap();
+    let env = p.env.strings();
     assert_eq!(
         p.args,
         [
@@ -1205,16 +1208,10 @@ fn metacharacters_reach_the_oci_spec_as_data() {
         ]
     );
     assert!(
-        p.env
-            .contains(&"WEIRD=$(rm -rf /) `reboot` ; | & > < \" '".to_string()),
-        "{:?}",
-        p.env
+        env.contains(&"WEIRD=$(rm -rf /) `reboot` ; | & > < \" '".to_string()),
+        "{env:?}"
     );
-    assert!(
-        p.env.contains(&"NL=line1\nline2=3".to_string()),
-        "{:?}",
-        p.env
-    );
+    assert!(env.contains(&"NL=line1\nline2=3".to_string()), "{env:?}");
 }
 
 /// An HTTP probe's path and headers reach the wire as one request line and one header line:

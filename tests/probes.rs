@@ -767,9 +767,10 @@ impl Lab {
             hosts_file: self.dir.path().join("hosts"),
             resolv_conf: self.dir.path().join("resolv.conf"),
             rootfs: self.bundle().join("rootfs"),
-            service_env: Vec::new(),
+            service_env: Default::default(),
         };
-        let spec = runtime_spec(&ImageConfig::default(), &container, &context).expect("spec");
+        let image = ImageConfig::default();
+        let spec = runtime_spec(&image, &container, &context).expect("spec");
         std::fs::write(
             self.bundle().join("config.json"),
             serde_json::to_vec(&spec).expect("json"),

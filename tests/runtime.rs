@@ -130,7 +130,7 @@ impl Lab {
             hosts_file: self.dir.path().join("hosts"),
             resolv_conf: self.dir.path().join("resolv.conf"),
             rootfs: self.rootfs(),
-            service_env: vec![("WEB_SERVICE_HOST".into(), "10.96.0.20".into())],
+            service_env: vec![("WEB_SERVICE_HOST".into(), "10.96.0.20".into())].into(),
         };
         let spec = runtime_spec(image, container, &context).expect("spec");
         let bundle = self.dir.path().join("bundle");

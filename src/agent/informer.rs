@@ -85,6 +85,11 @@ impl<T> Informer<T> {
             .is_some()
     }
 
+    /// The change counter: bumped after every change is applied.
+    pub fn generation(&self) -> u64 {
+        *self.generation.borrow()
+    }
+
     /// The keys of every object held.
     pub fn keys(&self) -> Vec<Key> {
         self.objects

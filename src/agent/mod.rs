@@ -56,6 +56,7 @@ pub mod prober;
 pub mod proxy;
 pub mod registration;
 pub mod runtime;
+pub mod service_vars;
 pub mod services;
 pub mod sim;
 pub mod teardown;

@@ -657,6 +657,8 @@ pub struct PodSyncer<N: PodNet> {
     hooks: Arc<dyn HookRunner>,
     /// The Services containers learn through their environment.
     services: Arc<dyn ServiceSource>,
+    /// Their variables, shared by the containers started from the same Services.
+    service_env: super::service_vars::ServiceEnvCache,
     /// The probes' results, when the agent runs probes.
     probes: Option<Arc<dyn ProbeResults>>,
 }
@@ -696,6 +698,7 @@ impl<N: PodNet> PodSyncer<N> {
             hooks: Arc::new(RuntimeHooks::new(runtime.clone())),
             runtime,
             services: Arc::new(StaticServices(Vec::new())),
+            service_env: Default::default(),
             probes: None,
         }
     }
@@ -1116,7 +1119,9 @@ impl<N: PodNet> PodSyncer<N> {
                     hosts_file: pod_dir.join("hosts"),
                     resolv_conf: pod_dir.join("resolv.conf"),
                     rootfs,
-                    service_env: super::services::env_for_pod(self.services.as_ref(), pod)
+                    service_env: self
+                        .service_env
+                        .for_pod(self.services.as_ref(), pod)
                         .ok_or_else(|| SyncError::ServicesUnread {
                             pod: name.to_string(),
                             container: container.clone(),
@@ -1131,11 +1136,13 @@ impl<N: PodNet> PodSyncer<N> {
                         }
                     })?;
                 let config = dir.join("config.json");
-                std::fs::write(&config, spec_json.to_string()).map_err(|source| SyncError::Io {
-                    pod: name.to_string(),
-                    path: config.clone(),
-                    source,
-                })?;
+                std::fs::File::create(&config)
+                    .and_then(|file| spec_json.write_to(file))
+                    .map_err(|source| SyncError::Io {
+                        pod: name.to_string(),
+                        path: config.clone(),
+                        source,
+                    })?;
                 self.note(
                     uid,
                     PodNote::normal("Created", format!("Created container {container}")),

@@ -16,6 +16,12 @@ pub trait ServiceSource: Send + Sync {
     /// cost more than the start). `None` while they have not been read once (the kubelet
     /// then refuses to start containers rather than start them with missing variables).
     fn services_for(&self, namespace: &str) -> Option<Vec<Service>>;
+
+    /// A number that changes whenever the Services may have (so that what was computed from
+    /// them can be kept until then); `None`: no such number, compute every time.
+    fn version(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A fixed list (tests, and syncers that were given no cache: no Services at all).
@@ -35,6 +41,10 @@ impl ServiceSource for StaticServices {
                 .collect(),
         )
     }
+
+    fn version(&self) -> Option<u64> {
+        Some(0)
+    }
 }
 
 /// The agent's copy of every Service, kept by a watch ([`super::informer::follow_into`]).
@@ -50,6 +60,10 @@ impl ServiceSource for ServiceCache {
             services.push(master);
         }
         Some(services)
+    }
+
+    fn version(&self) -> Option<u64> {
+        Some(self.generation())
     }
 }
 

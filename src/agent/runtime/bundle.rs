@@ -1,8 +1,11 @@
 //! The OCI runtime spec (`config.json`) for one container, built from the image config and
 //! the Kubernetes container spec the way the kubelet and containerd build it. Pure: no I/O.
 
-use std::collections::{BTreeMap, HashMap};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+
+use super::env::{Env, KubeletEnv, ServiceEnv, SmallEnv};
 
 use k8s_openapi::api::core::v1::Container;
 use serde_json::{Value, json};
@@ -37,8 +40,9 @@ pub struct PodContext {
     pub resolv_conf: PathBuf,
     /// The container's root filesystem (writable).
     pub rootfs: PathBuf,
-    /// Variables the kubelet adds before the container's own (Service variables), in order.
-    pub service_env: Vec<(String, String)>,
+    /// Variables the kubelet adds before the container's own (Service variables), in order;
+    /// shared by the containers started from the same Services.
+    pub service_env: ServiceEnv,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -53,24 +57,25 @@ pub enum BundleError {
     UnsupportedValueFrom { container: String, name: String },
 }
 
-/// The process a container runs: argv, env (`NAME=value`, image first, later wins) and cwd.
+/// The process a container runs: argv, env (image first, later wins) and cwd.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Process {
+pub struct Process<'a> {
     pub args: Vec<String>,
-    pub env: Vec<String>,
+    pub env: Env<'a>,
     pub cwd: String,
 }
 
 /// The kubelet's environment for a container: Service variables, then the container's `env`
-/// in order, each value expanded against the variables defined before it.
-pub fn kubelet_env(
-    container: &Container,
-    service_env: &[(String, String)],
-) -> Result<Vec<(String, String)>, BundleError> {
-    let mut env = EnvList::default();
-    for (name, value) in service_env {
-        env.set(name, value.clone());
-    }
+/// in order, each value expanded against the variables defined before it. Borrows the
+/// Service variables and the container's names: nothing is copied per Service.
+pub fn kubelet_env<'a>(
+    container: &'a Container,
+    service_env: &'a ServiceEnv,
+) -> Result<KubeletEnv<'a>, BundleError> {
+    let mut env = KubeletEnv {
+        services: service_env,
+        own: SmallEnv::default(),
+    };
     for var in container.env.iter().flatten() {
         if var.value_from.is_some() {
             return Err(BundleError::UnsupportedValueFrom {
@@ -80,35 +85,13 @@ pub fn kubelet_env(
         }
         let raw = var.value.as_deref().unwrap_or("");
         let value = if raw.contains('$') {
-            expand(raw, &lookup(&env.entries))
+            Cow::Owned(expand(raw, &env))
         } else {
-            raw.to_string()
+            Cow::Borrowed(raw)
         };
-        env.set(&var.name, value);
+        env.own.set(&var.name, value);
     }
-    Ok(env.entries)
-}
-
-/// Variables in definition order, where defining a name again replaces its value in place
-/// (the kubelet's and the runtime's merges), indexed by name: a container in a namespace of
-/// 2,000 Services has 14,000 Service variables, and a linear search per name made each
-/// container start quadratic in them (seconds).
-#[derive(Default)]
-struct EnvList {
-    entries: Vec<(String, String)>,
-    index: HashMap<String, usize>,
-}
-
-impl EnvList {
-    fn set(&mut self, name: &str, value: String) {
-        match self.index.get(name) {
-            Some(&i) => self.entries[i].1 = value,
-            None => {
-                self.index.insert(name.to_string(), self.entries.len());
-                self.entries.push((name.to_string(), value));
-            }
-        }
-    }
+    Ok(env)
 }
 
 /// What the container runs, as the kubelet and containerd decide it:
@@ -122,15 +105,14 @@ impl EnvList {
 ///
 /// `$(VAR)` in command and args expands against the kubelet's env (not the image's env, which
 /// the kubelet does not see); the final env is the image's, then the kubelet's (later wins).
-pub fn process(
-    image: &ImageConfig,
-    container: &Container,
-    service_env: &[(String, String)],
-) -> Result<Process, BundleError> {
+pub fn process<'a>(
+    image: &'a ImageConfig,
+    container: &'a Container,
+    service_env: &'a ServiceEnv,
+) -> Result<Process<'a>, BundleError> {
     let kube_env = kubelet_env(container, service_env)?;
-    let vars = lookup(&kube_env);
     let expand_all =
-        |list: &Vec<String>| -> Vec<String> { list.iter().map(|a| expand(a, &vars)).collect() };
+        |list: &Vec<String>| -> Vec<String> { list.iter().map(|a| expand(a, &kube_env)).collect() };
     let command = container.command.as_ref().filter(|c| !c.is_empty());
     let args = container.args.as_ref().filter(|a| !a.is_empty());
     let entrypoint = image.entrypoint.clone().unwrap_or_default();
@@ -156,16 +138,13 @@ pub fn process(
         .flatten()
         .map(|entry| entry.split_once('=').unwrap_or((entry.as_str(), "")))
         .collect();
-    let mut env = EnvList::default();
+    let mut env = SmallEnv::default();
     if !image_env.iter().any(|(n, _)| *n == "PATH") {
         let (name, value) = DEFAULT_PATH.split_once('=').unwrap_or(("PATH", ""));
-        env.set(name, value.to_string());
+        env.set(name, Cow::Borrowed(value));
     }
     for (name, value) in image_env {
-        env.set(name, value.to_string());
-    }
-    for (name, value) in kube_env {
-        env.set(&name, value);
+        env.set(name, Cow::Borrowed(value));
     }
     let cwd = container
         .working_dir
@@ -175,41 +154,42 @@ pub fn process(
         .unwrap_or_else(|| "/".to_string());
     Ok(Process {
         args: argv,
-        env: env
-            .entries
-            .into_iter()
-            .map(|(n, v)| format!("{n}={v}"))
-            .collect(),
+        env: Env {
+            image: env,
+            kubelet: kube_env,
+        },
         cwd,
     })
 }
 
 /// The whole `config.json`: runc's default spec (`runc spec`) with the process, hostname,
 /// rootfs, network namespace and the pod's /etc/hosts and /etc/resolv.conf filled in.
-pub fn runtime_spec(
-    image: &ImageConfig,
-    container: &Container,
-    pod: &PodContext,
-) -> Result<Value, BundleError> {
+/// Serialize it straight to the file ([`RuntimeSpec::write_to`]): the environment is written
+/// variable by variable, never held as JSON or text.
+pub fn runtime_spec<'a>(
+    image: &'a ImageConfig,
+    container: &'a Container,
+    pod: &'a PodContext,
+) -> Result<RuntimeSpec<'a>, BundleError> {
     let process = process(image, container, &pod.service_env)?;
     let caps = json!(["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]);
-    Ok(json!({
-        "ociVersion": "1.0.2-dev",
-        "process": {
-            "terminal": false,
-            "user": {"uid": 0, "gid": 0},
-            "args": process.args,
-            "env": process.env,
-            "cwd": process.cwd,
-            "capabilities": {
+    Ok(RuntimeSpec {
+        oci_version: "1.0.2-dev",
+        process: ProcessSpec {
+            terminal: false,
+            user: json!({"uid": 0, "gid": 0}),
+            args: process.args,
+            env: process.env,
+            cwd: process.cwd,
+            capabilities: json!({
                 "bounding": caps, "effective": caps, "permitted": caps, "ambient": caps,
-            },
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
-            "noNewPrivileges": true,
+            }),
+            rlimits: json!([{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}]),
+            no_new_privileges: true,
         },
-        "root": {"path": pod.rootfs, "readonly": false},
-        "hostname": pod.pod_name,
-        "mounts": [
+        root: json!({"path": pod.rootfs, "readonly": false}),
+        hostname: &pod.pod_name,
+        mounts: json!([
             {"destination": "/proc", "type": "proc", "source": "proc"},
             {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
              "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
@@ -227,8 +207,8 @@ pub fn runtime_spec(
              "options": ["rbind", "rw"]},
             {"destination": "/etc/resolv.conf", "type": "bind", "source": pod.resolv_conf,
              "options": ["rbind", "rw"]},
-        ],
-        "linux": {
+        ]),
+        linux: json!({
             "resources": {"devices": [{"allow": false, "access": "rwm"}]},
             "namespaces": [
                 {"type": "pid"},
@@ -245,15 +225,71 @@ pub fn runtime_spec(
             "readonlyPaths": [
                 "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
             ],
-        },
-    }))
+        }),
+    })
+}
+
+/// `config.json` (the OCI runtime spec), serialized as it is written.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeSpec<'a> {
+    pub oci_version: &'static str,
+    pub process: ProcessSpec<'a>,
+    pub root: Value,
+    pub hostname: &'a str,
+    pub mounts: Value,
+    pub linux: Value,
+}
+
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessSpec<'a> {
+    pub terminal: bool,
+    pub user: Value,
+    pub args: Vec<String>,
+    pub env: Env<'a>,
+    pub cwd: String,
+    pub capabilities: Value,
+    pub rlimits: Value,
+    pub no_new_privileges: bool,
+}
+
+impl RuntimeSpec<'_> {
+    /// Writes the spec as JSON to `out` (buffered here).
+    pub fn write_to(&self, out: impl std::io::Write) -> std::io::Result<()> {
+        let mut out = std::io::BufWriter::new(out);
+        serde_json::to_writer(&mut out, self)?;
+        std::io::Write::flush(&mut out)
+    }
+
+    /// The spec as a JSON value (tests).
+    pub fn to_value(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+/// Variables by name, for [`expand`].
+pub trait Vars {
+    fn var(&self, name: &str) -> Option<&str>;
+}
+
+impl Vars for BTreeMap<&str, &str> {
+    fn var(&self, name: &str) -> Option<&str> {
+        self.get(name).copied()
+    }
+}
+
+impl Vars for KubeletEnv<'_> {
+    fn var(&self, name: &str) -> Option<&str> {
+        self.get(name)
+    }
 }
 
 /// Kubernetes' `$(VAR)` expansion (k8s.io/kubernetes third_party/forked/golang/expansion):
 /// `$(NAME)` becomes the value when NAME is known and stays `$(NAME)` when not; `$$` is a
 /// literal `$` (so `$$(A)` gives `$(A)`); a `$` before anything else, or an unclosed `$(`,
 /// is kept as written.
-pub fn expand(input: &str, vars: &BTreeMap<&str, &str>) -> String {
+pub fn expand(input: &str, vars: &impl Vars) -> String {
     let mut out = String::with_capacity(input.len());
     let mut rest = input;
     while let Some(at) = rest.find('$') {
@@ -266,7 +302,7 @@ pub fn expand(input: &str, vars: &BTreeMap<&str, &str>) -> String {
             match inner.find(')') {
                 Some(close) => {
                     let name = &inner[..close];
-                    match vars.get(name) {
+                    match vars.var(name) {
                         Some(value) => out.push_str(value),
                         None => {
                             out.push_str("$(");
@@ -290,10 +326,6 @@ pub fn expand(input: &str, vars: &BTreeMap<&str, &str>) -> String {
     }
     out.push_str(rest);
     out
-}
-
-fn lookup(env: &[(String, String)]) -> BTreeMap<&str, &str> {
-    env.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect()
 }
 
 #[cfg(test)]
@@ -337,7 +369,9 @@ mod tests {
     }
 
     fn argv(c: &Container) -> Vec<String> {
-        process(&image(), c, &[]).expect("process").args
+        process(&image(), c, &ServiceEnv::default())
+            .expect("process")
+            .args
     }
 
     #[test]
@@ -386,7 +420,12 @@ mod tests {
 
     #[test]
     fn nothing_to_run_is_an_error() {
-        let err = process(&ImageConfig::default(), &container(None, None, &[]), &[]);
+        let (image, container, none) = (
+            ImageConfig::default(),
+            container(None, None, &[]),
+            ServiceEnv::default(),
+        );
+        let err = process(&image, &container, &none);
         assert_eq!(
             err,
             Err(BundleError::NoCommand {
@@ -403,21 +442,27 @@ mod tests {
             cmd: Some(strings(&["echo", "$(A)"])),
             ..ImageConfig::default()
         };
-        let p = process(&img, &container(None, None, &[("A", "x")]), &[]).expect("process");
+        let (c, none) = (container(None, None, &[("A", "x")]), ServiceEnv::default());
+        let p = process(&img, &c, &none).expect("process");
         assert_eq!(p.args, strings(&["echo", "$(A)"]));
     }
 
     #[test]
     fn env_is_image_then_service_then_container_later_wins() {
-        let service = vec![("WEB_SERVICE_HOST".to_string(), "10.96.0.10".to_string())];
-        let p = process(
+        let service = ServiceEnv::from(vec![(
+            "WEB_SERVICE_HOST".to_string(),
+            "10.96.0.10".to_string(),
+        )]);
+        let env = process(
             &image(),
             &container(None, None, &[("MODE", "pod"), ("EXTRA", "1")]),
             &service,
         )
-        .expect("process");
+        .expect("process")
+        .env
+        .strings();
         assert_eq!(
-            p.env,
+            env,
             strings(&[
                 "PATH=/bin",
                 "LANG=C",
@@ -430,13 +475,15 @@ mod tests {
 
     #[test]
     fn default_path_when_the_image_has_none() {
-        let p = process(
+        let env = process(
             &ImageConfig::default(),
             &container(Some(&["x"]), None, &[]),
-            &[],
+            &ServiceEnv::default(),
         )
-        .expect("process");
-        assert_eq!(p.env, strings(&[DEFAULT_PATH]));
+        .expect("process")
+        .env
+        .strings();
+        assert_eq!(env, strings(&[DEFAULT_PATH]));
     }
 
     #[test]
@@ -457,7 +504,8 @@ mod tests {
                 ("ESC", "$$(NAME)"),
             ],
         );
-        let p = process(&image(), &c, &[]).expect("process");
+        let (image, none) = (image(), ServiceEnv::default());
+        let p = process(&image, &c, &none).expect("process");
         // Command and args see the kubelet's env, not the image's LANG.
         assert_eq!(
             p.args,
@@ -471,9 +519,10 @@ mod tests {
                 "$(open"
             ])
         );
-        assert!(p.env.contains(&"BEFORE=$(NAME)".to_string()), "{:?}", p.env);
-        assert!(p.env.contains(&"GREETING=hello tend".to_string()));
-        assert!(p.env.contains(&"ESC=$(NAME)".to_string()));
+        let env = p.env.strings();
+        assert!(env.contains(&"BEFORE=$(NAME)".to_string()), "{env:?}");
+        assert!(env.contains(&"GREETING=hello tend".to_string()));
+        assert!(env.contains(&"ESC=$(NAME)".to_string()));
     }
 
     #[test]
@@ -500,7 +549,7 @@ mod tests {
 
     #[test]
     fn thousands_of_service_variables_merge_in_order_with_later_definitions_in_place() {
-        let service_env: Vec<(String, String)> = (0..14_000)
+        let service_env: ServiceEnv = (0..14_000)
             .map(|i| {
                 (
                     format!("SVC_{i}_SERVICE_HOST"),
@@ -524,29 +573,40 @@ mod tests {
             ..ImageConfig::default()
         };
         let p = process(&image, &container, &service_env).expect("process");
-        assert_eq!(p.env.len(), 14_000 + 3, "PATH, LANG, the Services and MINE");
-        assert!(p.env[0].starts_with("PATH="), "{:?}", &p.env[..3]);
+        let env = p.env.strings();
+        assert_eq!(env.len(), 14_000 + 3, "PATH, LANG, the Services and MINE");
+        assert!(env[0].starts_with("PATH="), "{:?}", &env[..3]);
         assert_eq!(
-            p.env[1], "SVC_9_SERVICE_HOST=10.96.0.9",
+            env[1], "SVC_9_SERVICE_HOST=10.96.0.9",
             "the kubelet's value wins in place"
         );
-        assert_eq!(p.env[2], "LANG=C");
-        assert!(p.env.contains(&"SVC_7_SERVICE_HOST=override".to_string()));
-        assert_eq!(p.env.last().map(String::as_str), Some("MINE=10.96.0.8/x"));
+        assert_eq!(env[2], "LANG=C");
+        assert!(env.contains(&"SVC_7_SERVICE_HOST=override".to_string()));
+        assert_eq!(env.last().map(String::as_str), Some("MINE=10.96.0.8/x"));
     }
 
     #[test]
     fn working_dir_from_pod_then_image_then_root() {
         let mut c = container(None, None, &[]);
-        assert_eq!(process(&image(), &c, &[]).expect("p").cwd, "/www");
+        assert_eq!(
+            process(&image(), &c, &ServiceEnv::default())
+                .expect("p")
+                .cwd,
+            "/www"
+        );
         c.working_dir = Some("/data".into());
-        assert_eq!(process(&image(), &c, &[]).expect("p").cwd, "/data");
+        assert_eq!(
+            process(&image(), &c, &ServiceEnv::default())
+                .expect("p")
+                .cwd,
+            "/data"
+        );
         let bare = ImageConfig {
             entrypoint: Some(strings(&["x"])),
             ..ImageConfig::default()
         };
         assert_eq!(
-            process(&bare, &container(None, None, &[]), &[])
+            process(&bare, &container(None, None, &[]), &ServiceEnv::default())
                 .expect("p")
                 .cwd,
             "/"
@@ -562,7 +622,7 @@ mod tests {
             value_from: Some(Default::default()),
         }]);
         assert_eq!(
-            process(&image(), &c, &[]),
+            process(&image(), &c, &ServiceEnv::default()),
             Err(BundleError::UnsupportedValueFrom {
                 container: "web".into(),
                 name: "POD_IP".into()
@@ -578,9 +638,13 @@ mod tests {
             hosts_file: "/state/pods/1/hosts".into(),
             resolv_conf: "/state/pods/1/resolv.conf".into(),
             rootfs: "/state/containers/c1/rootfs".into(),
-            service_env: vec![],
+            service_env: ServiceEnv::default(),
         };
-        let spec = runtime_spec(&image(), &container(None, None, &[]), &pod).expect("spec");
+        let image = image();
+        let container = container(None, None, &[]);
+        let spec = runtime_spec(&image, &container, &pod)
+            .expect("spec")
+            .to_value();
         assert_eq!(spec["hostname"], "web-7d9f-abcde");
         assert_eq!(spec["process"]["terminal"], false);
         assert_eq!(
