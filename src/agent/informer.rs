@@ -209,7 +209,9 @@ impl<T: DeserializeOwned + Clone> Informer<T> {
         self.generation.send_modify(|g| *g += 1);
     }
 
-    /// Every object, in namespace and name order; `None` until the first list.
+    /// Every object, in namespace and name order; `None` until the first list (tests: the
+    /// agent reads one namespace or one object at a time).
+    #[cfg(test)]
     pub fn snapshot(&self) -> Option<Vec<T>> {
         self.objects
             .read()

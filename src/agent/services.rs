@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Service;
-use serde_json::Value;
 
 /// The Services the pod sync may read when it starts a container.
 pub trait ServiceSource: Send + Sync {
@@ -65,25 +64,6 @@ impl ServiceSource for ServiceCache {
     fn version(&self) -> Option<u64> {
         Some(self.generation())
     }
-}
-
-/// The Service variables for a container of `pod` from what `source` knows now: the pod's
-/// namespace, and `spec.enableServiceLinks` (default true). `None` while the Services were
-/// never read.
-pub fn env_for_pod(source: &dyn ServiceSource, pod: &Value) -> Option<Vec<(String, String)>> {
-    let namespace = pod
-        .pointer("/metadata/namespace")
-        .and_then(Value::as_str)
-        .unwrap_or("default");
-    let links = pod
-        .pointer("/spec/enableServiceLinks")
-        .and_then(Value::as_bool)
-        .unwrap_or(true);
-    Some(service_env(
-        &source.services_for(namespace)?,
-        namespace,
-        links,
-    ))
 }
 
 /// The Services the kubelet names to a container, in kubelet order of precedence: the

@@ -266,11 +266,11 @@ pub fn install_panic_hook() {
 
 /// The whole program: parse, run, and never let a panic escape.
 /// At most this many glibc malloc arenas (unless `MALLOC_ARENA_MAX` says otherwise).
-/// glibc gives each thread that meets a locked arena its own, up to 8 per core, and an arena
-/// keeps the peak of what its threads once held: the agent's blocking threads (container
-/// starts, nft) each left a few MiB behind, 195 MiB with 50 pods and 2,000 Services, for a
-/// live heap of a fraction of that. Two arenas keep two threads from contending while the
-/// process's memory follows what it holds.
+/// glibc gives each thread that meets a locked arena its own, up to 8 per core, and each
+/// arena keeps the peak its threads once held; the agent runs its container starts and nft
+/// on many blocking threads. Two arenas keep two threads from contending. The memory figures
+/// in docs/performance.md were measured with this cap; its own effect was not isolated (a run
+/// with one arena was within noise).
 const MALLOC_ARENAS: i32 = 2;
 
 fn limit_malloc_arenas() {
