@@ -38,11 +38,12 @@ use crate::agent::client::{namespace_and_name, with_status};
 use crate::agent::sim::{lowest_free_ip, running_status};
 use crate::agent::{NodeIdentity, node_object, node_status, now_millis};
 
+pub mod rss;
+
+pub use rss::RssGrowth;
+
 /// The goal of the issue: API p99 at or under this.
 pub const P99_GOAL_MS: f64 = 50.0;
-/// "No growth of serve's memory": the last minute's mean VmRSS at most this much above the
-/// first minute's.
-pub const RSS_GROWTH_GOAL: f64 = 0.10;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -143,12 +144,8 @@ pub struct LoadReport {
     pub error_examples: Vec<String>,
     /// Pod-status writes and deletions of pods that were gone meanwhile (404), expected.
     pub vanished: u64,
-    /// serve's VmRSS: (seconds since the load started, MiB).
-    pub rss: Vec<(f64, f64)>,
-    pub rss_first_mib: f64,
-    pub rss_last_mib: f64,
-    /// Least-squares slope of VmRSS after the first window, MiB per minute.
-    pub rss_slope_mib_per_min: f64,
+    /// serve's VmRSS every 5 s, and how it moved after the warm-up.
+    pub rss: RssGrowth,
     pub events: EventCheck,
 }
 
@@ -162,10 +159,12 @@ impl LoadReport {
                 self.all.p99_ms
             ));
         }
-        if self.rss_last_mib > self.rss_first_mib * (1.0 + RSS_GROWTH_GOAL) {
+        if self.rss.grew_more_than(rss::GROWTH_GOAL) {
             misses.push(format!(
-                "serve's VmRSS grew from {:.1} to {:.1} MiB",
-                self.rss_first_mib, self.rss_last_mib
+                "serve's VmRSS grew after the warm-up from {:.1} to {:.1} MiB ({:+.1}%)",
+                self.rss.baseline_mib,
+                self.rss.end_mib,
+                self.rss.growth() * 100.0
             ));
         }
         if self.events.dropped() > 0 {
@@ -211,20 +210,26 @@ impl LoadReport {
             "  {:<30} {:>8}  (pods deleted meanwhile: expected)",
             "404 on vanished pods", self.vanished
         );
+        let m = &self.rss;
         println!(
-            "  {:<30} first minute {:.1} MiB, last minute {:.1} MiB, slope {:+.2} MiB/min  (goal: last <= first + {:.0}%)",
+            "  {:<30} start {:.1} MiB; after the warm-up ({:.0}-{:.0} s) {:.1} MiB; last {:.0} s {:.1} MiB: {:+.1}%; slope after the warm-up {:+.2} MiB/min; max {:.1} MiB  (goal: last <= after warm-up + {:.0}%)",
             "serve VmRSS (every 5 s)",
-            self.rss_first_mib,
-            self.rss_last_mib,
-            self.rss_slope_mib_per_min,
-            RSS_GROWTH_GOAL * 100.0
+            m.start_mib,
+            m.warmup_seconds,
+            m.warmup_seconds + m.window_seconds,
+            m.baseline_mib,
+            m.window_seconds,
+            m.end_mib,
+            m.growth() * 100.0,
+            m.slope_mib_per_min,
+            m.max_mib,
+            rss::GROWTH_GOAL * 100.0
         );
-        let series: Vec<String> = self
-            .rss
-            .iter()
-            .map(|(_, mib)| format!("{mib:.0}"))
-            .collect();
-        println!("    VmRSS every 5 s, MiB: {}", series.join(" "));
+        println!(
+            "    VmRSS, mean of each {:.0} s, MiB: {}",
+            rss::SERIES_SECONDS,
+            m.series_line()
+        );
         let e = &self.events;
         println!(
             "  {:<30} {} watches, {} events; {} own writes and {} final objects checked",
@@ -872,44 +877,6 @@ fn rss_mib(pid: u32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// The mean of the samples in `[from, to)` seconds.
-fn mean_between(samples: &[(f64, f64)], from: f64, to: f64) -> f64 {
-    let window: Vec<f64> = samples
-        .iter()
-        .filter(|(t, _)| *t >= from && *t < to)
-        .map(|(_, v)| *v)
-        .collect();
-    if window.is_empty() {
-        return 0.0;
-    }
-    window.iter().sum::<f64>() / window.len() as f64
-}
-
-/// Least-squares slope of `samples` (seconds, MiB), in MiB per minute.
-pub fn slope_per_minute(samples: &[(f64, f64)]) -> f64 {
-    let n = samples.len() as f64;
-    if samples.len() < 2 {
-        return 0.0;
-    }
-    let mean_t = samples.iter().map(|s| s.0).sum::<f64>() / n;
-    let mean_v = samples.iter().map(|s| s.1).sum::<f64>() / n;
-    let cov: f64 = samples
-        .iter()
-        .map(|(t, v)| (t - mean_t) * (v - mean_v))
-        .sum();
-    let var: f64 = samples.iter().map(|(t, _)| (t - mean_t).powi(2)).sum();
-    if var == 0.0 {
-        return 0.0;
-    }
-    cov / var * 60.0
-}
-
-/// The first and last windows of a run of `seconds`: a minute each, or a third of a short
-/// run.
-fn window_seconds(seconds: f64) -> f64 {
-    60.0_f64.min(seconds / 3.0)
-}
-
 /// Commits a change every `every` until `until`: odd commits scale a Deployment between 3
 /// and 4 replicas, even ones change its image. Returns the number of commits.
 async fn commit_changes(
@@ -1129,11 +1096,6 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<LoadReport> {
         all.extend_from_slice(&values);
         by_request.push((name.to_string(), Latency::of(values)));
     }
-    let seconds = config.duration.as_secs_f64();
-    let window = window_seconds(seconds);
-    let rss_first = mean_between(&rss, 0.0, window);
-    let rss_last = mean_between(&rss, seconds - window, seconds + 1.0);
-    let after_first: Vec<(f64, f64)> = rss.iter().copied().filter(|(t, _)| *t >= window).collect();
     Ok(LoadReport {
         agents,
         duration: config.duration,
@@ -1144,10 +1106,7 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<LoadReport> {
         errors: samples.errors,
         error_examples: samples.error_examples,
         vanished: samples.vanished,
-        rss_first_mib: rss_first,
-        rss_last_mib: rss_last,
-        rss_slope_mib_per_min: slope_per_minute(&after_first),
-        rss,
+        rss: RssGrowth::of(rss, config.duration.as_secs_f64()),
         events,
     })
 }
@@ -1291,29 +1250,19 @@ mod tests {
     }
 
     #[test]
-    fn slope_is_mib_per_minute() {
-        let flat: Vec<(f64, f64)> = (0..12).map(|i| (f64::from(i) * 5.0, 40.0)).collect();
-        assert_eq!(slope_per_minute(&flat), 0.0);
-        let growing: Vec<(f64, f64)> = (0..12)
-            .map(|i| (f64::from(i) * 5.0, 40.0 + f64::from(i) * 0.5))
-            .collect();
-        assert!((slope_per_minute(&growing) - 6.0).abs() < 1e-9);
-        assert_eq!(mean_between(&flat, 0.0, 30.0), 40.0);
-        assert_eq!(window_seconds(300.0), 60.0);
-        assert_eq!(window_seconds(30.0), 10.0);
-    }
-
-    #[test]
     fn misses_name_each_goal() {
+        let flat: Vec<(f64, f64)> = (0..=60).map(|i| (f64::from(i) * 5.0, 50.0)).collect();
         let mut report = LoadReport {
-            rss_first_mib: 50.0,
-            rss_last_mib: 52.0,
+            rss: RssGrowth::of(flat, 300.0),
             ..LoadReport::default()
         };
         report.all.p99_ms = 12.0;
         assert!(report.misses().is_empty());
         report.all.p99_ms = 51.0;
-        report.rss_last_mib = 60.0;
+        let growing: Vec<(f64, f64)> = (0..=60)
+            .map(|i| (f64::from(i) * 5.0, 50.0 + f64::from(i)))
+            .collect();
+        report.rss = RssGrowth::of(growing, 300.0);
         report.events.relists = 1;
         report.errors = 2;
         assert_eq!(report.misses().len(), 4, "{:?}", report.misses());
