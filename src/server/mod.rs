@@ -7,6 +7,7 @@ pub mod audit;
 pub mod auth;
 pub mod credentials;
 pub mod fields;
+pub mod leader;
 pub mod limits;
 pub mod listen;
 pub mod logs;
