@@ -13,6 +13,8 @@
 //! clock it is given; the etcd calls are behind [`LeaseBackend`] ([`EtcdLease`] for real, a
 //! fake in the tests); [`run`] drives one with the other.
 
+use crate::api::{Kind, ObjectKey};
+use crate::store::{Committed, Op, Store, StoreError};
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -305,7 +307,7 @@ pub async fn run<B: LeaseBackend>(
                 let sent = now();
                 let outcome = tokio::select! {
                     outcome = tokio::time::timeout(timing.renew_deadline, backend.campaign(LEADER_KEY, &identity, timing.ttl)) => outcome,
-                    _ = stop.wait_for(|s| *s) => break,
+                    _ = stopped(&mut stop) => break,
                 };
                 match outcome {
                     Ok(Ok(Campaign::Won(id))) => {
@@ -347,7 +349,7 @@ pub async fn run<B: LeaseBackend>(
                 });
                 let outcome = tokio::select! {
                     outcome = tokio::time::timeout(left, backend.renew(LEADER_KEY, id)) => outcome,
-                    _ = stop.wait_for(|s| *s) => break,
+                    _ = stopped(&mut stop) => break,
                 };
                 match outcome {
                     Ok(Ok(true)) => {
@@ -381,7 +383,7 @@ pub async fn run<B: LeaseBackend>(
                 if elector.valid_until().is_some() {
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
-                        _ = stop.wait_for(|s| *s) => break,
+                        _ = stopped(&mut stop) => break,
                     }
                 } else {
                     tokio::select! {
@@ -393,7 +395,7 @@ pub async fn run<B: LeaseBackend>(
                                 tokio::time::sleep(wait.min(timing.retry)).await;
                             }
                         },
-                        _ = stop.wait_for(|s| *s) => break,
+                        _ = stopped(&mut stop) => break,
                     }
                 }
             }
@@ -411,6 +413,11 @@ pub async fn run<B: LeaseBackend>(
     }
     status.send_modify(|s| s.leading = false);
     Ended::Stopped
+}
+
+/// Returns when `stop` turns true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// This replica's identity: host name, listen address and process id.
@@ -458,6 +465,11 @@ impl EtcdLease {
             client,
             endpoints: urls.join(","),
         })
+    }
+
+    /// The connection, for the other replicas' shared state (node credentials).
+    pub fn client(&self) -> etcd_client::Client {
+        self.client.clone()
     }
 
     fn error(&self, what: &str, e: etcd_client::Error) -> ElectionError {
@@ -605,6 +617,90 @@ impl LeaseBackend for EtcdLease {
     }
 }
 
+/// The path of the leader endpoint: who leads, as the answering replica sees it.
+pub const LEADER_PATH: &str = "/apis/tend.dev/v1/leader";
+
+/// Adds `GET /apis/tend.dev/v1/leader` to the API: any valid token may read it.
+pub fn route(
+    router: axum::Router,
+    tokens: crate::server::Tokens,
+    status: watch::Receiver<LeaderStatus>,
+) -> axum::Router {
+    use axum::response::IntoResponse;
+    router.route(
+        LEADER_PATH,
+        axum::routing::get(move |headers: axum::http::HeaderMap| {
+            let answer = match crate::server::auth::authenticate(&tokens, &headers) {
+                Some(_) => axum::Json(status.borrow().to_json()).into_response(),
+                None => crate::server::ApiError::unauthorized().into_response(),
+            };
+            std::future::ready(answer)
+        }),
+    )
+}
+
+/// The endpoints of `--store etcd://HOST:PORT[,HOST:PORT..]`; `None` for another store.
+pub fn etcd_endpoints(store: &str) -> Option<Vec<String>> {
+    let rest = store.strip_prefix("etcd://")?;
+    let endpoints: Vec<String> = rest
+        .split(',')
+        .map(|e| e.trim().trim_start_matches("etcd://").trim_end_matches('/'))
+        .filter(|e| !e.is_empty())
+        .map(str::to_string)
+        .collect();
+    Some(endpoints)
+}
+
+/// The store as the leader's source loop and controllers see it: reads go through, writes
+/// only while the [`Fence`] allows them, so a replica that lost leadership (paused, cut off
+/// from etcd) cannot write between its renew deadline and the moment it exits.
+pub struct FencedStore {
+    inner: std::sync::Arc<dyn Store>,
+    fence: std::sync::Arc<Fence>,
+}
+
+impl FencedStore {
+    pub fn new(inner: std::sync::Arc<dyn Store>, fence: std::sync::Arc<Fence>) -> FencedStore {
+        FencedStore { inner, fence }
+    }
+}
+
+impl Store for FencedStore {
+    fn get(&self, key: &ObjectKey) -> Result<Option<serde_json::Value>, StoreError> {
+        self.inner.get(key)
+    }
+    fn list(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+    ) -> Result<(Vec<serde_json::Value>, u64), StoreError> {
+        self.inner.list(kind, namespace)
+    }
+    fn commit(&self, ops: Vec<Op>) -> Result<Committed, StoreError> {
+        if !self.fence.allows(Instant::now()) {
+            return Err(StoreError::Backend {
+                path: LEADER_KEY.into(),
+                reason: "this replica is no longer the leader; the write was refused".into(),
+            });
+        }
+        self.inner.commit(ops)
+    }
+    fn watch(&self, from_rv: u64) -> Result<crate::store::Watch, StoreError> {
+        self.inner.watch(from_rv)
+    }
+    fn current_rv(&self) -> u64 {
+        self.inner.current_rv()
+    }
+    fn list_owned(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        owner_uid: &str,
+    ) -> Result<Vec<serde_json::Value>, StoreError> {
+        self.inner.list_owned(kind, namespace, owner_uid)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -716,6 +812,51 @@ mod tests {
         e.key_gone(t0);
         e.lost_campaign(t0);
         assert_eq!(e.next(t0), Step::Wait(secs(5)));
+    }
+
+    #[test]
+    fn etcd_endpoints_are_parsed_from_the_store_flag() {
+        assert_eq!(etcd_endpoints("redb"), None);
+        assert_eq!(
+            etcd_endpoints("etcd://10.0.0.1:2379,10.0.0.2:2379/"),
+            Some(vec![
+                "10.0.0.1:2379".to_string(),
+                "10.0.0.2:2379".to_string()
+            ])
+        );
+        assert_eq!(
+            etcd_endpoints("etcd://a:1,etcd://b:2"),
+            Some(vec!["a:1".to_string(), "b:2".to_string()])
+        );
+    }
+
+    #[test]
+    fn a_fenced_store_refuses_writes_once_the_fence_closes() {
+        let inner: std::sync::Arc<dyn Store> =
+            std::sync::Arc::new(crate::store::memory::MemoryStore::new());
+        let fence = std::sync::Arc::new(Fence::default());
+        let store = FencedStore::new(inner.clone(), fence.clone());
+        let node =
+            serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}});
+        fence.set(Some(Instant::now() + secs(60)));
+        store
+            .commit(vec![Op::Create(node.clone())])
+            .expect("leader writes");
+        fence.set(None);
+        let refused = store.commit(vec![Op::Delete {
+            key: ObjectKey::new(Kind::Node, "", "n1"),
+            expect_rv: None,
+        }]);
+        assert!(
+            matches!(refused, Err(StoreError::Backend { .. })),
+            "{refused:?}"
+        );
+        assert!(
+            store
+                .get(&ObjectKey::new(Kind::Node, "", "n1"))
+                .expect("get")
+                .is_some()
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod objects;
 pub mod path;
 pub mod register;
 pub mod rollout;
+pub mod shared_credentials;
 pub mod status;
 pub mod tls;
 pub mod tokens;
