@@ -20,6 +20,7 @@ pub mod output;
 pub mod rollout;
 pub mod scale;
 pub mod serve;
+pub mod serve_store;
 pub mod table;
 pub mod up;
 

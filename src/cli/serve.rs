@@ -72,7 +72,6 @@ use crate::source::write::{Edit, SourceWriter, Written};
 use crate::source::{Source, SourceError};
 use crate::store::Store;
 use crate::store::owners::OwnerIndex;
-use crate::store::redb::RedbStore;
 use anyhow::{Context as _, bail};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -162,17 +161,8 @@ pub async fn serve_until(
     stop_rx: tokio::sync::watch::Receiver<bool>,
     listening: impl FnOnce(std::net::SocketAddr),
 ) -> anyhow::Result<ExitCode> {
-    if args.store != "redb" {
-        bail!(
-            "--store {}: only the embedded redb store is available in this version",
-            args.store
-        );
-    }
     create_state_dir(&args.state)?;
-    let db = args.state.join("tend.redb");
-    let store: Arc<dyn Store> = Arc::new(
-        RedbStore::open(&db).with_context(|| format!("opening the store {}", db.display()))?,
-    );
+    let store = super::serve_store::open_store(&args)?;
     let tokens = Tokens::load_or_create(&args.state)
         .with_context(|| format!("writing tokens in {}", args.state.display()))?;
     let webhook_secret = match &args.webhook_secret_file {
