@@ -5,7 +5,7 @@
 //! 5 s, and a renew deadline of 10 s after which a leader that could not renew stops leading,
 //! so that it has stopped before its lease can expire and another replica can win. Unlike
 //! client-go, which keeps a timestamp in a Lease object and lets followers judge it on their own
-//! clocks, etcd keeps the time: the key `/tend/leader` is created in a transaction only when
+//! clocks, etcd keeps the time: the key `/tend-leader` is created in a transaction only when
 //! absent (`create_revision == 0`) with an etcd lease attached, so etcd itself deletes it when
 //! the leader stops renewing, and followers watch the key and campaign when it goes.
 //!
@@ -20,8 +20,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// The etcd key the leader holds; its value is the leader's identity.
-pub const LEADER_KEY: &str = "/tend/leader";
+/// The etcd key the leader holds; its value is the leader's identity. It lies outside
+/// `/tend/`, where the store keeps objects (and watches), so elections make no store events.
+pub const LEADER_KEY: &str = "/tend-leader";
 
 /// The lease's timing. The renew deadline is below the TTL: a leader that has not renewed for
 /// `renew_deadline` stops leading while its lease still has `ttl - renew_deadline` to run, so

@@ -1,6 +1,6 @@
 //! Node credentials shared by the control planes of one etcd store: an agent registers with
 //! one replica and then talks to whichever answers, so every replica must know its credential.
-//! Each replica publishes the digest it issues under `/tend/node-credentials/NODE` (the
+//! Each replica publishes the digest it issues under `/tend-node-credentials/NODE` (the
 //! digest only, as in `node-credentials.json`: the value is no key to the cluster), loads them
 //! all at start and follows the prefix with an etcd watch.
 
@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// The etcd prefix of the digests.
-pub const PREFIX: &str = "/tend/node-credentials/";
+/// The etcd prefix of the digests: outside `/tend/`, where the store keeps objects.
+pub const PREFIX: &str = "/tend-node-credentials/";
 
 /// How long publishing a digest may take before the registration fails.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
