@@ -538,23 +538,16 @@ impl LeaseBackend for EtcdLease {
 
     async fn renew(&self, key: &str, lease: i64) -> Result<bool, ElectionError> {
         let mut client = self.client.clone();
-        let (_keeper, mut answers) = client
-            .lease_keep_alive(lease)
-            .await
-            .map_err(|e| self.error("renewing the lease", e))?;
-        let answer = answers
-            .message()
-            .await
-            .map_err(|e| self.error("renewing the lease", e))?;
-        match answer {
-            Some(answer) if answer.ttl() > 0 => {}
-            Some(_) => return Ok(false),
-            None => {
-                return Err(ElectionError::Etcd {
-                    endpoints: self.endpoints.clone(),
-                    reason: "renewing the lease: the stream ended without an answer".into(),
-                });
+        // Opening the keep-alive stream sends one renewal and reads its answer (an error
+        // "lease not found" when the lease has expired).
+        match client.lease_keep_alive(lease).await {
+            Ok(_) => {}
+            Err(etcd_client::Error::LeaseKeepAliveError(reason))
+                if reason.contains("not found") =>
+            {
+                return Ok(false);
             }
+            Err(e) => return Err(self.error("renewing the lease", e)),
         }
         let current = client
             .get(key, None)
