@@ -169,6 +169,9 @@ pub async fn serve_until(
         Some(path) => Some(crate::source::webhook::read_secret(path)?),
         None => None,
     };
+    // Checked before the API starts, although only the leader allocates from it.
+    crate::controller::alloc::Allocator::new(&args.service_cidr)
+        .map_err(|e| anyhow::anyhow!("--service-cidr {}: {e}", args.service_cidr))?;
     let source = open_source(&args)?;
     let (notify_tx, notify_rx) = tokio::sync::mpsc::channel::<()>(1);
     let _watch = source.watch(notify_tx.clone())?;
@@ -290,7 +293,9 @@ pub async fn serve_until(
                 shown = now.leader;
             }
             tokio::select! {
-                _ = status.changed() => {}
+                changed = status.changed() => if changed.is_err() {
+                    bail!("the leader election ended before this replica led or stopped");
+                },
                 _ = stop.wait_for(|s| *s) => break,
             }
         }
@@ -298,7 +303,9 @@ pub async fn serve_until(
     if *stop_rx.borrow() {
         tracing::info!("shutting down");
     } else {
-        say(&format!("tend serve: leading as {identity}"));
+        if election.is_some() {
+            say(&format!("tend serve: leading as {identity}"));
+        }
         lead(
             &args,
             leader_store,
