@@ -92,8 +92,9 @@ pub struct EtcdStore {
     name: String,
     prefix: String,
     kv: KvClient,
-    /// `None` only while dropping.
-    runtime: Option<tokio::runtime::Runtime>,
+    /// Where the store's requests run; `_runtime` keeps it alive.
+    runtime: tokio::runtime::Handle,
+    _runtime: OwnRuntime,
     log: WatchLog,
     feed: Arc<Feed>,
     feeder: tokio::task::JoinHandle<()>,
@@ -144,17 +145,22 @@ impl EtcdStore {
             reason,
         };
         let endpoints = parse_url(url).map_err(fail)?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
+        let own = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("tend-etcd")
             .enable_all()
             .build()
+            .map(|r| OwnRuntime(Some(r)))
             .map_err(|e| fail(format!("starting its runtime: {e}")))?;
+        let handle = match &own.0 {
+            Some(runtime) => runtime.handle().clone(),
+            None => return Err(fail("its runtime did not start".into())),
+        };
         let options = ConnectOptions::new()
             .with_connect_timeout(CONNECT_TIMEOUT)
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
             .with_keep_alive_while_idle(true);
-        let client = run_on(&runtime, REQUEST_TIMEOUT, async move {
+        let client = run_on(&handle, REQUEST_TIMEOUT, async move {
             Client::connect(endpoints, Some(options)).await
         })
         .map_err(fail)?;
@@ -166,7 +172,7 @@ impl EtcdStore {
         // The revision the log starts at; the feed watches from the one after.
         let mut probe = kv.clone();
         let key = prefix.to_string();
-        let start = run_on(&runtime, REQUEST_TIMEOUT, async move {
+        let start = run_on(&handle, REQUEST_TIMEOUT, async move {
             let options = GetOptions::new()
                 .with_prefix()
                 .with_keys_only()
@@ -180,7 +186,7 @@ impl EtcdStore {
             rv: Mutex::new(start),
             advanced: Condvar::new(),
         });
-        let feeder = runtime.spawn(feed_log(Feeder {
+        let feeder = handle.spawn(feed_log(Feeder {
             name: name.clone(),
             prefix: prefix.to_string(),
             kv: kv.clone(),
@@ -193,7 +199,8 @@ impl EtcdStore {
             name,
             prefix: prefix.to_string(),
             kv,
-            runtime: Some(runtime),
+            runtime: handle,
+            _runtime: own,
             log,
             feed,
             feeder,
@@ -208,23 +215,28 @@ impl EtcdStore {
     }
 
     /// Runs `future` on the store's runtime and waits for it, at most `timeout`.
-    fn run<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
+    fn run<T: Send + 'static>(
         &self,
         timeout: Duration,
-        future: impl Future<Output = Result<T, E>> + Send + 'static,
+        future: impl Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
     ) -> Result<T, String> {
-        match &self.runtime {
-            Some(runtime) => run_on(runtime, timeout, future),
-            None => Err("the store is closed".into()),
-        }
+        run_on(&self.runtime, timeout, future)
     }
 }
 
 impl Drop for EtcdStore {
     fn drop(&mut self) {
         self.feeder.abort();
-        // Without waiting: the store may be dropped on another runtime's worker.
-        if let Some(runtime) = self.runtime.take() {
+    }
+}
+
+/// The store's own runtime, shut down without waiting when dropped: the store may be dropped
+/// (or fail to open) on another runtime's worker, where a plain `Runtime` drop panics.
+struct OwnRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
             runtime.shutdown_background();
         }
     }
@@ -232,16 +244,16 @@ impl Drop for EtcdStore {
 
 /// Runs `future` on `runtime` from any thread (a tokio worker included) and waits for it on a
 /// std channel; the deadline is enforced inside the runtime.
-fn run_on<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
-    runtime: &tokio::runtime::Runtime,
+fn run_on<T: Send + 'static>(
+    runtime: &tokio::runtime::Handle,
     timeout: Duration,
-    future: impl Future<Output = Result<T, E>> + Send + 'static,
+    future: impl Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
 ) -> Result<T, String> {
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     runtime.spawn(async move {
         let outcome = match tokio::time::timeout(timeout, future).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(explain(&e.to_string())),
+            Ok(Err(e)) => Err(explain(&describe(&e))),
             Err(_) => Err(format!(
                 "no answer within {}s (is etcd running and does it have a leader?)",
                 timeout.as_secs()
@@ -251,6 +263,28 @@ fn run_on<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
     });
     rx.recv()
         .unwrap_or_else(|_| Err("the store's runtime stopped".into()))
+}
+
+/// One line for a client error: etcd's own message, or the root cause of a transport failure
+/// ("tcp connect error: Connection refused"), without tonic's debug dump.
+fn describe(error: &etcd_client::Error) -> String {
+    let etcd_client::Error::GRpcStatus(status) = error else {
+        return error.to_string();
+    };
+    let mut line = status.message().to_string();
+    let mut cause = std::error::Error::source(status);
+    let mut root = None;
+    while let Some(e) = cause {
+        root = Some(e.to_string());
+        cause = e.source();
+    }
+    if let Some(root) = root.filter(|r| !line.contains(r.as_str())) {
+        line = format!("{line}: {root}");
+    }
+    if line.is_empty() {
+        line = format!("{:?}", status.code());
+    }
+    line
 }
 
 /// etcd's error, with what to do about the limits a large transaction meets.

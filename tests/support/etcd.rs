@@ -195,3 +195,90 @@ impl Drop for Etcd {
         self.kill();
     }
 }
+
+/// A TCP relay in front of etcd whose connections can be cut and restored, to take a client
+/// away from etcd while etcd goes on (and compacts) without it. Stopped on drop.
+pub struct Proxy {
+    port: u16,
+    shared: std::sync::Arc<ProxyShared>,
+}
+
+#[derive(Default)]
+struct ProxyShared {
+    cut: std::sync::atomic::AtomicBool,
+    stop: std::sync::atomic::AtomicBool,
+    /// Both ends of every relayed connection, to shut down when cut.
+    open: std::sync::Mutex<Vec<TcpStream>>,
+}
+
+impl Proxy {
+    /// Relays a free loopback port to etcd's client port.
+    pub fn start(etcd: &Etcd) -> Proxy {
+        use std::sync::atomic::Ordering::SeqCst;
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let target = etcd.client_port;
+        let shared = std::sync::Arc::new(ProxyShared::default());
+        let accepting = std::sync::Arc::clone(&shared);
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if accepting.stop.load(SeqCst) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                if accepting.cut.load(SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect((Ipv4Addr::LOCALHOST, target)) else {
+                    continue;
+                };
+                let mut open = accepting.open.lock().unwrap_or_else(|e| e.into_inner());
+                for (from, to) in [(&client, &server), (&server, &client)] {
+                    let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else {
+                        continue;
+                    };
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+                open.extend([client, server]);
+            }
+        });
+        Proxy { port, shared }
+    }
+
+    /// `etcd://127.0.0.1:PORT` through the proxy.
+    pub fn url(&self) -> String {
+        format!("etcd://127.0.0.1:{}", self.port)
+    }
+
+    /// Breaks every relayed connection and refuses new ones until `restore`.
+    pub fn cut(&self) {
+        self.shared
+            .cut
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut open = self.shared.open.lock().unwrap_or_else(|e| e.into_inner());
+        for stream in open.drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    pub fn restore(&self) {
+        self.shared
+            .cut
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.shared
+            .stop
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wake the accepting thread so that it sees `stop` and ends.
+        let _ = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port));
+    }
+}
