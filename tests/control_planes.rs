@@ -3,7 +3,8 @@
 //! the middle of a rollout: the other takes over within the lease's TTL and completes it, the
 //! revision history has every commit once, and the simulated nodes, given both servers, carry
 //! on with the survivor. The leader paused with SIGSTOP: its lease expires, the other takes
-//! over, and the paused one, resumed, stops instead of acting as leader.
+//! over, and the paused one, resumed, stops instead of acting as leader. etcd restarted
+//! quickly (well within the renew deadline): the leader keeps leading.
 //!
 //! The replicas share the source (one bare repository) and their tokens (copied, as
 //! docs/control-planes.md tells operators to); each has its own state directory.
@@ -275,4 +276,49 @@ fn a_paused_leader_loses_its_lease_and_stops_when_resumed() {
     let v2 = repos.commit("web: 2 replicas");
     repos.push();
     assert_eq!(phase(&b.wait_revision(&v2)), "Applied");
+}
+
+#[test]
+fn the_leader_survives_a_quick_etcd_restart() {
+    let Some(mut etcd) = etcd::Etcd::start("the_leader_survives_a_quick_etcd_restart") else {
+        return;
+    };
+    let repos = Repos::new();
+    repos.write("web.yaml", &deployment(1, "web:v1"));
+    let v1 = repos.commit("web v1");
+    repos.push();
+    let mut a = replica(&repos, &etcd, "a", None);
+    wait_leading(&a, TAKEOVER_BOUND);
+    a.wait_revision(&v1);
+    let identity = leader_of(&a)["identity"].clone();
+
+    // etcd is down for well under the renew deadline (10 s): the leader keeps leading.
+    etcd.restart();
+    repos.write("web.yaml", &deployment(2, "web:v1"));
+    let v2 = repos.commit("web: 2 replicas");
+    repos.push();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let record = loop {
+        let (code, record) = a.get(&format!("/apis/tend.dev/v1/revisions/{v2}"));
+        if code == 200 && phase(&record) == "Applied" {
+            break record;
+        }
+        assert!(
+            a.child.try_wait().expect("try_wait").is_none(),
+            "the leader exited"
+        );
+        assert!(Instant::now() < deadline, "v2 not applied: {code} {record}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(phase(&record), "Applied");
+    std::thread::sleep(Duration::from_secs(6));
+    let now = leader_of(&a);
+    assert_eq!(now["leading"], true, "{now}");
+    assert_eq!(now["identity"], identity);
+    assert!(
+        a.child.try_wait().expect("try_wait").is_none(),
+        "a still runs"
+    );
+    let held = etcd.etcdctl(&["get", "/tend-leader", "--print-value-only"]);
+    assert_eq!(held.trim(), identity.as_str().unwrap_or(""));
 }
