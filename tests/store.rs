@@ -1,5 +1,8 @@
-//! The object store contract, run against every backend (`MemoryStore`, `RedbStore`), plus
-//! durability tests of the redb file: reopen, and crash consistency under SIGKILL.
+//! The object store contract, run against every backend (`MemoryStore`, `RedbStore`, and
+//! `EtcdStore` on a real etcd each test starts), plus durability tests of the redb file: reopen,
+//! and crash consistency under SIGKILL. resourceVersions are asserted relative to the store's
+//! at open (`base`): 0 on the embedded stores, etcd's revision on etcd, where each transaction
+//! also adds exactly one.
 
 use serde_json::{Value, json};
 use std::future::Future;
@@ -14,7 +17,7 @@ use tend::store::{Op, Store, StoreError, WatchEvent, WatchEventType};
 /// Opens a fresh, empty store whose watch log keeps `capacity` events.
 type Open<'a> = &'a dyn Fn(usize) -> Arc<dyn Store>;
 
-/// Runs each named contract test against both backends.
+/// Runs each named contract test against every backend.
 macro_rules! on_every_backend {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -41,8 +44,32 @@ macro_rules! on_every_backend {
                 });
             })*
         }
+        mod etcd {
+            $(#[test]
+            fn $name() {
+                let Some(etcd) = super::etcd_support::Etcd::start(stringify!($name)) else {
+                    return;
+                };
+                let opened = std::sync::atomic::AtomicUsize::new(0);
+                super::$name(&|capacity| {
+                    // Each store of a test under a prefix of its own on the test's etcd.
+                    let n = opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    std::sync::Arc::new(
+                        tend::store::etcd::EtcdStore::open_with(
+                            &etcd.url(),
+                            &format!("/t{n}/tend/"),
+                            tend::store::watch::WatchLimits::events(capacity),
+                        )
+                        .expect("open"),
+                    )
+                });
+            })*
+        }
     };
 }
+
+#[path = "support/etcd.rs"]
+mod etcd_support;
 
 on_every_backend!(
     create_get_list,
@@ -115,7 +142,7 @@ fn block_on<F: Future>(future: F) -> F::Output {
 
 fn create_get_list(open: Open) {
     let store = open(BIG);
-    assert_eq!(store.current_rv(), 0);
+    let base = store.current_rv();
     let first = store
         .commit(vec![
             create(deployment("b", "web", 1)),
@@ -124,7 +151,7 @@ fn create_get_list(open: Open) {
             create(service("a", "web")),
         ])
         .expect("commit");
-    assert_eq!(first.resource_version, 1);
+    assert_eq!(first.resource_version, base + 1);
     assert_eq!(first.objects.len(), 4);
     let second = store
         .commit(vec![
@@ -133,15 +160,15 @@ fn create_get_list(open: Open) {
             create(json!({"kind": "Node", "metadata": {"name": "n1"}})),
         ])
         .expect("commit");
-    assert_eq!(second.resource_version, 2);
-    assert_eq!(store.current_rv(), 2);
+    assert_eq!(second.resource_version, base + 2);
+    assert_eq!(store.current_rv(), base + 2);
 
     let web = store
         .get(&key(Kind::Deployment, "a", "web"))
         .expect("get")
         .expect("present");
-    assert_eq!(web.resource_version(), 1);
-    assert_eq!(web["metadata"]["resourceVersion"], "1");
+    assert_eq!(web.resource_version(), base + 1);
+    assert_eq!(web["metadata"]["resourceVersion"], (base + 1).to_string());
     assert_eq!(web["metadata"]["generation"], 1);
     assert_eq!(web.meta_str("uid").map(str::len), Some(36));
     assert!(
@@ -167,7 +194,7 @@ fn create_get_list(open: Open) {
     assert_eq!(plain.meta_str("namespace"), Some("default"));
 
     let (all, rv) = store.list(Kind::Deployment, None).expect("list");
-    assert_eq!(rv, 2);
+    assert_eq!(rv, base + 2);
     assert_eq!(
         names(&all),
         [
@@ -191,12 +218,13 @@ fn create_get_list(open: Open) {
         "{again:?}"
     );
     let empty = store.commit(Vec::new()).expect("empty commit");
-    assert_eq!(empty.resource_version, 2);
-    assert_eq!(store.current_rv(), 2);
+    assert_eq!(empty.resource_version, base + 2);
+    assert_eq!(store.current_rv(), base + 2);
 }
 
 fn invalid_objects_are_refused(open: Open) {
     let store = open(BIG);
+    let base = store.current_rv();
     for bad in [
         json!({"metadata": {"name": "x"}}),
         json!({"kind": "Deployment", "metadata": {}}),
@@ -210,11 +238,12 @@ fn invalid_objects_are_refused(open: Open) {
             "{bad}: {result:?}"
         );
     }
-    assert_eq!(store.current_rv(), 0);
+    assert_eq!(store.current_rv(), base);
 }
 
 fn generation_bumps_only_on_spec_change(open: Open) {
     let store = open(BIG);
+    let base = store.current_rv();
     let first = store
         .commit(vec![put(deployment("default", "web", 1))])
         .expect("put");
@@ -227,7 +256,10 @@ fn generation_bumps_only_on_spec_change(open: Open) {
     let second = store.commit(vec![put(relabelled)]).expect("put");
     let object = &second.objects[0];
     assert_eq!(object["metadata"]["generation"], 1);
-    assert_eq!(object["metadata"]["resourceVersion"], "2");
+    assert_eq!(
+        object["metadata"]["resourceVersion"],
+        (base + 2).to_string()
+    );
     assert_eq!(object["metadata"]["labels"]["tier"], "front");
     assert_eq!(object["metadata"]["uid"], created["metadata"]["uid"]);
     assert_eq!(
@@ -254,6 +286,7 @@ fn generation_bumps_only_on_spec_change(open: Open) {
 
 fn status_is_kept_apart(open: Open) {
     let store = open(BIG);
+    let base = store.current_rv();
     let web = key(Kind::Deployment, "default", "web");
     store
         .commit(vec![put(deployment("default", "web", 1))])
@@ -262,13 +295,16 @@ fn status_is_kept_apart(open: Open) {
         .commit(vec![Op::PutStatus {
             key: web.clone(),
             status: json!({"readyReplicas": 1}),
-            expect_rv: Some(1),
+            expect_rv: Some(base + 1),
         }])
         .expect("put status");
     let object = &status.objects[0];
     assert_eq!(object["status"], json!({"readyReplicas": 1}));
     assert_eq!(object["metadata"]["generation"], 1);
-    assert_eq!(object["metadata"]["resourceVersion"], "2");
+    assert_eq!(
+        object["metadata"]["resourceVersion"],
+        (base + 2).to_string()
+    );
 
     // A Put does not clobber the status, whatever its body says.
     let mut body = deployment("default", "web", 5);
@@ -294,6 +330,7 @@ fn status_is_kept_apart(open: Open) {
 
 fn conflicts(open: Open) {
     let store = open(BIG);
+    let base = store.current_rv();
     let web = key(Kind::Deployment, "default", "web");
     store
         .commit(vec![put(deployment("default", "web", 1))])
@@ -304,23 +341,23 @@ fn conflicts(open: Open) {
 
     let stale_put = store.commit(vec![Op::Put {
         object: deployment("default", "web", 3),
-        expect_rv: Some(1),
+        expect_rv: Some(base + 1),
     }]);
     assert!(
         matches!(
             &stale_put,
             Err(StoreError::Conflict {
-                expected: 1,
-                found: 2,
+                expected,
+                found,
                 ..
-            })
+            }) if *expected == base + 1 && *found == base + 2
         ),
         "{stale_put:?}"
     );
     let stale_status = store.commit(vec![Op::PutStatus {
         key: web.clone(),
         status: json!({}),
-        expect_rv: Some(1),
+        expect_rv: Some(base + 1),
     }]);
     assert!(
         matches!(stale_status, Err(StoreError::Conflict { .. })),
@@ -328,7 +365,7 @@ fn conflicts(open: Open) {
     );
     let stale_delete = store.commit(vec![Op::Delete {
         key: web.clone(),
-        expect_rv: Some(1),
+        expect_rv: Some(base + 1),
     }]);
     assert!(
         matches!(stale_delete, Err(StoreError::Conflict { .. })),
@@ -336,23 +373,24 @@ fn conflicts(open: Open) {
     );
     let missing = store.commit(vec![Op::Put {
         object: deployment("default", "other", 1),
-        expect_rv: Some(1),
+        expect_rv: Some(base + 1),
     }]);
     assert!(
         matches!(missing, Err(StoreError::NotFound { .. })),
         "{missing:?}"
     );
-    assert_eq!(store.current_rv(), 2);
+    assert_eq!(store.current_rv(), base + 2);
 
     let fresh = store.commit(vec![Op::Put {
         object: deployment("default", "web", 3),
-        expect_rv: Some(2),
+        expect_rv: Some(base + 2),
     }]);
-    assert_eq!(fresh.expect("put").resource_version, 3);
+    assert_eq!(fresh.expect("put").resource_version, base + 3);
 }
 
 fn delete(open: Open) {
     let store = open(BIG);
+    let base = store.current_rv();
     let web = key(Kind::Service, "default", "web");
     store
         .commit(vec![create(service("default", "web"))])
@@ -360,7 +398,7 @@ fn delete(open: Open) {
     let deleted = store
         .commit(vec![Op::Delete {
             key: web.clone(),
-            expect_rv: Some(1),
+            expect_rv: Some(base + 1),
         }])
         .expect("delete");
     assert_eq!(deleted.objects[0].meta_str("name"), Some("web"));
@@ -378,10 +416,11 @@ fn delete(open: Open) {
 
 fn transaction_is_atomic(open: Open) {
     let store = open(BIG);
+    let base = store.current_rv();
     store
         .commit(vec![put(deployment("default", "keep", 1))])
         .expect("put");
-    let mut watch = store.watch(1).expect("watch");
+    let mut watch = store.watch(base + 1).expect("watch");
     let failed = store.commit(vec![
         create(deployment("default", "a", 1)),
         put(deployment("default", "keep", 7)),
@@ -396,7 +435,7 @@ fn transaction_is_atomic(open: Open) {
         matches!(failed, Err(StoreError::AlreadyExists { .. })),
         "{failed:?}"
     );
-    assert_eq!(store.current_rv(), 1);
+    assert_eq!(store.current_rv(), base + 1);
     assert!(
         store
             .get(&key(Kind::Deployment, "default", "a"))
@@ -425,7 +464,7 @@ fn transaction_is_atomic(open: Open) {
             },
         ])
         .expect("commit");
-    assert_eq!(both.resource_version, 2);
+    assert_eq!(both.resource_version, base + 2);
     assert_eq!(both.objects[1]["status"], json!({"replicas": 0}));
 }
 
@@ -437,6 +476,7 @@ fn summary(event: &WatchEvent) -> (WatchEventType, u64, String) {
 
 fn watch_from_rv_yields_later_events_in_order(open: Open) {
     let store = open(BIG);
+    let base = store.current_rv();
     store
         .commit(vec![create(deployment("default", "a", 1))])
         .expect("rv 1");
@@ -456,7 +496,7 @@ fn watch_from_rv_yields_later_events_in_order(open: Open) {
         }])
         .expect("rv 4");
 
-    let mut watch = store.watch(1).expect("watch");
+    let mut watch = store.watch(base + 1).expect("watch");
     let mut seen = Vec::new();
     while let Some(event) = watch.try_next().expect("watch") {
         seen.push(summary(&event));
@@ -465,26 +505,26 @@ fn watch_from_rv_yields_later_events_in_order(open: Open) {
     assert_eq!(
         seen,
         [
-            (Added, 2, "Deployment/default/b".to_string()),
-            (Added, 2, "Service/default/b".to_string()),
-            (Modified, 3, "Deployment/default/a".to_string()),
-            (Deleted, 4, "Deployment/default/b".to_string()),
+            (Added, base + 2, "Deployment/default/b".to_string()),
+            (Added, base + 2, "Service/default/b".to_string()),
+            (Modified, base + 3, "Deployment/default/a".to_string()),
+            (Deleted, base + 4, "Deployment/default/b".to_string()),
         ]
     );
-    let mut from_start = store.watch(0).expect("watch");
+    let mut from_start = store.watch(base).expect("watch");
     assert_eq!(
         from_start
             .try_next()
             .expect("watch")
             .map(|e| e.resource_version),
-        Some(1)
+        Some(base + 1)
     );
-    let mut from_now = store.watch(4).expect("watch");
+    let mut from_now = store.watch(base + 4).expect("watch");
     assert!(from_now.try_next().expect("watch").is_none());
 
     // `next` hands out what is already there without waiting.
     let event = block_on(async {
-        let mut watch = store.watch(3).expect("watch");
+        let mut watch = store.watch(base + 3).expect("watch");
         tokio::time::timeout(Duration::from_secs(5), watch.next()).await
     });
     assert_eq!(event.expect("in time").expect("event").event_type, Deleted);
@@ -492,8 +532,9 @@ fn watch_from_rv_yields_later_events_in_order(open: Open) {
 
 fn watch_waits_for_new_events(open: Open) {
     let store = open(BIG);
+    let base = store.current_rv();
     block_on(async {
-        let mut watch = store.watch(0).expect("watch");
+        let mut watch = store.watch(base).expect("watch");
         let waiter = tokio::spawn(async move {
             let mut got = Vec::new();
             for _ in 0..3 {
@@ -510,38 +551,42 @@ fn watch_waits_for_new_events(open: Open) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let got = tokio::time::timeout(Duration::from_secs(5), waiter).await;
-        assert_eq!(got.expect("in time").expect("task"), [1, 2, 3]);
+        assert_eq!(
+            got.expect("in time").expect("task"),
+            [base + 1, base + 2, base + 3]
+        );
     });
 }
 
 fn watch_too_old_is_gone(open: Open) {
     let store = open(4);
+    let base = store.current_rv();
     for i in 0..6 {
         store
             .commit(vec![put(deployment("default", "web", i))])
             .expect("put");
     }
     // Events of rv 3..=6 are kept: watching from 2 onwards works, from 1 is too old.
-    let gone = store.watch(1);
+    let gone = store.watch(base + 1);
     assert!(
         matches!(
             gone,
             Err(StoreError::Gone {
-                requested: 1,
-                oldest: 2
-            })
+                requested,
+                oldest,
+            }) if requested == base + 1 && oldest == base + 2
         ),
         "{:?}",
         gone.err()
     );
-    let mut watch = store.watch(2).expect("watch");
+    let mut watch = store.watch(base + 2).expect("watch");
     assert_eq!(
         watch.try_next().expect("watch").map(|e| e.resource_version),
-        Some(3)
+        Some(base + 3)
     );
 
     // A watcher that falls out of the window while reading is told so.
-    let mut slow = store.watch(6).expect("watch");
+    let mut slow = store.watch(base + 6).expect("watch");
     for i in 0..6 {
         store
             .commit(vec![put(deployment("default", "web", 10 + i))])
@@ -554,10 +599,11 @@ fn many_watchers(open: Open) {
     const WATCHERS: usize = 16;
     const COMMITS: u64 = 100;
     let store = open(BIG);
+    let base = store.current_rv();
     block_on(async {
         let mut tasks = Vec::new();
         for _ in 0..WATCHERS {
-            let mut watch = store.watch(0).expect("watch");
+            let mut watch = store.watch(base).expect("watch");
             tasks.push(tokio::spawn(async move {
                 let mut got = Vec::new();
                 while got.len() < 2 * COMMITS as usize {
@@ -583,7 +629,7 @@ fn many_watchers(open: Open) {
             }
         });
         commits.await.expect("writer");
-        let expected: Vec<_> = (1..=COMMITS)
+        let expected: Vec<_> = (base + 1..=base + COMMITS)
             .flat_map(|rv| [(rv, Some("a".to_string())), (rv, Some("b".to_string()))])
             .collect();
         for task in tasks {

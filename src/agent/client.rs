@@ -15,6 +15,13 @@ use tokio::sync::{mpsc, watch};
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Asked of the server per watch, so that a silently dead connection is noticed.
 const WATCH_SECONDS: u64 = 300;
+/// How long a watch may wait for the server's answer (its headers come at once from a live
+/// server): a server that accepts connections but does not answer (paused, wedged) is then
+/// left for the next one.
+const WATCH_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A watch that receives nothing for this long (three of the server's 15 s bookmarks) is
+/// taken for dead and resumed, on the next server if this one does not answer.
+const WATCH_IDLE_TIMEOUT: Duration = Duration::from_secs(45);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -91,6 +98,9 @@ pub struct AgentClient {
     http: reqwest::Client,
     /// The server that answered last: tried first.
     current: AtomicUsize,
+    /// [`WATCH_ANSWER_TIMEOUT`] and [`WATCH_IDLE_TIMEOUT`] (shorter in tests).
+    watch_answer: Duration,
+    watch_idle: Duration,
 }
 
 impl AgentClient {
@@ -134,7 +144,16 @@ impl AgentClient {
             token,
             http,
             current: AtomicUsize::new(0),
+            watch_answer: WATCH_ANSWER_TIMEOUT,
+            watch_idle: WATCH_IDLE_TIMEOUT,
         })
+    }
+
+    /// Shorter watch timeouts, for tests.
+    #[doc(hidden)]
+    pub fn set_watch_timeouts(&mut self, answer: Duration, idle: Duration) {
+        self.watch_answer = answer;
+        self.watch_idle = idle;
     }
 
     /// Reads the bearer token from `path` (surrounding whitespace ignored).
@@ -176,15 +195,27 @@ impl AgentClient {
             if let Some(body) = body {
                 request = request.json(body);
             }
-            if let Some(timeout) = timeout {
-                request = request.timeout(timeout);
-            }
-            match request.send().await {
+            let sent = match timeout {
+                Some(timeout) => request.timeout(timeout).send().await.map_err(Some),
+                // A watch has no overall timeout, but its answer must start in time.
+                None => match tokio::time::timeout(self.watch_answer, request.send()).await {
+                    Ok(sent) => sent.map_err(Some),
+                    Err(_) => Err(None),
+                },
+            };
+            match sent {
                 Ok(response) => {
                     self.current.store(index, Ordering::Relaxed);
                     return Ok(response);
                 }
-                Err(e) if e.is_connect() || e.is_timeout() || e.is_request() => {
+                Err(None) => {
+                    tracing::debug!(server = %self.servers[index], "no answer to a watch");
+                    last = format!(
+                        "{}: no answer in {:?}",
+                        self.servers[index], self.watch_answer
+                    );
+                }
+                Err(Some(e)) if e.is_connect() || e.is_timeout() || e.is_request() => {
                     tracing::debug!(server = %self.servers[index], "not answering: {e}");
                     last = format!(
                         "{}: {}",
@@ -192,7 +223,7 @@ impl AgentClient {
                         crate::errors::error_chain(&e)
                     );
                 }
-                Err(e) => {
+                Err(Some(e)) => {
                     return Err(ClientError::Invalid {
                         method: method.to_string(),
                         path: path.to_string(),
@@ -451,7 +482,16 @@ impl AgentClient {
         let mut last_rv = rv;
         let mut stream = response.bytes_stream();
         let mut buffer: Vec<u8> = Vec::new();
-        while let Some(chunk) = stream.next().await {
+        loop {
+            let Ok(next) = tokio::time::timeout(self.watch_idle, stream.next()).await else {
+                // Not even a bookmark: the server or the path to it is gone.
+                tracing::info!("{path}: the watch went silent; resuming");
+                self.move_on();
+                return Ok(WatchEnd::Resume(last_rv));
+            };
+            let Some(chunk) = next else {
+                break;
+            };
             let Ok(chunk) = chunk else {
                 // A broken connection: resume from what was seen.
                 return Ok(WatchEnd::Resume(last_rv));
@@ -486,6 +526,14 @@ impl AgentClient {
             }
         }
         Ok(WatchEnd::Resume(last_rv))
+    }
+}
+
+impl AgentClient {
+    /// Makes the next server the first one tried (the current one stopped answering).
+    fn move_on(&self) {
+        let next = (self.current.load(Ordering::Relaxed) + 1) % self.servers.len();
+        self.current.store(next, Ordering::Relaxed);
     }
 }
 

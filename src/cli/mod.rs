@@ -20,6 +20,7 @@ pub mod output;
 pub mod rollout;
 pub mod scale;
 pub mod serve;
+pub mod serve_store;
 pub mod table;
 pub mod up;
 
@@ -34,7 +35,9 @@ use std::time::Duration;
 #[derive(Debug, clap::Parser)]
 #[command(name = "tend", version, about, propagate_version = true)]
 pub struct Cli {
-    /// URL of the tend API server.
+    /// URL of the tend API server. `tend agent` and `tend sim-node` take several,
+    /// comma-separated (control planes sharing an etcd store), and move to the next one when
+    /// one stops answering.
     #[arg(
         long,
         global = true,

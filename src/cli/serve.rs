@@ -65,13 +65,13 @@ use crate::manifest::Limits;
 use crate::scheduler::Scheduler;
 use crate::server::audit::{AuditSink, FileAudit};
 use crate::server::{ApiState, Tokens};
+use crate::server::{leader, shared_credentials};
 use crate::source::dir::DirSource;
 use crate::source::git::GitSource;
 use crate::source::write::{Edit, SourceWriter, Written};
 use crate::source::{Source, SourceError};
 use crate::store::Store;
 use crate::store::owners::OwnerIndex;
-use crate::store::redb::RedbStore;
 use anyhow::{Context as _, bail};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -161,27 +161,19 @@ pub async fn serve_until(
     stop_rx: tokio::sync::watch::Receiver<bool>,
     listening: impl FnOnce(std::net::SocketAddr),
 ) -> anyhow::Result<ExitCode> {
-    if args.store != "redb" {
-        bail!(
-            "--store {}: only the embedded redb store is available in this version",
-            args.store
-        );
-    }
     create_state_dir(&args.state)?;
-    let db = args.state.join("tend.redb");
-    let store: Arc<dyn Store> = Arc::new(
-        RedbStore::open(&db).with_context(|| format!("opening the store {}", db.display()))?,
-    );
+    let store = super::serve_store::open_store(&args)?;
     let tokens = Tokens::load_or_create(&args.state)
         .with_context(|| format!("writing tokens in {}", args.state.display()))?;
     let webhook_secret = match &args.webhook_secret_file {
         Some(path) => Some(crate::source::webhook::read_secret(path)?),
         None => None,
     };
-    let mut source = open_source(&args)?;
-    let mut controller =
-        SourceController::new(store.clone(), &args.service_cidr, Limits::default())?;
-    let (notify_tx, mut notify_rx) = tokio::sync::mpsc::channel::<()>(1);
+    // Checked before the API starts, although only the leader allocates from it.
+    crate::controller::alloc::Allocator::new(&args.service_cidr)
+        .map_err(|e| anyhow::anyhow!("--service-cidr {}: {e}", args.service_cidr))?;
+    let source = open_source(&args)?;
+    let (notify_tx, notify_rx) = tokio::sync::mpsc::channel::<()>(1);
     let _watch = source.watch(notify_tx.clone())?;
 
     let tls = match (&args.tls_cert, &args.tls_key) {
@@ -193,6 +185,18 @@ pub async fn serve_until(
         .clone()
         .unwrap_or_else(|| args.state.join(crate::server::audit::AUDIT_LOG_FILE));
     let audit: Arc<dyn AuditSink> = Arc::new(FileAudit::open(&audit_path)?);
+    // With etcd, replicas elect a leader and share the node credentials through it.
+    let elected = leader::etcd_endpoints(&args.store);
+    let etcd = match &elected {
+        Some(endpoints) => {
+            let backend = leader::EtcdLease::connect(endpoints).await?;
+            let followed =
+                shared_credentials::share(backend.client(), tokens.nodes.clone(), stop_rx.clone())
+                    .await?;
+            Some((backend, followed))
+        }
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("--listen {}", args.listen))?;
@@ -209,6 +213,13 @@ pub async fn serve_until(
         refresh: notify_tx.clone(),
     });
     let audited_tokens = tokens.clone();
+    // Who leads: with redb, always this replica; with etcd, the election says.
+    let identity = leader::identity(addr);
+    let (leader_tx, leader_rx) = tokio::sync::watch::channel(leader::LeaderStatus {
+        identity: identity.clone(),
+        leading: elected.is_none(),
+        leader: elected.is_none().then(|| identity.clone()),
+    });
     let state = Arc::new(ApiState {
         store: store.clone(),
         tokens,
@@ -217,8 +228,12 @@ pub async fn serve_until(
         source_writer: Some(writer.clone()),
     });
     let mut api_stop = stop_rx.clone();
-    let router =
-        crate::server::audit::layer(crate::server::router(state), audited_tokens, audit.clone());
+    let router = leader::route(
+        crate::server::router(state),
+        audited_tokens.clone(),
+        leader_rx.clone(),
+    );
+    let router = crate::server::audit::layer(router, audited_tokens, audit.clone());
     let stopped = async move {
         let _ = api_stop.wait_for(|s| *s).await;
     };
@@ -229,11 +244,6 @@ pub async fn serve_until(
         None => tokio::spawn(crate::server::serve(listener, router, stopped)),
     };
     listening(addr);
-    // Controllers look objects up by owner through an index, as Kubernetes' informers do.
-    let indexed: Arc<dyn Store> = Arc::new(OwnerIndex::new(store.clone())?);
-    let mut ctx = Context::new(indexed, Arc::new(SystemClock));
-    ctx.source_writer = Some(writer);
-    let controllers = start_controllers(&args, ctx, &stop_rx)?;
     tokio::spawn(async {
         let mut every = tokio::time::interval(TRIM_PERIOD);
         loop {
@@ -241,6 +251,111 @@ pub async fn serve_until(
             release_freed_memory();
         }
     });
+
+    let mut election = None;
+    let mut leader_store = store.clone();
+    if let (Some(endpoints), Some((backend, followed))) = (elected, etcd) {
+        let fence = Arc::new(leader::Fence::default());
+        leader_store = Arc::new(leader::FencedStore::new(store.clone(), fence.clone()));
+        let stop = stop_rx.clone();
+        election = Some(tokio::spawn(async move {
+            let ended = leader::run(
+                &backend,
+                leader::Timing::default(),
+                &leader_tx,
+                &fence,
+                stop,
+            )
+            .await;
+            if ended == leader::Ended::LostLeadership {
+                exit_on_lost_leadership();
+            }
+            let _ = followed.await;
+        }));
+        say(&format!(
+            "tend serve: leader election on etcd {} as {identity}",
+            endpoints.join(",")
+        ));
+        let mut status = leader_rx.clone();
+        let mut stop = stop_rx.clone();
+        let mut shown = None;
+        loop {
+            let now = status.borrow_and_update().clone();
+            if now.leading {
+                break;
+            }
+            if now.leader.is_some() && now.leader != shown {
+                say(&format!(
+                    "tend serve: following {} (API only; the leader runs the source loop and \
+                     the controllers)",
+                    now.leader.as_deref().unwrap_or_default()
+                ));
+                shown = now.leader;
+            }
+            tokio::select! {
+                changed = status.changed() => if changed.is_err() {
+                    bail!("the leader election ended before this replica led or stopped");
+                },
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
+    }
+    if *stop_rx.borrow() {
+        tracing::info!("shutting down");
+    } else {
+        if election.is_some() {
+            say(&format!("tend serve: leading as {identity}"));
+        }
+        lead(
+            &args,
+            leader_store,
+            writer,
+            notify_rx,
+            source,
+            audit,
+            stop_rx,
+        )
+        .await?;
+    }
+    if let Some(election) = election {
+        let _ = election.await;
+    }
+    api.await.context("API task")?.context("API server")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A replica that lost leadership exits at once, as kube-controller-manager does: reconciles
+/// and the source sync run on blocking threads that cannot be cancelled, and the controllers'
+/// memory (owner index, the source controller's view) would be stale when leadership came
+/// back; a restart (systemd `Restart=always`) rebuilds everything from the store as a
+/// follower. The fence already refuses its writes from the renew deadline on.
+fn exit_on_lost_leadership() -> ! {
+    say(
+        "tend serve: lost leadership (the lease could not be renewed in time); exiting so that another replica leads",
+    );
+    std::process::exit(1)
+}
+
+/// What only the leader runs, until `stop`: the controllers and the source loop. Everything
+/// is rebuilt from the store (the source controller's revision sequence and applied files,
+/// the owner index), so a new leader resumes where the last one stopped: a commit already
+/// recorded as a Revision is not recorded again, and the controllers are level-triggered.
+async fn lead(
+    args: &ServeArgs,
+    store: Arc<dyn Store>,
+    writer: Arc<dyn SourceWriter>,
+    mut notify_rx: tokio::sync::mpsc::Receiver<()>,
+    mut source: Box<dyn Source>,
+    audit: Arc<dyn AuditSink>,
+    stop_rx: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut controller =
+        SourceController::new(store.clone(), &args.service_cidr, Limits::default())?;
+    // Controllers look objects up by owner through an index, as Kubernetes' informers do.
+    let indexed: Arc<dyn Store> = Arc::new(OwnerIndex::new(store)?);
+    let mut ctx = Context::new(indexed, Arc::new(SystemClock));
+    ctx.source_writer = Some(writer);
+    let controllers = start_controllers(args, ctx, &stop_rx)?;
 
     // The source loop: sync, then wait for a change notice, the poll period, or shutdown.
     let poll = Duration::from_secs(5)
@@ -287,8 +402,7 @@ pub async fn serve_until(
     for c in controllers {
         let _ = c.await;
     }
-    api.await.context("API task")?.context("API server")?;
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// glibc gives each thread that allocates its own arena, up to 8 per core; reconciles run

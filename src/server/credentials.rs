@@ -22,6 +22,8 @@ pub const NODE_CREDENTIALS_FILE: &str = "node-credentials.json";
 pub enum CredentialError {
     #[error("node credentials {path}: {reason}")]
     File { path: String, reason: String },
+    #[error("publishing node {node}'s credential to the shared store: {reason}")]
+    Shared { node: String, reason: String },
     #[error("{0:?} is not a valid node name (lowercase letters, digits, '-' and '.', at most 253)")]
     BadName(String),
 }
@@ -32,6 +34,15 @@ pub struct NodeCredentials {
     /// `None` keeps them in memory only (tests that need no restart).
     path: Option<PathBuf>,
     digests: Mutex<BTreeMap<String, [u8; 32]>>,
+    /// Where replicas sharing a store publish the digests they issue, so that a node
+    /// registered with one control plane is known to all ([`super::shared_credentials`]).
+    shared: std::sync::OnceLock<std::sync::Arc<dyn SharedDigests>>,
+}
+
+/// The digests of several control planes, kept in their shared store.
+pub trait SharedDigests: Send + Sync + std::fmt::Debug {
+    /// Publishes `node`'s new digest (blocking); an error keeps the old credential.
+    fn publish(&self, node: &str, digest: &[u8; 32]) -> Result<(), String>;
 }
 
 impl NodeCredentials {
@@ -40,6 +51,7 @@ impl NodeCredentials {
         NodeCredentials {
             path: None,
             digests: Mutex::new(BTreeMap::new()),
+            shared: std::sync::OnceLock::new(),
         }
     }
 
@@ -58,7 +70,29 @@ impl NodeCredentials {
         Ok(NodeCredentials {
             path: Some(path),
             digests: Mutex::new(digests),
+            shared: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Publishes every digest issued from now on to `shared` as well (set once).
+    pub fn share(&self, shared: std::sync::Arc<dyn SharedDigests>) {
+        let _ = self.shared.set(shared);
+    }
+
+    /// Takes digests another replica issued (the shared store's copy wins over this one's).
+    pub fn adopt(&self, issued: BTreeMap<String, [u8; 32]>) -> Result<(), CredentialError> {
+        if issued.is_empty() {
+            return Ok(());
+        }
+        let mut digests = self.digests.lock().unwrap_or_else(|e| e.into_inner());
+        let mut changed = false;
+        for (node, digest) in issued {
+            changed |= digests.insert(node, digest) != Some(digest);
+        }
+        if changed {
+            self.persist(&digests)?;
+        }
+        Ok(())
     }
 
     /// Issues a new credential for `node` and persists its digest; an earlier credential of
@@ -73,8 +107,17 @@ impl NodeCredentials {
         let mut bytes = [0u8; 32];
         rand::rng().fill_bytes(&mut bytes);
         let credential = hex::encode(bytes);
+        let new_digest = digest(&credential);
+        if let Some(shared) = self.shared.get() {
+            shared
+                .publish(node, &new_digest)
+                .map_err(|reason| CredentialError::Shared {
+                    node: node.to_string(),
+                    reason,
+                })?;
+        }
         let mut digests = self.digests.lock().unwrap_or_else(|e| e.into_inner());
-        let previous = digests.insert(node.to_string(), digest(&credential));
+        let previous = digests.insert(node.to_string(), new_digest);
         if let Err(e) = self.persist(&digests) {
             match previous {
                 Some(old) => digests.insert(node.to_string(), old),
@@ -142,6 +185,18 @@ fn digest(credential: &str) -> [u8; 32] {
     Sha256::digest(credential.as_bytes()).into()
 }
 
+/// A digest as `sha256:HEX` (the file's and the shared store's form).
+pub fn digest_text(digest: &[u8; 32]) -> String {
+    format!("sha256:{}", hex::encode(digest))
+}
+
+/// Parses [`digest_text`]'s form.
+pub fn parse_digest_text(text: &str) -> Option<[u8; 32]> {
+    let mut digest = [0u8; 32];
+    hex::decode_to_slice(text.trim().strip_prefix("sha256:")?, &mut digest).ok()?;
+    Some(digest)
+}
+
 fn parse_digests(bytes: &[u8]) -> Result<BTreeMap<String, [u8; 32]>, String> {
     let text: BTreeMap<String, String> =
         serde_json::from_slice(bytes).map_err(|e| format!("not a JSON object of digests: {e}"))?;
@@ -196,6 +251,46 @@ mod tests {
         );
         let again = NodeCredentials::load(dir.path()).expect("reload");
         assert_eq!(again.identify(&a).as_deref(), Some("node-a"));
+    }
+
+    #[derive(Debug, Default)]
+    struct Published(Mutex<Vec<(String, String)>>);
+
+    impl SharedDigests for Published {
+        fn publish(&self, node: &str, digest: &[u8; 32]) -> Result<(), String> {
+            if node == "refused" {
+                return Err("etcd is down".into());
+            }
+            self.0
+                .lock()
+                .expect("lock")
+                .push((node.to_string(), digest_text(digest)));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn shared_digests_are_published_and_adopted_by_the_other_replicas() {
+        let a = NodeCredentials::in_memory();
+        let b = NodeCredentials::in_memory();
+        let published = std::sync::Arc::new(Published::default());
+        a.share(published.clone());
+        let credential = a.issue("n1").expect("issue");
+        let sent = published.0.lock().expect("lock").clone();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(b.identify(&credential), None);
+        let digest = parse_digest_text(&sent[0].1).expect("digest");
+        b.adopt(BTreeMap::from([("n1".to_string(), digest)]))
+            .expect("adopt");
+        assert_eq!(b.identify(&credential).as_deref(), Some("n1"));
+        // Unpublished, not issued: the old credential keeps working.
+        let refused = a.issue("refused");
+        assert!(
+            matches!(refused, Err(CredentialError::Shared { .. })),
+            "{refused:?}"
+        );
+        assert_eq!(a.identify(&credential).as_deref(), Some("n1"));
+        assert_eq!(parse_digest_text("md5:00"), None);
     }
 
     #[test]

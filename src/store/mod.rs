@@ -3,6 +3,7 @@
 //! assigns uid, resourceVersion (global, monotonic), creationTimestamp and generation
 //! (bumped only when `spec` changes), and keeps `status` apart from the rest.
 
+pub mod etcd;
 pub mod memory;
 pub mod owners;
 pub mod recording;
@@ -70,7 +71,7 @@ pub struct Committed {
     pub objects: Vec<Value>,
 }
 
-/// The object store. Implementations: `redb::RedbStore` (embedded), etcd (later).
+/// The object store. Implementations: `redb::RedbStore` (embedded), `etcd::EtcdStore`.
 pub trait Store: Send + Sync {
     /// One object, or `None`.
     fn get(&self, key: &ObjectKey) -> Result<Option<Value>, StoreError>;

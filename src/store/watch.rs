@@ -178,6 +178,22 @@ impl WatchLog {
         self.shared.appended.send_replace(end);
     }
 
+    /// Forgets every kept event because changes up to `current_rv` can no longer be told (the
+    /// etcd backend after a compaction it could not resume across): every existing watcher gets
+    /// `Gone` and lists again, and new watches start at `current_rv` or later.
+    pub fn lose_history(&self, current_rv: u64) {
+        let end = {
+            let mut log = self.shared.log.write().unwrap_or_else(|e| e.into_inner());
+            // One past the old end, so that even a watcher that had read everything is behind.
+            log.first_seq = log.end_seq() + 1;
+            log.events.clear();
+            log.bytes = 0;
+            log.complete_after = log.complete_after.max(current_rv);
+            log.end_seq()
+        };
+        self.shared.appended.send_replace(end);
+    }
+
     /// The oldest resourceVersion a watch can start from.
     pub fn oldest_rv(&self) -> u64 {
         self.shared
@@ -361,6 +377,27 @@ mod tests {
         assert_eq!(
             watch.try_next().expect("next").map(|e| e.resource_version),
             Some(2)
+        );
+    }
+
+    #[test]
+    fn lost_history_is_gone_for_every_watcher() {
+        let log = WatchLog::new(0, WatchLimits::events(10));
+        log.append([event(1)]);
+        let mut behind = log.subscribe(0).expect("subscribe");
+        let mut caught_up = log.subscribe(1).expect("subscribe");
+        log.lose_history(5);
+        assert!(matches!(behind.try_next(), Err(StoreError::Gone { .. })));
+        assert!(matches!(caught_up.try_next(), Err(StoreError::Gone { .. })));
+        assert!(matches!(
+            log.subscribe(4),
+            Err(StoreError::Gone { oldest: 5, .. })
+        ));
+        let mut fresh = log.subscribe(5).expect("subscribe");
+        log.append([event(6)]);
+        assert_eq!(
+            fresh.try_next().expect("next").map(|e| e.resource_version),
+            Some(6)
         );
     }
 
