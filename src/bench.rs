@@ -62,6 +62,10 @@ pub struct BenchArgs {
     /// `load`: how long the load runs once the agents are registered (`300s`, `5m`).
     #[arg(long, default_value = "300s", value_parser = crate::cli::serve::parse_duration)]
     pub duration: std::time::Duration,
+    /// `apply`: the store serve uses: `redb`, or `etcd://HOST:PORT[,..]` (an etcd you run,
+    /// holding no tend objects yet; see docs/etcd.md).
+    #[arg(long, default_value = "redb")]
+    pub store: String,
     /// Internal: the part of `agent` that runs inside the node namespace, in this directory.
     #[arg(long, hide = true)]
     pub inner: Option<std::path::PathBuf>,
@@ -209,10 +213,17 @@ impl Drop for Serve {
     }
 }
 
-fn start_serve(repo: &Path, state: &Path) -> anyhow::Result<Serve> {
+fn start_serve(repo: &Path, state: &Path, store: &str) -> anyhow::Result<Serve> {
     let exe = std::env::current_exe().context("locating the tend binary")?;
     let mut child = Command::new(exe)
-        .args(["serve", "--listen", "127.0.0.1:0", "--repo"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            store,
+            "--repo",
+        ])
         .arg(repo)
         .arg("--state")
         .arg(state)
@@ -278,6 +289,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn apply(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let n = args.deployments;
+    if args.store != "redb" {
+        store_is_empty(&args.store)?;
+    }
     let work = std::env::temp_dir().join(format!("tend-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     let repo = work.join("repo");
@@ -308,7 +322,7 @@ fn apply(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         .build()?;
     let state = work.join("state");
     let started = Instant::now();
-    let serve = start_serve(&repo, &state)?;
+    let serve = start_serve(&repo, &state, &args.store)?;
     let phase = wait_revision(&serve, &http, &head(&repo)?, Duration::from_secs(120))?;
     let cold_s = started.elapsed().as_secs_f64();
     if phase != "Applied" {
@@ -318,8 +332,9 @@ fn apply(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let one_file = time_commits(&repo, &serve, &http, n, args.commits, 0)?;
     let rss = rss_mib(serve.child.id())?;
     println!(
-        "tend bench apply: {n} Deployments + {n} Services ({objects} objects, {:.1} MiB of YAML)",
-        total_bytes as f64 / 1048576.0
+        "tend bench apply: {n} Deployments + {n} Services ({objects} objects, {:.1} MiB of YAML), store {}",
+        total_bytes as f64 / 1048576.0,
+        args.store
     );
     println!(
         "  {:<44} {:>10.3} s   (goal <= 3 s)",
@@ -437,6 +452,20 @@ fn print_commits(what: &str, times: &[f64], cold_s: f64) {
             .collect::<Vec<_>>(),
         cold_s * 1000.0 / median_ms.max(f64::MIN_POSITIVE)
     );
+}
+
+/// A cold apply needs a store without tend's objects: the bench does not delete anyone's.
+fn store_is_empty(url: &str) -> anyhow::Result<()> {
+    use crate::store::Store;
+    let store = crate::store::etcd::EtcdStore::open(url)?;
+    let (revisions, _) = store.list(crate::api::Kind::Revision, None)?;
+    if !revisions.is_empty() {
+        bail!(
+            "{url} already holds tend's objects ({} revisions): give the bench an empty etcd",
+            revisions.len()
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -359,3 +359,33 @@ fn serve_keeps_its_objects_in_etcd() {
         "Applied"
     );
 }
+
+#[test]
+fn a_resource_version_from_a_newer_history_is_gone() {
+    let Some(etcd) = Etcd::start("a_resource_version_from_a_newer_history_is_gone") else {
+        return;
+    };
+    let store = open(&etcd.url());
+    let committed = store
+        .commit(vec![put(deployment("web", 1))])
+        .expect("commit");
+    // What a client kept from before etcd was restored from an older backup.
+    let future = committed.resource_version + 1000;
+    match store.watch(future) {
+        Err(StoreError::Gone { requested, oldest }) => {
+            assert_eq!((requested, oldest), (future, committed.resource_version))
+        }
+        other => panic!("expected Gone, got {:?}", other.map(|_| "a watch")),
+    }
+    // A revision another store wrote but this one's feed has not brought yet is no such case.
+    let other = open(&etcd.url());
+    let newer = other
+        .commit(vec![put(deployment("web", 2))])
+        .expect("other commit");
+    let mut watch = store.watch(newer.resource_version).expect("watch");
+    let next = other
+        .commit(vec![put(deployment("web", 3))])
+        .expect("next commit");
+    let event = next_event(&runtime(), &mut watch).expect("event");
+    assert_eq!(event.resource_version, next.resource_version);
+}

@@ -485,6 +485,20 @@ impl Store for EtcdStore {
     }
 
     fn watch(&self, from_rv: u64) -> Result<Watch, StoreError> {
+        // A resourceVersion ahead of the feed is either a write the feed has not brought yet
+        // (another control plane's) or one from a history this etcd no longer has (restored
+        // from a backup: revisions went back). Watching the latter would skip every change
+        // until the revisions catch up, so the watcher is told to list again instead, as
+        // Kubernetes answers "too large resource version".
+        if from_rv > self.feed.get() {
+            let now = self.etcd_revision()?;
+            if from_rv > now {
+                return Err(StoreError::Gone {
+                    requested: from_rv,
+                    oldest: now,
+                });
+            }
+        }
         self.log.subscribe(from_rv)
     }
 
@@ -494,6 +508,22 @@ impl Store for EtcdStore {
 }
 
 impl EtcdStore {
+    /// etcd's current revision.
+    fn etcd_revision(&self) -> Result<u64, StoreError> {
+        let mut kv = self.kv.clone();
+        let key = self.prefix.clone();
+        let response = self
+            .run(REQUEST_TIMEOUT, async move {
+                let options = GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only()
+                    .with_limit(1);
+                kv.get(key, Some(options)).await
+            })
+            .map_err(|e| self.fail(format!("reading the revision: {e}")))?;
+        Ok(revision(response.header()))
+    }
+
     /// Applies `ops` over what was read at `read_rv` and writes the outcome guarded by it.
     fn attempt(
         &self,
@@ -525,6 +555,12 @@ impl EtcdStore {
                 Some(None) | None => writes.push(TxnOp::delete(full, None)),
             }
         }
+        tracing::debug!(
+            objects = staging.order.len(),
+            bytes,
+            read_rv,
+            "etcd transaction"
+        );
         let mut kv = self.kv.clone();
         let txn = Txn::new().when(guards).and_then(writes);
         let timeout = REQUEST_TIMEOUT + TIMEOUT_PER_MIB * (bytes >> 20) as u32;
@@ -558,10 +594,11 @@ struct Feeder {
 /// Feeds the log from an etcd watch on the prefix, forever: reconnects after errors from the
 /// next revision, and after a compaction starts over (every watcher gets `Gone`).
 async fn feed_log(mut feeder: Feeder) {
-    let mut pause = Duration::from_millis(100);
+    const FIRST_PAUSE: Duration = Duration::from_millis(100);
+    let mut pause = FIRST_PAUSE;
     loop {
-        match feeder.follow().await {
-            Ok(()) => pause = Duration::from_millis(100),
+        match feeder.follow(&mut pause).await {
+            Ok(()) => pause = FIRST_PAUSE,
             Err(e) => {
                 tracing::warn!(store = %feeder.name, "watching etcd: {e}; retrying");
                 tokio::time::sleep(pause).await;
@@ -572,8 +609,9 @@ async fn feed_log(mut feeder: Feeder) {
 }
 
 impl Feeder {
-    /// Follows one etcd watch until it ends: `Ok` when it should be resumed at once.
-    async fn follow(&mut self) -> Result<(), String> {
+    /// Follows one etcd watch until it ends: `Ok` when it should be resumed at once. Once etcd
+    /// has answered, the next reconnection starts again from the shortest `pause`.
+    async fn follow(&mut self, pause: &mut Duration) -> Result<(), String> {
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(self.next as i64)
@@ -587,7 +625,10 @@ impl Feeder {
         .map_err(|e| e.to_string())?;
         loop {
             let response = match stream.message().await {
-                Ok(Some(response)) => response,
+                Ok(Some(response)) => {
+                    *pause = Duration::from_millis(100);
+                    response
+                }
                 Ok(None) => return Err("the watch stream ended".into()),
                 Err(e) => return Err(e.to_string()),
             };
