@@ -352,10 +352,14 @@ async fn lead(
     let mut controller =
         SourceController::new(store.clone(), &args.service_cidr, Limits::default())?;
     // Controllers look objects up by owner through an index, as Kubernetes' informers do.
-    let indexed: Arc<dyn Store> = Arc::new(OwnerIndex::new(store)?);
+    let indexed: Arc<dyn Store> = Arc::new(OwnerIndex::new(store.clone())?);
     let mut ctx = Context::new(indexed, Arc::new(SystemClock));
     ctx.source_writer = Some(writer);
-    let controllers = start_controllers(args, ctx, &stop_rx)?;
+    let mut controllers = start_controllers(args, ctx, &stop_rx)?;
+    controllers.push(tokio::spawn(collect_expired_events(
+        store.clone(),
+        stop_rx.clone(),
+    )));
 
     // The source loop: sync, then wait for a change notice, the poll period, or shutdown.
     let poll = Duration::from_secs(5)
@@ -403,6 +407,36 @@ async fn lead(
         let _ = c.await;
     }
     Ok(())
+}
+
+/// How often expired Events are collected.
+const EVENT_GC_PERIOD: Duration = Duration::from_secs(60);
+
+/// Deletes Events an hour after they last happened, as kube-apiserver's `--event-ttl` does,
+/// until `stop`. Failures are logged and retried at the next period.
+async fn collect_expired_events(
+    store: Arc<dyn Store>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use crate::controller::events::{EVENT_TTL, collect_expired};
+    let mut every = tokio::time::interval(EVENT_GC_PERIOD);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let store = store.clone();
+        let collected = tokio::task::spawn_blocking(move || {
+            collect_expired(store.as_ref(), jiff::Timestamp::now(), EVENT_TTL)
+        })
+        .await;
+        match collected {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::debug!("deleted {n} expired events"),
+            Ok(Err(e)) => tracing::warn!("collecting expired events: {e}"),
+            Err(e) => tracing::warn!("collecting expired events: {e}"),
+        }
+    }
 }
 
 /// glibc gives each thread that allocates its own arena, up to 8 per core; reconciles run

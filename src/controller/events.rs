@@ -87,6 +87,82 @@ impl EventRecorder {
     }
 }
 
+/// How long an Event is kept after it last happened: kube-apiserver's `--event-ttl` default.
+pub const EVENT_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Deletes per store transaction when expired Events are collected.
+const DELETES_PER_TRANSACTION: usize = 200;
+
+/// The Events among `events` that last happened (`lastTimestamp`, else `eventTime`, else
+/// `firstTimestamp`) more than `ttl` before `now`, with their resourceVersion. An Event
+/// whose time cannot be read is kept: nothing is deleted on a guess.
+pub fn expired(
+    events: &[Value],
+    now: jiff::Timestamp,
+    ttl: std::time::Duration,
+) -> Vec<(ObjectKey, u64)> {
+    let Ok(ttl) = jiff::SignedDuration::try_from(ttl) else {
+        return Vec::new();
+    };
+    let Ok(cutoff) = now.checked_sub(ttl) else {
+        return Vec::new();
+    };
+    events
+        .iter()
+        .filter(|e| {
+            ["lastTimestamp", "eventTime", "firstTimestamp"]
+                .iter()
+                .find_map(|f| e.get(*f).and_then(Value::as_str))
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                .is_some_and(|t| t < cutoff)
+        })
+        .filter_map(|e| {
+            Some((
+                ObjectKey::of(e)?,
+                crate::api::ObjectMeta::resource_version(e),
+            ))
+        })
+        .collect()
+}
+
+/// Deletes the Events that expired (see `expired`), as kube-apiserver's event TTL does, so
+/// that the store does not grow with every event ever recorded. Each delete is guarded by the
+/// resourceVersion read: an Event that happened again meanwhile is kept. Returns how many
+/// were deleted.
+pub fn collect_expired(
+    store: &dyn Store,
+    now: jiff::Timestamp,
+    ttl: std::time::Duration,
+) -> Result<usize, StoreError> {
+    let (events, _) = store.list(Kind::Event, None)?;
+    let mut deleted = 0;
+    for batch in expired(&events, now, ttl).chunks(DELETES_PER_TRANSACTION) {
+        let ops = |batch: &[(ObjectKey, u64)]| -> Vec<Op> {
+            batch
+                .iter()
+                .map(|(key, rv)| Op::Delete {
+                    key: key.clone(),
+                    expect_rv: Some(*rv),
+                })
+                .collect()
+        };
+        match store.commit(ops(batch)) {
+            Ok(_) => deleted += batch.len(),
+            // One of them changed or went meanwhile: the others one by one.
+            Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => {
+                for one in batch.chunks(1) {
+                    match store.commit(ops(one)) {
+                        Ok(_) => deleted += 1,
+                        Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(deleted)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,5 +210,99 @@ mod tests {
         assert_eq!(counted["count"], 2);
         assert_eq!(counted["involvedObject"]["kind"], "Deployment");
         assert_eq!(counted["involvedObject"]["uid"], "u1");
+    }
+
+    fn event(name: &str, last: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": name, "namespace": "default"},
+            "involvedObject": {"kind": "Pod", "name": "p"}, "reason": "R", "message": name,
+            "firstTimestamp": last, "lastTimestamp": last})
+    }
+
+    #[test]
+    fn events_older_than_the_ttl_are_collected_and_the_rest_kept() {
+        let store = MemoryStore::new();
+        let ops = [
+            event("old", "2026-01-01T00:00:00Z"),
+            event("edge", "2026-01-01T01:00:00Z"),
+            event("new", "2026-01-01T01:30:00Z"),
+            event("garbled", "yesterday"),
+        ]
+        .into_iter()
+        .map(Op::Create)
+        .collect();
+        store.commit(ops).unwrap();
+        let now: jiff::Timestamp = "2026-01-01T02:00:00Z".parse().unwrap();
+        let names = |store: &MemoryStore| -> Vec<String> {
+            let (events, _) = store.list(Kind::Event, None).unwrap();
+            events
+                .iter()
+                .map(|e| {
+                    e.pointer("/metadata/name")
+                        .unwrap()
+                        .as_str()
+                        .unwrap()
+                        .to_string()
+                })
+                .collect()
+        };
+        assert_eq!(collect_expired(&store, now, EVENT_TTL).unwrap(), 1);
+        assert_eq!(names(&store), ["edge", "garbled", "new"]);
+        // Nothing more is due: a second pass deletes nothing.
+        assert_eq!(collect_expired(&store, now, EVENT_TTL).unwrap(), 0);
+    }
+
+    /// A store where Event "a" happens again just before the first transaction of deletes.
+    struct Racing {
+        inner: MemoryStore,
+        raced: std::sync::atomic::AtomicBool,
+    }
+
+    impl Store for Racing {
+        fn get(&self, key: &ObjectKey) -> Result<Option<Value>, StoreError> {
+            self.inner.get(key)
+        }
+        fn list(&self, kind: Kind, ns: Option<&str>) -> Result<(Vec<Value>, u64), StoreError> {
+            self.inner.list(kind, ns)
+        }
+        fn commit(&self, ops: Vec<Op>) -> Result<crate::store::Committed, StoreError> {
+            if matches!(ops.first(), Some(Op::Delete { .. }))
+                && !self.raced.swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                self.inner.commit(vec![Op::Put {
+                    object: event("a", "2026-01-01T01:59:00Z"),
+                    expect_rv: None,
+                }])?;
+            }
+            self.inner.commit(ops)
+        }
+        fn watch(&self, from_rv: u64) -> Result<crate::store::Watch, StoreError> {
+            self.inner.watch(from_rv)
+        }
+        fn current_rv(&self) -> u64 {
+            self.inner.current_rv()
+        }
+    }
+
+    #[test]
+    fn an_event_that_happened_again_after_the_list_is_kept() {
+        let store = Racing {
+            inner: MemoryStore::new(),
+            raced: Default::default(),
+        };
+        store
+            .inner
+            .commit(vec![
+                Op::Create(event("a", "2026-01-01T00:00:00Z")),
+                Op::Create(event("b", "2026-01-01T00:00:00Z")),
+                Op::Create(event("c", "2026-01-01T00:00:00Z")),
+            ])
+            .unwrap();
+        let now: jiff::Timestamp = "2026-01-01T02:00:00Z".parse().unwrap();
+        // The batch of three fails on "a"; "b" and "c" are then deleted one by one.
+        assert_eq!(collect_expired(&store, now, EVENT_TTL).unwrap(), 2);
+        let (left, _) = store.list(Kind::Event, None).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].pointer("/metadata/name").unwrap(), "a");
     }
 }
