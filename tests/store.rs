@@ -796,6 +796,69 @@ fn redb_resource_version_survives_reopen() {
     );
 }
 
+/// `submit` (how the API server commits on redb): transactions handed over without waiting
+/// each get the outcome `commit` would have given; one in conflict fails alone; the
+/// resourceVersions are consecutive; and what is queued when the store is dropped is
+/// committed before the drop returns.
+#[test]
+fn redb_submitted_transactions_get_their_outcomes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store.redb");
+    const SUBMITTED: u64 = 200;
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let store = RedbStore::open(&path).expect("open");
+        store
+            .commit(vec![create(deployment("default", "counter", 0))])
+            .expect("create");
+        for i in 0..SUBMITTED {
+            let tx = tx.clone();
+            let op = if i == 7 {
+                // Guarded by a resourceVersion that is long gone: a conflict.
+                let mut stale = deployment("default", "counter", 999);
+                stale["metadata"]["resourceVersion"] = json!("1");
+                Op::Put {
+                    object: stale,
+                    expect_rv: Some(0),
+                }
+            } else {
+                create(deployment("default", &format!("d{i}"), 1))
+            };
+            let handed = store.submit(
+                vec![op],
+                Box::new(move |outcome| {
+                    let _ = tx.send((i, outcome));
+                }),
+            );
+            assert!(handed.is_ok(), "redb takes submitted transactions");
+        }
+        // Dropped here, with transactions possibly still queued.
+    }
+    drop(tx);
+    let mut outcomes: Vec<_> = rx.iter().collect();
+    assert_eq!(outcomes.len() as u64, SUBMITTED, "every caller is told");
+    outcomes.sort_by_key(|(i, _)| *i);
+    let mut rvs = Vec::new();
+    for (i, outcome) in outcomes {
+        match outcome {
+            Ok(committed) => {
+                assert_ne!(i, 7, "the stale write must not commit");
+                assert_eq!(committed.objects[0]["metadata"]["name"], format!("d{i}"));
+                rvs.push(committed.resource_version);
+            }
+            Err(StoreError::Conflict { .. }) => assert_eq!(i, 7),
+            Err(e) => panic!("transaction {i}: {e}"),
+        }
+    }
+    // Submitted in order from one thread: committed in that order, one version each.
+    let expected: Vec<u64> = (2..SUBMITTED + 1).collect();
+    assert_eq!(rvs, expected);
+    let store = RedbStore::open(&path).expect("reopen");
+    assert_eq!(store.current_rv(), SUBMITTED);
+    let (deployments, _) = store.list(Kind::Deployment, None).expect("list");
+    assert_eq!(deployments.len() as u64, SUBMITTED);
+}
+
 #[test]
 fn memory_store_is_a_store() {
     fn assert_send_sync<T: Send + Sync>() {}

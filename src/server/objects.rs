@@ -4,7 +4,7 @@ use super::fields::FieldSelector;
 use super::status::ApiError;
 use crate::api::selector::Selector;
 use crate::api::{Kind, ObjectKey, ObjectMeta};
-use crate::store::{Op, Store, StoreError};
+use crate::store::{CommitDone, Committed, Op, Store, StoreError};
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
 
@@ -19,6 +19,23 @@ where
         .await
         .map_err(|e| ApiError::internal(format!("store task failed: {e}")))?
         .map_err(ApiError::from)
+}
+
+/// Commits a transaction. A store with its own committing thread (redb) is handed the
+/// transaction and awaited, so the request holds no thread while its group waits for the
+/// fsync; otherwise the commit runs off the async workers, as `blocking`.
+pub async fn commit(store: &Arc<dyn Store>, ops: Vec<Op>) -> Result<Committed, ApiError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let done: CommitDone = Box::new(move |outcome| {
+        let _ = tx.send(outcome);
+    });
+    match store.submit(ops, done) {
+        Ok(()) => rx
+            .await
+            .map_err(|_| ApiError::internal("the store's committer stopped"))?
+            .map_err(ApiError::from),
+        Err((ops, _)) => blocking(store, move |s| s.commit(ops)).await,
+    }
 }
 
 /// `GET` on a collection: a `<Kind>List` of the objects matching the label and field selectors.
@@ -60,7 +77,7 @@ pub async fn create(
     if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.remove("resourceVersion");
     }
-    let committed = blocking(store, move |s| s.commit(vec![Op::Create(object)])).await?;
+    let committed = commit(store, vec![Op::Create(object)]).await?;
     first_object(committed.objects)
 }
 
@@ -72,10 +89,7 @@ pub async fn replace(
 ) -> Result<Value, ApiError> {
     let object = prepare_object(key.kind, &key.namespace, Some(&key.name), body)?;
     let expect_rv = expected_rv(&object)?;
-    let committed = blocking(store, move |s| {
-        s.commit(vec![Op::Put { object, expect_rv }])
-    })
-    .await?;
+    let committed = commit(store, vec![Op::Put { object, expect_rv }]).await?;
     first_object(committed.objects)
 }
 
@@ -88,14 +102,12 @@ pub async fn replace_status(
     let object = prepare_object(key.kind, &key.namespace, Some(&key.name), body)?;
     let expect_rv = expected_rv(&object)?;
     let status = object.get("status").cloned().unwrap_or_else(|| json!({}));
-    let committed = blocking(store, move |s| {
-        s.commit(vec![Op::PutStatus {
-            key,
-            status,
-            expect_rv,
-        }])
-    })
-    .await?;
+    let ops = vec![Op::PutStatus {
+        key,
+        status,
+        expect_rv,
+    }];
+    let committed = commit(store, ops).await?;
     first_object(committed.objects)
 }
 
@@ -113,10 +125,7 @@ pub async fn delete(
             .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?;
         parse_rv(options.pointer("/preconditions/resourceVersion"))?
     };
-    let committed = blocking(store, move |s| {
-        s.commit(vec![Op::Delete { key, expect_rv }])
-    })
-    .await?;
+    let committed = commit(store, vec![Op::Delete { key, expect_rv }]).await?;
     first_object(committed.objects)
 }
 

@@ -71,6 +71,10 @@ pub struct Committed {
     pub objects: Vec<Value>,
 }
 
+/// Told the outcome of a transaction handed to `Store::submit`. Called on the store's
+/// committing thread: it must not block (send it on a channel).
+pub type CommitDone = Box<dyn FnOnce(Result<Committed, StoreError>) + Send>;
+
 /// The object store. Implementations: `redb::RedbStore` (embedded), `etcd::EtcdStore`.
 pub trait Store: Send + Sync {
     /// One object, or `None`.
@@ -81,6 +85,14 @@ pub trait Store: Send + Sync {
     /// Applies the ops atomically: every op or none. The whole transaction gets one new
     /// resourceVersion. An empty transaction is a no-op returning the current version.
     fn commit(&self, ops: Vec<Op>) -> Result<Committed, StoreError>;
+    /// Hands the transaction to the store's own committing thread and returns at once;
+    /// `done` is called with the outcome `commit` would have returned. A store without such
+    /// a thread gives both back (the default), and the caller runs `commit` on a thread that
+    /// may block. The API server uses this so that a request waiting for its fsync does not
+    /// hold a thread.
+    fn submit(&self, ops: Vec<Op>, done: CommitDone) -> Result<(), (Vec<Op>, CommitDone)> {
+        Err((ops, done))
+    }
     /// Changes after `from_rv` (exclusive), in order; `Gone` if they are no longer kept.
     fn watch(&self, from_rv: u64) -> Result<Watch, StoreError>;
     /// The newest resourceVersion.

@@ -9,10 +9,16 @@
 //! transaction is being committed wait, and the next one carries them all: each keeps its own
 //! resourceVersion and its own all-or-nothing outcome (a failed one changes nothing and the
 //! others go ahead), and one fsync makes them all durable before any of them returns.
+//!
+//! One committer thread per store writes the groups. A caller hands it its transaction and
+//! is told the outcome (`Store::submit`): the API server awaits it without holding a thread,
+//! so a slow fsync under load no longer makes the runtime start a blocking thread for every
+//! waiting request (serve went from ~40 to 120+ threads in such stalls, and its memory with
+//! them). `commit` waits for the same outcome on the caller's thread.
 
 use super::memory::{Staging, apply_transaction, decode, key_range};
 use super::watch::{WatchLimits, WatchLog};
-use super::{Committed, Op, Store, StoreError, Watch};
+use super::{CommitDone, Committed, Op, Store, StoreError, Watch};
 use crate::api::{Kind, ObjectKey};
 use ::redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition};
 use serde_json::Value;
@@ -20,33 +26,36 @@ use std::collections::HashMap;
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
+use std::thread::JoinHandle;
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const RESOURCE_VERSION: &str = "resourceVersion";
 
 pub struct RedbStore {
+    inner: Arc<Inner>,
+    /// The committer thread; joined on drop, after it has committed what was queued.
+    committer: Option<JoinHandle<()>>,
+}
+
+struct Inner {
     db: Database,
     path: PathBuf,
     resource_version: AtomicU64,
     log: WatchLog,
-    /// Transactions waiting to be committed, and their outcomes.
-    group: Mutex<Group>,
-    /// Signalled when a group commit ends: its transactions have outcomes, and the next
-    /// waiting one may lead.
-    group_done: Condvar,
+    /// Transactions waiting for the committer.
+    queue: Mutex<Queue>,
+    /// Signalled when a transaction is queued or the store closes.
+    queued: Condvar,
 }
 
-/// The group commit's bookkeeping (see the module's documentation).
+/// What waits for the committer (see the module's documentation).
 #[derive(Default)]
-struct Group {
-    next_ticket: u64,
-    waiting: Vec<(u64, Vec<Op>)>,
-    done: HashMap<u64, Result<Committed, StoreError>>,
-    /// A thread is committing a group; only it writes to the database and the watch log, so
-    /// the log receives commits in resourceVersion order.
-    leading: bool,
+struct Queue {
+    waiting: Vec<(Vec<Op>, CommitDone)>,
+    /// The store is being dropped: the committer commits what is queued, then ends.
+    closing: bool,
 }
 
 /// The page cache of the redb file.
@@ -85,16 +94,39 @@ impl RedbStore {
             rv.unwrap_or(0)
         };
         tx.commit().map_err(|e| fail(&e))?;
-        Ok(RedbStore {
+        let inner = Arc::new(Inner {
             db,
             path: path.to_path_buf(),
             resource_version: AtomicU64::new(rv),
             log: WatchLog::new(rv, limits),
-            group: Mutex::new(Group::default()),
-            group_done: Condvar::new(),
+            queue: Mutex::new(Queue::default()),
+            queued: Condvar::new(),
+        });
+        let committer = std::thread::Builder::new()
+            .name("store-commit".to_string())
+            .spawn({
+                let inner = Arc::clone(&inner);
+                move || inner.run_committer()
+            })
+            .map_err(|e| fail(&format!("starting the committer thread: {e}")))?;
+        Ok(RedbStore {
+            inner,
+            committer: Some(committer),
         })
     }
+}
 
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        self.inner.lock_queue().closing = true;
+        self.inner.queued.notify_all();
+        if let Some(committer) = self.committer.take() {
+            let _ = committer.join();
+        }
+    }
+}
+
+impl Inner {
     fn fail(&self, e: impl Display) -> StoreError {
         backend(&self.path, &e)
     }
@@ -130,33 +162,63 @@ impl Staging for TableOverlay<'_, '_> {
     }
 }
 
-impl RedbStore {
-    fn lock_group(&self) -> MutexGuard<'_, Group> {
-        self.group.lock().unwrap_or_else(|e| e.into_inner())
+impl Inner {
+    fn lock_queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The committer: takes everything queued, commits it as one group, tells each caller
+    /// its outcome; sleeps while nothing is queued; ends once the store closes and the queue
+    /// is empty.
+    fn run_committer(&self) {
+        // Should this thread end early (it does not panic, but a callback might), every
+        // transaction still queued fails instead of waiting forever.
+        let _fail_rest = FailQueuedOnExit(self);
+        let mut queue = self.lock_queue();
+        loop {
+            if !queue.waiting.is_empty() {
+                let batch = std::mem::take(&mut queue.waiting);
+                drop(queue);
+                let (ops, dones): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                let outcomes = self.commit_group(ops);
+                for (done, outcome) in dones.into_iter().zip(outcomes) {
+                    done(outcome);
+                }
+                queue = self.lock_queue();
+                continue;
+            }
+            if queue.closing {
+                return;
+            }
+            queue = self.queued.wait(queue).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn submit(&self, ops: Vec<Op>, done: CommitDone) {
+        let mut queue = self.lock_queue();
+        queue.waiting.push((ops, done));
+        drop(queue);
+        self.queued.notify_one();
     }
 
     /// Commits a group of store transactions in one redb write transaction; returns each
-    /// one's outcome by ticket. Runs on one thread at a time (the group's leader).
-    fn commit_group(
-        &self,
-        group: Vec<(u64, Vec<Op>)>,
-    ) -> Vec<(u64, Result<Committed, StoreError>)> {
-        let tickets: Vec<u64> = group.iter().map(|(t, _)| *t).collect();
+    /// one's outcome, in order. Runs on the committer thread only, so the watch log receives
+    /// commits in resourceVersion order.
+    fn commit_group(&self, group: Vec<Vec<Op>>) -> Vec<Result<Committed, StoreError>> {
+        let count = group.len();
         // A failure of the group fails each of its transactions (none was kept).
-        let all_fail = |e: StoreError| -> Vec<(u64, Result<Committed, StoreError>)> {
+        let all_fail = |e: StoreError| -> Vec<Result<Committed, StoreError>> {
             let reason = match e {
                 StoreError::Backend { reason, .. } => reason,
                 other => other.to_string(),
             };
             let path = self.path.display().to_string();
-            tickets
-                .iter()
-                .map(|t| {
-                    let error = StoreError::Backend {
+            (0..count)
+                .map(|_| {
+                    Err(StoreError::Backend {
                         path: path.clone(),
                         reason: reason.clone(),
-                    };
-                    (*t, Err(error))
+                    })
                 })
                 .collect()
         };
@@ -177,7 +239,7 @@ impl RedbStore {
                 .map_err(|e| self.fail(e))?
                 .map(|g| g.value())
                 .unwrap_or(0);
-            for (ticket, ops) in group {
+            for ops in group {
                 let mut overlay = TableOverlay {
                     table: &objects,
                     written: HashMap::new(),
@@ -194,10 +256,10 @@ impl RedbStore {
                         }
                         rv += 1;
                         logged.push(events);
-                        outcomes.push((ticket, Ok(committed)));
+                        outcomes.push(Ok(committed));
                     }
                     // This one changes nothing; the others go ahead.
-                    Err(e) => outcomes.push((ticket, Err(e))),
+                    Err(e) => outcomes.push(Err(e)),
                 }
             }
             meta.insert(RESOURCE_VERSION, rv)
@@ -227,30 +289,32 @@ impl RedbStore {
 
 impl Store for RedbStore {
     fn get(&self, key: &ObjectKey) -> Result<Option<Value>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.fail(e))?;
-        let table = tx.open_table(OBJECTS).map_err(|e| self.fail(e))?;
+        let tx = self.inner.db.begin_read().map_err(|e| self.inner.fail(e))?;
+        let table = tx.open_table(OBJECTS).map_err(|e| self.inner.fail(e))?;
         let storage_key = key.storage_key();
-        let found = table.get(storage_key.as_str()).map_err(|e| self.fail(e))?;
+        let found = table
+            .get(storage_key.as_str())
+            .map_err(|e| self.inner.fail(e))?;
         found
             .map(|bytes| decode(&storage_key, bytes.value()))
             .transpose()
     }
 
     fn list(&self, kind: Kind, namespace: Option<&str>) -> Result<(Vec<Value>, u64), StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.fail(e))?;
-        let table = tx.open_table(OBJECTS).map_err(|e| self.fail(e))?;
-        let meta = tx.open_table(META).map_err(|e| self.fail(e))?;
+        let tx = self.inner.db.begin_read().map_err(|e| self.inner.fail(e))?;
+        let table = tx.open_table(OBJECTS).map_err(|e| self.inner.fail(e))?;
+        let meta = tx.open_table(META).map_err(|e| self.inner.fail(e))?;
         let rv = meta
             .get(RESOURCE_VERSION)
-            .map_err(|e| self.fail(e))?
+            .map_err(|e| self.inner.fail(e))?
             .map(|g| g.value());
         let (start, end) = key_range(kind, namespace);
         let mut items = Vec::new();
         for entry in table
             .range(start.as_str()..end.as_str())
-            .map_err(|e| self.fail(e))?
+            .map_err(|e| self.inner.fail(e))?
         {
-            let (key, bytes) = entry.map_err(|e| self.fail(e))?;
+            let (key, bytes) = entry.map_err(|e| self.inner.fail(e))?;
             items.push(decode(key.value(), bytes.value())?);
         }
         Ok((items, rv.unwrap_or(0)))
@@ -263,38 +327,44 @@ impl Store for RedbStore {
                 objects: Vec::new(),
             });
         }
-        let mut group = self.lock_group();
-        let ticket = group.next_ticket;
-        group.next_ticket += 1;
-        group.waiting.push((ticket, ops));
-        loop {
-            if let Some(outcome) = group.done.remove(&ticket) {
-                return outcome;
-            }
-            if !group.leading {
-                // Lead: commit everything waiting (this transaction included).
-                group.leading = true;
-                let waiting = std::mem::take(&mut group.waiting);
-                drop(group);
-                let outcomes = self.commit_group(waiting);
-                group = self.lock_group();
-                group.leading = false;
-                group.done.extend(outcomes);
-                self.group_done.notify_all();
-                continue;
-            }
-            group = self
-                .group_done
-                .wait(group)
-                .unwrap_or_else(|e| e.into_inner());
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.inner.submit(
+            ops,
+            Box::new(move |outcome| {
+                let _ = tx.send(outcome);
+            }),
+        );
+        rx.recv()
+            .unwrap_or_else(|_| Err(self.inner.fail("the store's committer thread stopped")))
+    }
+
+    fn submit(&self, ops: Vec<Op>, done: CommitDone) -> Result<(), (Vec<Op>, CommitDone)> {
+        if ops.is_empty() {
+            done(self.commit(ops));
+        } else {
+            self.inner.submit(ops, done);
         }
+        Ok(())
     }
 
     fn watch(&self, from_rv: u64) -> Result<Watch, StoreError> {
-        self.log.subscribe(from_rv)
+        self.inner.log.subscribe(from_rv)
     }
 
     fn current_rv(&self) -> u64 {
-        self.resource_version.load(Ordering::Acquire)
+        self.inner.resource_version.load(Ordering::Acquire)
+    }
+}
+
+/// Fails every transaction still queued when the committer thread ends (see
+/// `run_committer`), so that no caller waits forever.
+struct FailQueuedOnExit<'a>(&'a Inner);
+
+impl Drop for FailQueuedOnExit<'_> {
+    fn drop(&mut self) {
+        let waiting = std::mem::take(&mut self.0.lock_queue().waiting);
+        for (_, done) in waiting {
+            done(Err(self.0.fail("the store's committer thread stopped")));
+        }
     }
 }
