@@ -30,8 +30,8 @@ use super::registration::Registration;
 use super::runtime::reaper::ReaperClient;
 use super::runtime::runc::{ContainerRuntime, Runc, become_subreaper};
 use super::services::ServiceCache;
-use super::views::EndpointsView;
 use super::sim::parse_delay;
+use super::views::EndpointsView;
 use super::{now_millis, parse_pairs};
 
 /// Flags of `tend agent`. The servers come from the global `--server URL[,URL]`.
@@ -170,6 +170,7 @@ pub fn main(
     crate::cli::serve::bound_allocator_arenas();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_keep_alive(super::memory::BLOCKING_KEEP_ALIVE)
         .enable_all()
         .build()
         .context("starting the async runtime")?;

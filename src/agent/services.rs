@@ -302,7 +302,12 @@ mod tests {
     fn the_cache_is_unread_until_replaced() {
         let cache = ServiceCache::default();
         assert!(cache.services_for("default").is_none());
-        cache.replace(views(&[svc("default", "a", "10.96.0.2", json!([{"port": 1}]))]));
+        cache.replace(views(&[svc(
+            "default",
+            "a",
+            "10.96.0.2",
+            json!([{"port": 1}]),
+        )]));
         assert_eq!(cache.services_for("default").map(|s| s.len()), Some(1));
     }
 

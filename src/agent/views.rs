@@ -47,7 +47,8 @@ pub struct ServiceSpecView {
     pub session_affinity_config: Option<AffinityConfigView>,
 }
 
-/// One of `spec.ports` (`port` is required, as in `k8s_openapi`).
+/// One of `spec.ports` (`port` is required by the API; `k8s_openapi` reads a missing one as
+/// 0, and so does this).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServicePortView {
@@ -55,6 +56,7 @@ pub struct ServicePortView {
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
+    #[serde(default)]
     pub port: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_port: Option<i32>,
@@ -94,17 +96,20 @@ pub struct SubsetView {
     pub ports: Option<Vec<EndpointPortView>>,
 }
 
-/// One of `subsets[].addresses` (`ip` is required, as in `k8s_openapi`).
+/// One of `subsets[].addresses` (`ip` is required by the API; missing, it reads as "", as
+/// in `k8s_openapi`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AddressView {
+    #[serde(default)]
     pub ip: String,
 }
 
-/// One of `subsets[].ports` (`port` is required, as in `k8s_openapi`).
+/// One of `subsets[].ports` (`port` as in [`ServicePortView`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointPortView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    #[serde(default)]
     pub port: i32,
 }
 
@@ -288,10 +293,10 @@ mod tests {
     }
 
     #[test]
-    fn what_a_full_object_refuses_a_view_refuses_too() {
+    fn a_view_refuses_what_a_full_object_refuses_and_reads_the_rest_alike() {
         for bad in [
             json!({"metadata": {"name": "a"}, "spec": {"ports": "no"}}),
-            json!({"metadata": {"name": "a"}, "spec": {"ports": [{"name": "p"}]}}),
+            json!({"metadata": {"name": "a"}, "spec": {"ports": [{"port": "80"}]}}),
             json!({"metadata": {"name": "a"}, "spec": {"clusterIP": 5}}),
         ] {
             assert!(serde_json::from_value::<Service>(bad.clone()).is_err());
@@ -301,8 +306,8 @@ mod tests {
             );
         }
         for bad in [
-            json!({"metadata": {"name": "a"}, "subsets": [{"addresses": [{"hostname": "h"}]}]}),
-            json!({"metadata": {"name": "a"}, "subsets": [{"ports": [{"name": "p"}]}]}),
+            json!({"metadata": {"name": "a"}, "subsets": [{"addresses": [{"ip": 1}]}]}),
+            json!({"metadata": {"name": "a"}, "subsets": [{"ports": [{"port": -1.5}]}]}),
         ] {
             assert!(serde_json::from_value::<Endpoints>(bad.clone()).is_err());
             assert!(
@@ -310,5 +315,16 @@ mod tests {
                 "{bad}"
             );
         }
+        // A missing required field reads as its default in both.
+        let service = json!({"metadata": {"name": "a"}, "spec": {"ports": [{"name": "p"}]}});
+        let full: Service = serde_json::from_value(service.clone()).expect("service");
+        let view: ServiceView = serde_json::from_value(service).expect("view");
+        assert_eq!(ServiceView::from_k8s(&full).expect("from"), view);
+        assert_eq!(view.spec.and_then(|s| s.ports).map(|p| p[0].port), Some(0));
+        let endpoints = json!({"metadata": {"name": "a"},
+                               "subsets": [{"addresses": [{"hostname": "h"}], "ports": [{}]}]});
+        let full: Endpoints = serde_json::from_value(endpoints.clone()).expect("endpoints");
+        let view: EndpointsView = serde_json::from_value(endpoints).expect("view");
+        assert_eq!(EndpointsView::from_k8s(&full).expect("from"), view);
     }
 }
