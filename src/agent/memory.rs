@@ -13,13 +13,6 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-/// How long an idle blocking thread of the agent's runtime stays (tokio's default: 10 s).
-/// Each pod's sync runs on one, so 50 pods kept ~50 threads alive for as long as their
-/// periodic syncs came within 10 s of each other (53 threads at steady state, ~1.7 MiB of
-/// touched stacks); a thread costs tens of microseconds to start again, a sync
-/// milliseconds.
-pub const BLOCKING_KEEP_ALIVE: Duration = Duration::from_secs(1);
-
 /// How often freed memory is handed back.
 pub const TRIM_PERIOD: Duration = Duration::from_secs(10);
 

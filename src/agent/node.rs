@@ -170,7 +170,6 @@ pub fn main(
     crate::cli::serve::bound_allocator_arenas();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .thread_keep_alive(super::memory::BLOCKING_KEEP_ALIVE)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
