@@ -36,7 +36,7 @@ pub struct Delta {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Packed {
     elements: Box<[(MapName, MapKey, Box<str>)]>,
-    chains: Box<[(Box<str>, Box<[Rule]>)]>,
+    chains: Box<[PackedChain]>,
     affinity_sets: Box<[(Box<str>, u32)]>,
     endpoint_sets: Box<[(Box<str>, EndpointSet)]>,
 }
@@ -74,6 +74,9 @@ impl Packed {
         }
     }
 }
+
+/// A chain's name and rules.
+type PackedChain = (Box<str>, Box<[Rule]>);
 
 /// The Services that claim one map key and the chain each maps it to, sorted by Service
 /// (almost always one: a `Vec`, not a map, whose smallest node would be 11 slots).
