@@ -9,13 +9,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, RwLock};
 
-use k8s_openapi::Metadata;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
 use super::client::{AgentClient, WatchEvent, namespace_and_name};
+use super::views::Keyed;
 
 /// A namespace and name.
 pub type Key = (String, String);
@@ -119,6 +118,24 @@ impl<T> Informer<T> {
         )
     }
 
+    /// The objects of one namespace, in name order, each through `f`; `None` until the
+    /// first list.
+    pub fn namespace_map<R>(&self, namespace: &str, f: impl FnMut(&T) -> R) -> Option<Vec<R>> {
+        let slot = self
+            .objects
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let start = (namespace.to_string(), String::new());
+        Some(
+            slot.as_ref()?
+                .range(start..)
+                .take_while(|((ns, _), _)| ns == namespace)
+                .map(|(_, t)| t)
+                .map(f)
+                .collect(),
+        )
+    }
+
     /// Reads one object without copying the others.
     pub fn with<R>(&self, key: &Key, f: impl FnOnce(Option<&T>) -> R) -> R {
         let slot = self
@@ -190,15 +207,9 @@ impl<T: DeserializeOwned + Clone> Informer<T> {
     /// Replaces every object (tests, and callers that list themselves).
     pub fn replace(&self, objects: Vec<T>)
     where
-        T: Metadata<Ty = ObjectMeta>,
+        T: Keyed,
     {
-        let key = |o: &T| {
-            let m = o.metadata();
-            (
-                m.namespace.clone().unwrap_or_else(|| "default".into()),
-                m.name.clone().unwrap_or_default(),
-            )
-        };
+        let key = |o: &T| o.key();
         let mut slot = self
             .objects
             .write()
@@ -244,7 +255,7 @@ pub async fn follow_into<T: DeserializeOwned + Clone + Send + Sync + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::Service;
+    use crate::agent::views::ServiceView as Service;
     use serde_json::json;
 
     fn svc(ns: &str, name: &str, ip: &str) -> Value {

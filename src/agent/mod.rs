@@ -13,11 +13,13 @@
 //!   NodePorts, affinity, no-endpoint rejects), synced incrementally.
 //! - [`logs`]: the log endpoint the control plane asks (`/containerLogs/...`, signed with
 //!   the join token), log files kept across one restart.
+//! - [`memory`]: freed memory handed back to the system every few seconds.
 //! - [`node`]: `tend agent`: preflight, registration, heartbeats, following its pods,
 //!   adopting containers after a restart.
 //! - [`init`]: init containers, one at a time before the app containers (pure).
 //! - [`hooks`]: postStart and preStop hooks (exec, httpGet, sleep) behind a runner trait.
 //! - [`services`]: Service environment variables for containers and the node's Service cache.
+//! - [`views`]: the fields of Services and Endpoints the agent keeps in its informers.
 //! - [`proxy`]: the node's Service proxy: Services and Endpoints -> the `tend-lb` nftables
 //!   table, incrementally, with drift checks.
 //! - [`pods`]: one pod's sync: a pure plan (image, network, containers, restart policy,
@@ -48,6 +50,7 @@ pub mod informer;
 pub mod init;
 pub mod lb;
 pub mod logs;
+pub mod memory;
 pub mod network;
 pub mod node;
 pub mod pods;
@@ -60,6 +63,7 @@ pub mod service_vars;
 pub mod services;
 pub mod sim;
 pub mod teardown;
+pub mod views;
 
 use serde_json::{Map, Value, json};
 

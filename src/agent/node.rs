@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use k8s_openapi::api::core::v1::Endpoints;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
@@ -32,6 +31,7 @@ use super::runtime::reaper::ReaperClient;
 use super::runtime::runc::{ContainerRuntime, Runc, become_subreaper};
 use super::services::ServiceCache;
 use super::sim::parse_delay;
+use super::views::EndpointsView;
 use super::{now_millis, parse_pairs};
 
 /// Flags of `tend agent`. The servers come from the global `--server URL[,URL]`.
@@ -357,13 +357,14 @@ pub async fn run(args: AgentArgs, mut shutdown: watch::Receiver<bool>) -> anyhow
         services.clone(),
         shutdown.clone(),
     ));
-    let endpoints = Arc::new(Informer::<Endpoints>::default());
+    let endpoints = Arc::new(Informer::<EndpointsView>::default());
     tokio::spawn(follow_into(
         access.client()?,
         "/api/v1/endpoints",
         endpoints.clone(),
         shutdown.clone(),
     ));
+    tokio::spawn(super::memory::keep_releasing(shutdown.clone()));
     // Probes run on their own schedule; a changed result sends the pod's uid to sync it.
     let (probed_tx, mut probed) = mpsc::unbounded_channel();
     let (unhealthy_tx, mut unhealthy) = mpsc::unbounded_channel();

@@ -12,7 +12,6 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Endpoints, Service};
 use tokio::sync::watch;
 
 use super::client::backoff;
@@ -23,6 +22,7 @@ use super::lb::nft::{NftApply, NftError};
 use super::lb::table::Table;
 use super::lb::{LbSync, SyncReport};
 use super::network::ipam::Cidr;
+use super::views::{EndpointsView as Endpoints, ServiceView as Service};
 
 /// How often the table is checked for drift.
 pub const DRIFT_CHECK: Duration = Duration::from_secs(10);
@@ -56,7 +56,7 @@ pub fn changes(
         .map(|key| {
             let input = services.with(&key, |service| {
                 let service = service?;
-                let read = endpoints.with(&key, |eps| ServiceInput::from_k8s(service, eps));
+                let read = endpoints.with(&key, |eps| ServiceInput::from_view(service, eps));
                 match read {
                     Ok(input) => Some(input),
                     Err(e) => {
@@ -253,7 +253,7 @@ mod tests {
             .into_iter()
             .filter_map(|key| {
                 services.with(&key, |s| {
-                    endpoints.with(&key, |e| ServiceInput::from_k8s(s?, e).ok())
+                    endpoints.with(&key, |e| ServiceInput::from_view(s?, e).ok())
                 })
             })
             .collect()

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Service;
 
+use super::views::ServiceView;
+
 /// The Services the pod sync may read when it starts a container.
 pub trait ServiceSource: Send + Sync {
     /// The Services a container of a pod in `namespace` may be told about: those of
@@ -47,14 +49,19 @@ impl ServiceSource for StaticServices {
 }
 
 /// The agent's copy of every Service, kept by a watch ([`super::informer::follow_into`]).
-pub type ServiceCache = super::informer::Informer<Service>;
+/// It keeps only the fields the agent reads ([`super::views::ServiceView`]).
+pub type ServiceCache = super::informer::Informer<ServiceView>;
 
 impl ServiceSource for ServiceCache {
     fn services_for(&self, namespace: &str) -> Option<Vec<Service>> {
-        let mut services = self.namespace(namespace)?;
+        let mut services: Vec<Service> = self
+            .namespace_map(namespace, ServiceView::to_k8s)?
+            .into_iter()
+            .collect();
         if namespace != "default"
-            && let Some(master) =
-                self.with(&("default".into(), "kubernetes".into()), |s| s.cloned())
+            && let Some(master) = self.with(&("default".into(), "kubernetes".into()), |s| {
+                s.map(ServiceView::to_k8s)
+            })
         {
             services.push(master);
         }
@@ -177,6 +184,13 @@ mod tests {
         .expect("service")
     }
 
+    fn views(services: &[Service]) -> Vec<ServiceView> {
+        services
+            .iter()
+            .map(|s| ServiceView::from_k8s(s).expect("view"))
+            .collect()
+    }
+
     fn lookup<'a>(env: &'a [(String, String)], name: &str) -> Option<&'a str> {
         env.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
@@ -288,7 +302,12 @@ mod tests {
     fn the_cache_is_unread_until_replaced() {
         let cache = ServiceCache::default();
         assert!(cache.services_for("default").is_none());
-        cache.replace(vec![svc("default", "a", "10.96.0.2", json!([{"port": 1}]))]);
+        cache.replace(views(&[svc(
+            "default",
+            "a",
+            "10.96.0.2",
+            json!([{"port": 1}]),
+        )]));
         assert_eq!(cache.services_for("default").map(|s| s.len()), Some(1));
     }
 
@@ -302,7 +321,7 @@ mod tests {
             svc("zoo", "cart", "10.96.0.5", json!([{"port": 80}])),
         ];
         let cache = ServiceCache::default();
-        cache.replace(all.clone());
+        cache.replace(views(&all));
         let names = |v: Option<Vec<Service>>| -> Vec<String> {
             let mut n: Vec<String> = v
                 .unwrap_or_default()

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use k8s_openapi::api::core::v1::{Endpoints, Service};
 use serde_json::{Value, json};
 
 use super::diff::{self, Op};
@@ -176,8 +175,8 @@ pub fn run(sizes: &[usize], changes_per_size: usize) -> anyhow::Result<ExitCode>
 
         // The agent's informers, as after their first list.
         let (service_informer, endpoints_informer) = (
-            Informer::<Service>::default(),
-            Informer::<Endpoints>::default(),
+            Informer::<crate::agent::views::ServiceView>::default(),
+            Informer::<crate::agent::views::EndpointsView>::default(),
         );
         let (mut service_objects, mut endpoints_objects) = (Vec::new(), Vec::new());
         for s in cluster(n).iter().map(to_k8s) {
@@ -285,6 +284,7 @@ pub fn run(sizes: &[usize], changes_per_size: usize) -> anyhow::Result<ExitCode>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::{Endpoints, Service};
 
     #[test]
     fn the_api_objects_read_back_as_the_same_inputs() {

@@ -27,6 +27,8 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use k8s_openapi::api::core::v1::{Endpoints, Service};
+
+use crate::agent::views::{EndpointsView, ServiceView};
 use sha2::{Digest, Sha256};
 
 /// The transport protocol of a service port.
@@ -138,6 +140,28 @@ impl ServiceInput {
     /// service ports by name; `notReadyAddresses` are left out). IPv6 addresses are skipped:
     /// the table is family `ip`.
     pub fn from_k8s(service: &Service, endpoints: Option<&Endpoints>) -> Result<Self, ModelError> {
+        let fail = |why: String| ModelError::Service {
+            namespace: service
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            name: service.metadata.name.clone().unwrap_or_default(),
+            why,
+        };
+        let service = ServiceView::from_k8s(service).map_err(|e| fail(e.to_string()))?;
+        let endpoints = match endpoints {
+            Some(e) => Some(EndpointsView::from_k8s(e).map_err(|e| fail(e.to_string()))?),
+            None => None,
+        };
+        Self::from_view(&service, endpoints.as_ref())
+    }
+
+    /// The same from the views the agent's informers keep ([`crate::agent::views`]).
+    pub fn from_view(
+        service: &ServiceView,
+        endpoints: Option<&EndpointsView>,
+    ) -> Result<Self, ModelError> {
         let namespace = service
             .metadata
             .namespace
