@@ -408,8 +408,15 @@ impl SourceController {
         let applied = self.applied_in_scope(&desired)?;
         let lap = self.phases.lap("read", lap);
 
-        // Allocation: a scratch copy, kept only if the revision is applied.
-        let mut allocator = self.allocator.clone();
+        // Allocation in place; what it touches is saved first and put back unless the
+        // revision is applied (a copy of the whole allocator costs O(Services) per commit).
+        let saved = self.allocator.save(
+            desired
+                .keys()
+                .chain(applied.keys())
+                .filter(|k| k.kind == Kind::Service),
+        );
+        let allocator = &mut self.allocator;
         for (key, have) in &applied {
             if key.kind == Kind::Service && !desired.contains_key(key) && plan::is_managed(have) {
                 allocator.release(key);
@@ -444,6 +451,7 @@ impl SourceController {
         let record_key = ObjectKey::new(Kind::Revision, "", &info.id);
 
         if !errors.is_empty() {
+            self.allocator.restore(saved);
             let status = json!({"phase": REJECTED, "errors": errors, "warnings": warnings,
                 "changes": {"created": 0, "updated": 0, "pruned": 0}, "objects": []});
             self.store.commit(vec![Op::PutStatus {
@@ -463,12 +471,17 @@ impl SourceController {
         }
 
         let already_applied = the_plan.is_empty()
-            && self
-                .store
-                .get(&record_key)?
-                .and_then(|r| r.pointer("/status/phase").cloned())
-                == Some(json!(APPLIED));
+            && match self.store.get(&record_key) {
+                Ok(record) => {
+                    record.and_then(|r| r.pointer("/status/phase").cloned()) == Some(json!(APPLIED))
+                }
+                Err(e) => {
+                    self.allocator.restore(saved);
+                    return Err(e.into());
+                }
+            };
         if already_applied {
+            self.allocator.restore(saved);
             self.dirty.clear();
             self.full = false;
             return Ok(Outcome {
@@ -527,11 +540,16 @@ impl SourceController {
             status,
             expect_rv: None,
         });
-        let committed = self.store.commit(ops)?;
+        let committed = match self.store.commit(ops) {
+            Ok(committed) => committed,
+            Err(e) => {
+                self.allocator.restore(saved);
+                return Err(e.into());
+            }
+        };
         let lap = self.phases.lap("commit", lap);
 
         // The transaction is durable: now the memory may follow it.
-        self.allocator = allocator;
         for (action, stored) in the_plan.actions.iter().zip(&committed.objects) {
             let key = action.key();
             if let Some(old) = self.file_of.remove(key)
