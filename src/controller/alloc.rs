@@ -46,10 +46,13 @@ pub fn parse_cidr(cidr: &str) -> Result<(u32, u32), String> {
     Ok((u32::from(addr) & !(size - 1), size))
 }
 
+/// The addresses and NodePorts one Service holds.
+type Held = (Vec<Ipv4Addr>, Vec<u16>);
+
 /// Some Services' allocations and the search cursors, as [`Allocator::save`] found them.
 #[derive(Debug)]
 pub struct Saved {
-    held: Vec<(ObjectKey, Option<(Vec<Ipv4Addr>, Vec<u16>)>)>,
+    held: Vec<(ObjectKey, Option<Held>)>,
     next_ip: u32,
     next_port: u16,
 }
