@@ -651,16 +651,48 @@ struct Cache {
     pods: HashMap<String, BTreeMap<String, Arc<Value>>>,
     /// namespace -> Service name -> selector
     selectors: HashMap<String, BTreeMap<String, Selector>>,
+    /// namespace -> pods filed by label, and Services filed by a pair of their selector: a
+    /// pod event and a Service sync look only at the candidates these give.
+    pod_index: HashMap<String, LabelIndex>,
+    selector_index: HashMap<String, LabelIndex>,
 }
 
 impl Cache {
     fn services_matching(&self, namespace: &str, pod: &Value) -> Vec<String> {
-        self.selectors
-            .get(namespace)
+        let (Some(selectors), Some(index)) = (
+            self.selectors.get(namespace),
+            self.selector_index.get(namespace),
+        ) else {
+            return Vec::new();
+        };
+        index
+            .selecting(pod.labels())
             .into_iter()
-            .flatten()
-            .filter(|(_, sel)| sel.matches(pod.labels()))
-            .map(|(name, _)| name.clone())
+            .filter(|name| {
+                selectors
+                    .get(*name)
+                    .is_some_and(|s| s.matches(pod.labels()))
+            })
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The cached pods of a namespace matching `selector`, in name order.
+    fn pods_matching(&self, namespace: &str, selector: &Selector) -> Vec<Value> {
+        let Some(pods) = self.pods.get(namespace) else {
+            return Vec::new();
+        };
+        let labelled = self
+            .pod_index
+            .get(namespace)
+            .and_then(|index| index.labelled(selector));
+        let candidates: Box<dyn Iterator<Item = &Arc<Value>>> = match labelled {
+            Some(names) => Box::new(names.into_iter().filter_map(|n| pods.get(n))),
+            None => Box::new(pods.values()),
+        };
+        candidates
+            .filter(|p| selector.matches(p.labels()))
+            .map(|p| Value::clone(p))
             .collect()
     }
 
@@ -671,13 +703,13 @@ impl Cache {
         };
         let selector = if deleted { None } else { selector_of(service) };
         let services = self.selectors.entry(ns.to_string()).or_default();
-        match selector {
-            Some(sel) => {
-                services.insert(name.to_string(), sel);
-            }
-            None => {
-                services.remove(name);
-            }
+        let index = self.selector_index.entry(ns.to_string()).or_default();
+        if let Some(old) = services.remove(name) {
+            index.remove_selector(name, &old);
+        }
+        if let Some(sel) = selector {
+            index.add_selector(name, &sel);
+            services.insert(name.to_string(), sel);
         }
     }
 
@@ -694,6 +726,13 @@ impl Cache {
         } else {
             pods.insert(name.to_string(), Arc::new(pod.clone()))
         };
+        let index = self.pod_index.entry(ns.clone()).or_default();
+        if let Some(before) = &before {
+            index.remove_labels(name, before.labels());
+        }
+        if !deleted {
+            index.add_labels(name, pod.labels());
+        }
         if let Some(before) = before {
             services.extend(self.services_matching(&ns, &before));
         }
@@ -718,14 +757,7 @@ impl EndpointsController {
 
     /// The cached pods of a namespace matching `selector`.
     fn pods_for(&self, namespace: &str, selector: &Selector) -> Vec<Value> {
-        self.cache()
-            .pods
-            .get(namespace)
-            .into_iter()
-            .flat_map(|pods| pods.values())
-            .filter(|p| selector.matches(p.labels()))
-            .map(|p| Value::clone(p))
-            .collect()
+        self.cache().pods_matching(namespace, selector)
     }
 
     /// Writes `desired` for the Service at `key` (`service` when it exists), deleting our
@@ -875,6 +907,9 @@ impl Reconciler for EndpointsController {
         Ok(Action::Done)
     }
 }
+
+mod label_index;
+use label_index::LabelIndex;
 
 #[cfg(test)]
 mod tests;

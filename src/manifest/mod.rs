@@ -7,6 +7,7 @@ pub mod handlers;
 pub mod limits;
 pub mod parse;
 pub mod positions;
+pub mod set_index;
 pub mod validate;
 mod yaml;
 
