@@ -200,9 +200,10 @@ pub fn serve(state: &Path, runc: &Path) -> Result<(), RuntimeError> {
         path: socket.clone(),
         source,
     };
+    // The pid file before the socket: whoever sees the reaper answer (`is_up`) finds it.
+    let _ = fs::write(state.join("reaper.pid"), std::process::id().to_string());
     let listener = UnixListener::bind(&socket).map_err(io)?;
     listener.set_nonblocking(true).map_err(io)?;
-    let _ = fs::write(state.join("reaper.pid"), std::process::id().to_string());
     let mut inits: BTreeMap<i32, String> = BTreeMap::new();
     // The agent that started the reaper is its parent until another one asks.
     // SAFETY: getppid has no preconditions.
