@@ -11,10 +11,9 @@
 //!
 //! The binary's code is the other half of the agent's resident memory: `tend` is one binary
 //! for serve and the agent, and the kernel's fault-around maps 64 KiB of code around every
-//! page the agent runs, so once started the agent had ~14 MiB of its ~24 MB of code
-//! mapped although it runs a small part of it. [`CodeShedding`] unmaps the code once in
-//! a while (see [`shed_code`]); the pages stay in the page cache, so the code the agent
-//! still runs comes back in minor faults (docs/performance.md has the figures).
+//! page the agent runs, so the agent had ~14 MiB of its ~24 MB of code mapped although it
+//! runs a small part of it. [`map_code_page_by_page`] turns fault-around off for the
+//! agent's read-only file mappings at start (docs/performance.md has the figures).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -40,20 +39,12 @@ pub fn release_freed_memory() -> bool {
 
 /// Releases freed memory every [`TRIM_PERIOD`] until `shutdown`.
 pub async fn keep_releasing(mut shutdown: watch::Receiver<bool>) {
-    let shedding = CodeShedding::from_env();
     let mut every = tokio::time::interval(TRIM_PERIOD);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ticks = 0u64;
     loop {
         tokio::select! {
             _ = every.tick() => {
                 release_freed_memory();
-                // The first tick is at once (start-up still running); the second is after
-                // one period, when registration and the first lists and syncs are done.
-                if shedding.sheds_at(ticks) {
-                    shed_code(shedding.advice());
-                }
-                ticks += 1;
             }
             _ = super::stopped(&mut shutdown) => return,
         }
@@ -73,7 +64,7 @@ pub struct Mapping {
 /// linker wrote (relocations) before making it read-only; dropping those private copies
 /// would bring back the file's unrelocated bytes. Code is never written, so its pages are
 /// the file's. Lines that do not parse are skipped (the format is the kernel's, but a
-/// skipped line only means less is shed).
+/// skipped line only means less is mapped page by page).
 pub fn executable_mappings(maps: &str, exe: &str) -> Vec<Mapping> {
     maps.lines()
         .filter_map(|line| {
@@ -84,6 +75,27 @@ pub fn executable_mappings(maps: &str, exe: &str) -> Vec<Mapping> {
             let (_inode, rest) = next_field(rest)?;
             let path = rest.trim_start();
             if perms != "r-xp" || path != exe {
+                return None;
+            }
+            let (start, end) = range.split_once('-')?;
+            let start = usize::from_str_radix(start, 16).ok()?;
+            let end = usize::from_str_radix(end, 16).ok()?;
+            (start < end).then_some(Mapping { start, end })
+        })
+        .collect()
+}
+
+/// The read-only mappings of files (`r-xp`, `r--p`; the binary's and the libraries') in a
+/// `/proc/PID/maps` text: those fault-around fills, registered page by page too.
+pub fn read_only_file_mappings(maps: &str) -> Vec<Mapping> {
+    maps.lines()
+        .filter_map(|line| {
+            let (range, rest) = next_field(line)?;
+            let (perms, rest) = next_field(rest)?;
+            let (_offset, rest) = next_field(rest)?;
+            let (_device, rest) = next_field(rest)?;
+            let (_inode, rest) = next_field(rest)?;
+            if !matches!(perms, "r-xp" | "r--p") || !rest.trim_start().starts_with('/') {
                 return None;
             }
             let (start, end) = range.split_once('-')?;
@@ -119,9 +131,15 @@ fn next_field(s: &str) -> Option<(&str, &str)> {
 pub fn map_code_page_by_page() -> usize {
     static LOGGED: AtomicBool = AtomicBool::new(false);
     let outcome = own_code().and_then(|code| {
-        let registered = page_by_page::register(&code)?;
+        // Also the binary's read-only data and the libraries, each on a best-effort basis.
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+        let others: Vec<Mapping> = read_only_file_mappings(&maps)
+            .into_iter()
+            .filter(|m| !code.contains(m))
+            .collect();
+        let registered = page_by_page::register(&code, &others)?;
         for m in &code {
-            advise(CodeAdvice::DontNeed, *m)?;
+            drop_code(*m)?;
         }
         Ok(registered)
     });
@@ -183,7 +201,9 @@ mod page_by_page {
         }
     }
 
-    pub fn register(code: &[Mapping]) -> Result<usize, CodeError> {
+    /// Registers `required` (any failure is an error) and what it can of `optional`; the
+    /// bytes registered.
+    pub fn register(required: &[Mapping], optional: &[Mapping]) -> Result<usize, CodeError> {
         // SAFETY: userfaultfd takes only flags and returns a new descriptor or -1.
         let fd = unsafe {
             libc::syscall(
@@ -210,7 +230,7 @@ mod page_by_page {
             return Err(os_error("UFFDIO_API with UFFD_FEATURE_WP_ASYNC"));
         }
         let mut bytes = 0;
-        for m in code {
+        for (i, m) in required.iter().chain(optional).enumerate() {
             let mut register = UffdioRegister {
                 start: m.start as u64,
                 len: (m.end - m.start) as u64,
@@ -222,7 +242,10 @@ mod page_by_page {
             if unsafe { libc::ioctl(raw, UFFDIO_REGISTER, &mut register as *mut UffdioRegister) }
                 != 0
             {
-                return Err(os_error("UFFDIO_REGISTER in write-protect mode"));
+                if i < required.len() {
+                    return Err(os_error("UFFDIO_REGISTER in write-protect mode"));
+                }
+                continue;
             }
             bytes += m.end - m.start;
         }
@@ -247,91 +270,8 @@ mod page_by_page {
 mod page_by_page {
     use super::{CodeError, Mapping};
 
-    pub fn register(_code: &[Mapping]) -> Result<usize, CodeError> {
+    pub fn register(_required: &[Mapping], _optional: &[Mapping]) -> Result<usize, CodeError> {
         Err(CodeError::Unsupported)
-    }
-}
-
-/// What is done with the agent's code mappings, and when.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CodeShedding {
-    /// Nothing.
-    Off,
-    /// `advice` once at start.
-    Start(CodeAdvice),
-    /// `advice` once, one [`TRIM_PERIOD`] after start.
-    Once(CodeAdvice),
-    /// `advice` every [`TRIM_PERIOD`] from one period after start.
-    Periodic(CodeAdvice),
-}
-
-/// The `madvise` advice given to the code mappings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CodeAdvice {
-    /// `MADV_DONTNEED`: the page table entries go at once, whoever else maps the pages.
-    DontNeed,
-    /// `MADV_PAGEOUT`: reclaims the pages, but skips those other processes map too.
-    PageOut,
-    /// `MADV_COLD`: only moves the pages to the inactive list; nothing is unmapped.
-    Cold,
-    /// `MADV_RANDOM`: no readahead on faults (fault-around is not affected by it).
-    Random,
-}
-
-impl CodeShedding {
-    /// The shedding chosen by `TEND_AGENT_CODE` (measurement only, not documented).
-    pub fn from_env() -> Self {
-        let value = std::env::var("TEND_AGENT_CODE").unwrap_or_default();
-        Self::parse(&value)
-    }
-
-    fn parse(value: &str) -> Self {
-        let (when, advice) = value.split_once(':').unwrap_or((value, "dontneed"));
-        let advice = match advice {
-            "pageout" => CodeAdvice::PageOut,
-            "cold" => CodeAdvice::Cold,
-            "random" => CodeAdvice::Random,
-            _ => CodeAdvice::DontNeed,
-        };
-        match when {
-            "" | "off" => Self::Off,
-            "once" => Self::Once(advice),
-            "start" => Self::Start(advice),
-            _ => Self::Periodic(advice),
-        }
-    }
-
-    /// Whether the code is shed at the `tick`-th tick (0: at start).
-    pub fn sheds_at(self, tick: u64) -> bool {
-        match self {
-            Self::Off => false,
-            Self::Start(_) => tick == 0,
-            Self::Once(_) => tick == 1,
-            Self::Periodic(_) => tick >= 1,
-        }
-    }
-
-    fn advice(self) -> CodeAdvice {
-        match self {
-            Self::Off => CodeAdvice::Cold,
-            Self::Start(a) | Self::Once(a) | Self::Periodic(a) => a,
-        }
-    }
-}
-
-/// Gives `advice` for the binary's executable mappings; the bytes advised.
-///
-/// Never fails the agent: the first error is logged at debug level, later ones not at all.
-pub fn shed_code(advice: CodeAdvice) -> usize {
-    static LOGGED: AtomicBool = AtomicBool::new(false);
-    match advise_own_code(advice) {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            if !LOGGED.swap(true, Ordering::Relaxed) {
-                tracing::debug!("the agent's code stays mapped: {e}");
-            }
-            0
-        }
     }
 }
 
@@ -345,9 +285,8 @@ pub enum CodeError {
     },
     #[error("{path} names no executable mapping of {exe}")]
     NoMapping { path: &'static str, exe: String },
-    #[error("madvise({advice:?}) on {start:#x}-{end:#x}: {source}")]
+    #[error("madvise(MADV_DONTNEED) on {start:#x}-{end:#x}: {source}")]
     Advise {
-        advice: CodeAdvice,
         start: usize,
         end: usize,
         source: std::io::Error,
@@ -359,15 +298,6 @@ pub enum CodeError {
     },
     #[error("madvise or userfaultfd is not available on this platform")]
     Unsupported,
-}
-
-fn advise_own_code(advice: CodeAdvice) -> Result<usize, CodeError> {
-    let mut bytes = 0;
-    for m in own_code()? {
-        advise(advice, m)?;
-        bytes += m.end - m.start;
-    }
-    Ok(bytes)
 }
 
 /// The binary's executable mappings in this process.
@@ -391,23 +321,24 @@ fn own_code() -> Result<Vec<Mapping>, CodeError> {
     Ok(mappings)
 }
 
+/// Drops the page table entries of `m`, a mapping of the binary's code, so that what
+/// start-up mapped with fault-around comes back page by page, when run again.
 #[cfg(target_os = "linux")]
-fn advise(advice: CodeAdvice, m: Mapping) -> Result<(), CodeError> {
-    let flag = match advice {
-        CodeAdvice::DontNeed => libc::MADV_DONTNEED,
-        CodeAdvice::PageOut => libc::MADV_PAGEOUT,
-        CodeAdvice::Cold => libc::MADV_COLD,
-        CodeAdvice::Random => libc::MADV_RANDOM,
-    };
+fn drop_code(m: Mapping) -> Result<(), CodeError> {
     // SAFETY: the range is a whole private, never-written mapping of the binary's code (see
     // `executable_mappings`): without page table entries its pages fault back in from the
     // page cache with the same bytes, so no memory this process relies on changes.
-    let rc = unsafe { libc::madvise(m.start as *mut libc::c_void, m.end - m.start, flag) };
+    let rc = unsafe {
+        libc::madvise(
+            m.start as *mut libc::c_void,
+            m.end - m.start,
+            libc::MADV_DONTNEED,
+        )
+    };
     if rc == 0 {
         Ok(())
     } else {
         Err(CodeError::Advise {
-            advice,
             start: m.start,
             end: m.end,
             source: std::io::Error::last_os_error(),
@@ -416,7 +347,7 @@ fn advise(advice: CodeAdvice, m: Mapping) -> Result<(), CodeError> {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn advise(_advice: CodeAdvice, _m: Mapping) -> Result<(), CodeError> {
+fn drop_code(_m: Mapping) -> Result<(), CodeError> {
     Err(CodeError::Unsupported)
 }
 
@@ -475,6 +406,24 @@ garbage line
     }
 
     #[test]
+    fn read_only_file_mappings_are_the_binarys_and_the_libraries() {
+        let found = read_only_file_mappings(MAPS);
+        let starts: Vec<usize> = found.iter().map(|m| m.start).collect();
+        assert_eq!(
+            starts,
+            vec![
+                0x5581_d2a0_0000,
+                0x5581_d320_0000,
+                0x5581_d4a0_0000,
+                0x7f3a_1000_0000,
+                0x7f3a_2000_0000,
+                0x7f3a_3000_0000
+            ],
+            "not the writable ones, the heap, the stack or unparsable lines"
+        );
+    }
+
+    #[test]
     fn a_replaced_binary_with_spaces_in_its_path_is_found() {
         // /proc/self/exe reads "... (deleted)" too once the file was replaced.
         assert_eq!(
@@ -486,19 +435,6 @@ garbage line
         );
         assert!(executable_mappings(MAPS, "/work/my dir/tend").is_empty());
         assert!(executable_mappings("", "/usr/local/bin/tend").is_empty());
-    }
-
-    #[test]
-    fn shedding_starts_one_period_after_start() {
-        assert_eq!(CodeShedding::parse(""), CodeShedding::Off);
-        let periodic = CodeShedding::parse("periodic");
-        assert_eq!(periodic, CodeShedding::Periodic(CodeAdvice::DontNeed));
-        assert!(!periodic.sheds_at(0) && periodic.sheds_at(1) && periodic.sheds_at(7));
-        let once = CodeShedding::parse("once:pageout");
-        assert_eq!(once, CodeShedding::Once(CodeAdvice::PageOut));
-        assert!(!once.sheds_at(0) && once.sheds_at(1) && !once.sheds_at(2));
-        assert!(CodeShedding::parse("start:random").sheds_at(0));
-        assert!(!(0..5).any(|t| CodeShedding::parse("off").sheds_at(t)));
     }
 
     /// The resident KiB of this process's mapping starting at `start`, from /proc/self/smaps.
@@ -522,13 +458,12 @@ garbage line
         let code = executable_mappings(&maps, &exe);
         let first = code.first().map(|m| m.start).unwrap_or(0);
         let before = resident_kib(first);
-        let bytes = shed_code(CodeAdvice::DontNeed);
-        // Running on after the shed (this very code, the parsing) faults pages back in.
+        let registered = map_code_page_by_page();
+        // Running on after the drop (this very code, the parsing) maps pages back in.
         let after = resident_kib(first);
-        assert_eq!(
-            bytes,
-            code.iter().map(|m| m.end - m.start).sum::<usize>(),
-            "every executable mapping of the test binary was advised"
+        assert!(
+            registered >= code.iter().map(|m| m.end - m.start).sum::<usize>(),
+            "every executable mapping of the test binary was registered ({registered} bytes; needs Linux 6.7)"
         );
         assert!(
             matches!((before, after), (Some(b), Some(a)) if a < b),
@@ -568,7 +503,7 @@ garbage line
                 start,
                 end: start + LEN,
             };
-            let registered = !register || page_by_page::register(&[m]).is_ok();
+            let registered = !register || page_by_page::register(&[m], &[]).is_ok();
             let mut sum = 0u8;
             for offset in (0..LEN).step_by(STRIDE) {
                 // SAFETY: inside the mapping made above.
