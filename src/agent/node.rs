@@ -246,6 +246,9 @@ pub fn orphans<'a>(
 
 /// Runs the agent until `shutdown` turns true. Preflight and subreaper are [`main`]'s.
 pub async fn run(args: AgentArgs, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    // Before the agent runs most of its code: each page of it mapped alone from here on.
+    let bytes = super::memory::map_code_page_by_page();
+    tracing::debug!(bytes, "read-only mappings registered to map page by page");
     let labels = parse_pairs("--labels", &args.labels).map_err(anyhow::Error::msg)?;
     let capacity = parse_pairs("--capacity", &args.capacity).map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&args.state)
