@@ -104,18 +104,7 @@ impl<T> Informer<T> {
     where
         T: Clone,
     {
-        let slot = self
-            .objects
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let start = (namespace.to_string(), String::new());
-        Some(
-            slot.as_ref()?
-                .range(start..)
-                .take_while(|((ns, _), _)| ns == namespace)
-                .map(|(_, t)| t.clone())
-                .collect(),
-        )
+        self.namespace_map(namespace, T::clone)
     }
 
     /// The objects of one namespace, in name order, each through `f`; `None` until the

@@ -67,21 +67,9 @@ pub struct Mapping {
 /// skipped line only means less is mapped page by page).
 pub fn executable_mappings(maps: &str, exe: &str) -> Vec<Mapping> {
     maps.lines()
-        .filter_map(|line| {
-            let (range, rest) = next_field(line)?;
-            let (perms, rest) = next_field(rest)?;
-            let (_offset, rest) = next_field(rest)?;
-            let (_device, rest) = next_field(rest)?;
-            let (_inode, rest) = next_field(rest)?;
-            let path = rest.trim_start();
-            if perms != "r-xp" || path != exe {
-                return None;
-            }
-            let (start, end) = range.split_once('-')?;
-            let start = usize::from_str_radix(start, 16).ok()?;
-            let end = usize::from_str_radix(end, 16).ok()?;
-            (start < end).then_some(Mapping { start, end })
-        })
+        .filter_map(maps_line)
+        .filter(|(_, perms, path)| *perms == "r-xp" && *path == exe)
+        .map(|(m, _, _)| m)
         .collect()
 }
 
@@ -89,21 +77,24 @@ pub fn executable_mappings(maps: &str, exe: &str) -> Vec<Mapping> {
 /// `/proc/PID/maps` text: those fault-around fills, registered page by page too.
 pub fn read_only_file_mappings(maps: &str) -> Vec<Mapping> {
     maps.lines()
-        .filter_map(|line| {
-            let (range, rest) = next_field(line)?;
-            let (perms, rest) = next_field(rest)?;
-            let (_offset, rest) = next_field(rest)?;
-            let (_device, rest) = next_field(rest)?;
-            let (_inode, rest) = next_field(rest)?;
-            if !matches!(perms, "r-xp" | "r--p") || !rest.trim_start().starts_with('/') {
-                return None;
-            }
-            let (start, end) = range.split_once('-')?;
-            let start = usize::from_str_radix(start, 16).ok()?;
-            let end = usize::from_str_radix(end, 16).ok()?;
-            (start < end).then_some(Mapping { start, end })
-        })
+        .filter_map(maps_line)
+        .filter(|(_, perms, path)| matches!(*perms, "r-xp" | "r--p") && path.starts_with('/'))
+        .map(|(m, _, _)| m)
         .collect()
+}
+
+/// One line of a `/proc/PID/maps` text: its range, permissions and path (empty for an
+/// anonymous mapping); `None` for a line that does not parse or an empty range.
+fn maps_line(line: &str) -> Option<(Mapping, &str, &str)> {
+    let (range, rest) = next_field(line)?;
+    let (perms, rest) = next_field(rest)?;
+    let (_offset, rest) = next_field(rest)?;
+    let (_device, rest) = next_field(rest)?;
+    let (_inode, rest) = next_field(rest)?;
+    let (start, end) = range.split_once('-')?;
+    let start = usize::from_str_radix(start, 16).ok()?;
+    let end = usize::from_str_radix(end, 16).ok()?;
+    (start < end).then_some((Mapping { start, end }, perms, rest.trim_start()))
 }
 
 /// The first whitespace-separated field of `s` and what follows it.

@@ -8,6 +8,7 @@
 //! source). The verdicts are those of the full check, to the message (tested against it on
 //! random edits); only their order may differ, and [`SetIndex::errors`] sorts them.
 
+use super::validate::{duplicate_message, node_port_clash_message, selected_endpoints_message};
 use super::{Diagnostic, ParsedFile};
 use crate::api::{Kind, ObjectKey};
 use serde_json::Value;
@@ -171,11 +172,7 @@ impl SetIndex {
                     line: o.line,
                     column: 0,
                     path: String::new(),
-                    message: format!(
-                        "Endpoints {}/{} are given, but Service {} at {}:{} has a selector, so \
-                         its endpoints come from its pods: remove the selector or these Endpoints",
-                        o.key.namespace, o.key.name, svc.key.name, svc.file, svc.line
-                    ),
+                    message: selected_endpoints_message(&o.key, &svc.key.name, &svc.at()),
                 });
             }
         }
@@ -189,14 +186,7 @@ impl SetIndex {
                     line: o.line,
                     column: 0,
                     path: String::new(),
-                    message: format!(
-                        "{} {}/{} is defined twice: at {} and at {}",
-                        key.kind,
-                        key.namespace,
-                        key.name,
-                        first.at(),
-                        o.at()
-                    ),
+                    message: duplicate_message(key, &first.at(), &o.at()),
                 });
             }
         }
@@ -212,13 +202,11 @@ impl SetIndex {
                     line: o.line,
                     column: 0,
                     path: "spec.ports".to_string(),
-                    message: format!(
-                        "nodePort {node_port}/{protocol} is given by service/{} at {} and by \
-                         service/{} at {}",
-                        first.key.name,
-                        first.at(),
-                        o.key.name,
-                        o.at()
+                    message: node_port_clash_message(
+                        node_port,
+                        protocol,
+                        (&first.key.name, &first.at()),
+                        (&o.key.name, &o.at()),
                     ),
                 });
             }

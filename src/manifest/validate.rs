@@ -842,6 +842,41 @@ fn service(spec: &Map<String, Value>, report: &mut Report) {
 
 /// Checks across files: an object defined twice, a NodePort given by two Services, Endpoints
 /// given for a Service whose selector already makes them.
+/// The error for an object defined a second time (`first_at`, `again_at`: `file:line`).
+/// Shared with `set_index`, whose verdicts and words must be this check's.
+pub(crate) fn duplicate_message(key: &ObjectKey, first_at: &str, again_at: &str) -> String {
+    format!(
+        "{} {}/{} is defined twice: at {first_at} and at {again_at}",
+        key.kind, key.namespace, key.name
+    )
+}
+
+/// The error for a nodePort given by two Services (each: its name and `file:line`).
+pub(crate) fn node_port_clash_message(
+    node_port: impl std::fmt::Display,
+    protocol: &str,
+    (first, first_at): (&str, &str),
+    (other, other_at): (&str, &str),
+) -> String {
+    format!(
+        "nodePort {node_port}/{protocol} is given by service/{first} at {first_at} and by \
+         service/{other} at {other_at}"
+    )
+}
+
+/// The error for Endpoints given beside a Service (at `service_at`) that has a selector.
+pub(crate) fn selected_endpoints_message(
+    endpoints: &ObjectKey,
+    service: &str,
+    service_at: &str,
+) -> String {
+    format!(
+        "Endpoints {}/{} are given, but Service {service} at {service_at} has a selector, so \
+         its endpoints come from its pods: remove the selector or these Endpoints",
+        endpoints.namespace, endpoints.name
+    )
+}
+
 pub fn validate_set<'a>(objects: impl IntoIterator<Item = &'a DesiredObject>) -> Vec<Diagnostic> {
     let objects: Vec<&DesiredObject> = objects.into_iter().collect();
     let mut errors = endpoints_of_selected_services(&objects);
@@ -855,14 +890,7 @@ pub fn validate_set<'a>(objects: impl IntoIterator<Item = &'a DesiredObject>) ->
                 line: object.line,
                 column: 0,
                 path: String::new(),
-                message: format!(
-                    "{} {}/{} is defined twice: at {} and at {}",
-                    object.key.kind,
-                    object.key.namespace,
-                    object.key.name,
-                    place(first),
-                    place(object)
-                ),
+                message: duplicate_message(&object.key, &place(first), &place(object)),
             });
             // Keep the first as the reference for later duplicates.
             by_key.insert(&first.key, first);
@@ -892,13 +920,11 @@ pub fn validate_set<'a>(objects: impl IntoIterator<Item = &'a DesiredObject>) ->
                     line: object.line,
                     column: 0,
                     path: "spec.ports".to_string(),
-                    message: format!(
-                        "nodePort {node_port}/{protocol} is given by service/{} at {} and by \
-                         service/{} at {}",
-                        first.key.name,
-                        place(first),
-                        object.key.name,
-                        place(object)
+                    message: node_port_clash_message(
+                        node_port,
+                        &protocol,
+                        (&first.key.name, &place(first)),
+                        (&object.key.name, &place(object)),
                     ),
                 }),
                 Some(_) => {}
@@ -936,10 +962,10 @@ fn endpoints_of_selected_services(objects: &[&DesiredObject]) -> Vec<Diagnostic>
                 line: o.line,
                 column: 0,
                 path: String::new(),
-                message: format!(
-                    "Endpoints {}/{} are given, but Service {} at {}:{} has a selector, so its \
-                     endpoints come from its pods: remove the selector or these Endpoints",
-                    o.key.namespace, o.key.name, svc.key.name, svc.file, svc.line
+                message: selected_endpoints_message(
+                    &o.key,
+                    &svc.key.name,
+                    &format!("{}:{}", svc.file, svc.line),
                 ),
             })
         })
