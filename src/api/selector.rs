@@ -85,7 +85,12 @@ impl Selector {
 
     /// Whether an object's labels satisfy every requirement.
     pub fn matches(&self, labels: Option<&Map<String, Value>>) -> bool {
-        let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
+        self.matches_by(|k| labels.and_then(|l| l.get(k)).and_then(Value::as_str))
+    }
+
+    /// [`Selector::matches`] on labels looked up by `get` (a label that is not a string
+    /// counts as absent).
+    pub fn matches_by<'a>(&self, get: impl Fn(&str) -> Option<&'a str>) -> bool {
         self.0.iter().all(|r| match r {
             Requirement::Equals(k, v) => get(k) == Some(v.as_str()),
             Requirement::NotEquals(k, v) => get(k) != Some(v.as_str()),

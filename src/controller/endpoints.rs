@@ -719,6 +719,17 @@ impl Cache {
         let Some(name) = pod.meta_str("name") else {
             return BTreeSet::new();
         };
+        if !deleted
+            && self
+                .pods
+                .get(&ns)
+                .and_then(|pods| pods.get(name))
+                .is_some_and(|known| same_for_endpoints(known, pod))
+        {
+            // Most pod changes are status writes that change nothing Endpoints show (the
+            // times of probes, restart counts): the known state stands for this one.
+            return BTreeSet::new();
+        }
         let mut services: BTreeSet<String> = self.services_matching(&ns, pod).into_iter().collect();
         let pods = self.pods.entry(ns.clone()).or_default();
         let before = if deleted {
@@ -738,6 +749,30 @@ impl Cache {
         }
         services
     }
+}
+
+/// Whether two states of a pod give the same endpoints to every Service: the same metadata
+/// but for its resourceVersion (name, uid, labels, deletion), the same spec (hostname,
+/// subdomain, node, restart policy, container ports), and the same status fields endpoints
+/// read (IPs, phase, the Ready condition).
+fn same_for_endpoints(a: &Value, b: &Value) -> bool {
+    fn meta(pod: &Value) -> Option<impl Iterator<Item = (&String, &Value)>> {
+        let meta = pod.get("metadata").and_then(Value::as_object)?;
+        Some(meta.iter().filter(|(k, _)| k.as_str() != "resourceVersion"))
+    }
+    fn status<'a>(pod: &'a Value, field: &str) -> Option<&'a Value> {
+        pod.get("status").and_then(|s| s.get(field))
+    }
+    let same_meta = match (meta(a), meta(b)) {
+        (Some(x), Some(y)) => x.eq(y),
+        _ => false,
+    };
+    same_meta
+        && a.get("spec") == b.get("spec")
+        && ["podIP", "podIPs", "phase"]
+            .iter()
+            .all(|f| status(a, f) == status(b, f))
+        && is_ready(a) == is_ready(b)
 }
 
 /// The controller: reconciles one Service key at a time.
@@ -842,6 +877,13 @@ impl EndpointsController {
 }
 
 impl Reconciler for EndpointsController {
+    fn wants(&self, kind: Kind, _event_type: WatchEventType) -> bool {
+        matches!(
+            kind,
+            Kind::Service | Kind::Pod | Kind::Endpoints | Kind::EndpointSlice
+        )
+    }
+
     fn name(&self) -> &'static str {
         "endpoints"
     }

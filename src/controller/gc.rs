@@ -116,6 +116,15 @@ fn deletion(object: &Value, ctx: &Context) -> Option<Op> {
 }
 
 impl Reconciler for GarbageCollector {
+    fn wants(&self, kind: Kind, event_type: WatchEventType) -> bool {
+        match kind {
+            Kind::Deployment | Kind::Service => event_type == WatchEventType::Deleted,
+            Kind::ReplicaSet => true,
+            Kind::EndpointSlice | Kind::Pod => event_type != WatchEventType::Deleted,
+            _ => false,
+        }
+    }
+
     fn name(&self) -> &'static str {
         "garbage-collector"
     }

@@ -369,6 +369,10 @@ impl NodeController {
 }
 
 impl Reconciler for NodeController {
+    fn wants(&self, kind: Kind, _event_type: WatchEventType) -> bool {
+        matches!(kind, Kind::Node | Kind::Pod)
+    }
+
     fn name(&self) -> &'static str {
         "node"
     }

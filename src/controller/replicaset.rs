@@ -59,6 +59,10 @@ impl ReplicaSetController {
 }
 
 impl Reconciler for ReplicaSetController {
+    fn wants(&self, kind: Kind, _event_type: WatchEventType) -> bool {
+        matches!(kind, Kind::ReplicaSet | Kind::Pod)
+    }
+
     fn name(&self) -> &'static str {
         "replicaset"
     }

@@ -2,8 +2,8 @@
 //! key, reads the latest objects from the store and reconciles; errors requeue the key with
 //! exponential back-off; a reconcile may ask to be run again after a delay.
 
-use crate::api::ObjectKey;
-use crate::store::{Store, StoreError, WatchEvent};
+use crate::api::{Kind, ObjectKey};
+use crate::store::{Store, StoreError, WatchEvent, WatchEventType};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -99,6 +99,11 @@ pub trait Reconciler: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// Keys to look at when the store changes (handlers only enqueue; no logic here).
     fn keys_for(&self, event: &WatchEvent) -> Vec<ObjectKey>;
+    /// Whether `keys_for` looks at changes of this kind and type: the others are not parsed
+    /// for this controller.
+    fn wants(&self, _kind: Kind, _event_type: WatchEventType) -> bool {
+        true
+    }
     /// Keys to look at on start and after a relist.
     fn initial_keys(&self, ctx: &Context) -> Result<Vec<ObjectKey>, ReconcileError>;
     /// Reads the latest state of `key` from the store and acts on it.
@@ -267,7 +272,7 @@ pub async fn run(
                 };
                 loop {
                     tokio::select! {
-                        event = watch.next() => match event {
+                        event = watch.next_of(|kind, t| rec.wants(kind, t)) => match event {
                             Ok(event) => rec.keys_for(&event).into_iter().for_each(|k| queue.add(k)),
                             Err(e) => {
                                 tracing::info!(controller = rec.name(), "watch ended ({e}); listing again");
@@ -318,7 +323,6 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::Kind;
 
     fn key(n: &str) -> ObjectKey {
         ObjectKey::new(Kind::Deployment, "default", n)

@@ -37,7 +37,7 @@ impl SchedulerCache {
     pub fn sync(&mut self, store: &dyn Store) -> Result<(), StoreError> {
         if let Some(mut watch) = self.watch.take() {
             loop {
-                match watch.try_next() {
+                match watch.try_next_of(|kind, _| matches!(kind, Kind::Pod | Kind::Node)) {
                     Ok(Some(event)) => self.apply(&event),
                     Ok(None) => {
                         self.watch = Some(watch);

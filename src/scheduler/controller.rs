@@ -149,6 +149,10 @@ impl Scheduler {
 }
 
 impl Reconciler for Scheduler {
+    fn wants(&self, kind: Kind, _event_type: WatchEventType) -> bool {
+        matches!(kind, Kind::Pod | Kind::Node)
+    }
+
     fn name(&self) -> &'static str {
         "scheduler"
     }

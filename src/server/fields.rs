@@ -28,13 +28,21 @@ pub struct FieldSelectorError {
 /// node and phase, which is what nodes and kubectl use).
 fn field_pointer(kind: Kind, field: &str) -> Option<&'static str> {
     match (kind, field) {
-        (_, "metadata.name") => Some("/metadata/name"),
-        (_, "metadata.namespace") if kind.namespaced() => Some("/metadata/namespace"),
-        (Kind::Pod, "spec.nodeName") => Some("/spec/nodeName"),
-        (Kind::Pod, "status.phase") => Some("/status/phase"),
+        (_, "metadata.name") => Some(SELECTABLE_FIELDS[0]),
+        (_, "metadata.namespace") if kind.namespaced() => Some(SELECTABLE_FIELDS[1]),
+        (Kind::Pod, "spec.nodeName") => Some(SELECTABLE_FIELDS[2]),
+        (Kind::Pod, "status.phase") => Some(SELECTABLE_FIELDS[3]),
         _ => None,
     }
 }
+
+/// The JSON pointers of every field a selector can name, whatever the kind.
+pub const SELECTABLE_FIELDS: [&str; 4] = [
+    "/metadata/name",
+    "/metadata/namespace",
+    "/spec/nodeName",
+    "/status/phase",
+];
 
 impl FieldSelector {
     pub fn parse(kind: Kind, input: &str) -> Result<FieldSelector, FieldSelectorError> {
@@ -74,11 +82,14 @@ impl FieldSelector {
     /// A missing field counts as the empty string, as in Kubernetes (`spec.nodeName=` selects
     /// unbound pods).
     pub fn matches(&self, object: &Value) -> bool {
+        self.matches_by(|pointer| object.pointer(pointer).and_then(Value::as_str))
+    }
+
+    /// [`FieldSelector::matches`] on fields looked up by `get`, given the field's JSON pointer
+    /// (one of [`SELECTABLE_FIELDS`]).
+    pub fn matches_by<'a>(&self, get: impl Fn(&'static str) -> Option<&'a str>) -> bool {
         self.0.iter().all(|r| {
-            let found = object
-                .pointer(r.pointer)
-                .and_then(Value::as_str)
-                .unwrap_or_default();
+            let found = get(r.pointer).unwrap_or_default();
             (found == r.value) == r.equal
         })
     }

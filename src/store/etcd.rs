@@ -693,6 +693,11 @@ impl Feeder {
         let Some(key) = full.strip_prefix(&self.prefix) else {
             return Ok(None);
         };
+        let kind = key
+            .split('/')
+            .next()
+            .and_then(Kind::from_name)
+            .ok_or_else(|| format!("{key} is not the key of an object of a known kind"))?;
         let rv = kv.mod_revision();
         let (event_type, body) = match event.event_type() {
             EventType::Put if kv.create_revision() == kv.mod_revision() => {
@@ -707,6 +712,7 @@ impl Feeder {
         let object = decode_at(key, body, rv).map_err(|e| e.to_string())?;
         Ok(Some(EncodedEvent {
             event_type,
+            kind,
             resource_version: rv.max(0) as u64,
             object: encode(&object),
         }))

@@ -163,6 +163,7 @@ pub(crate) fn apply_transaction(
             storage_key,
             EncodedEvent {
                 event_type: change.event_type,
+                kind: key.kind,
                 resource_version: rv,
                 object: encoded,
             },
@@ -482,6 +483,7 @@ mod tests {
                 key.to_string(),
                 EncodedEvent {
                     event_type: t,
+                    kind: Kind::Pod,
                     resource_version: 7,
                     object: Arc::from(body.as_bytes()),
                 },

@@ -88,7 +88,7 @@ impl OwnerIndex {
     fn catch_up(&self) -> Result<std::sync::MutexGuard<'_, IndexState>, StoreError> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            match state.watch.try_next() {
+            match state.watch.try_next_of(|kind, _| INDEXED.contains(&kind)) {
                 Ok(Some(event)) => {
                     let Some(key) = ObjectKey::of(&event.object) else {
                         continue;

@@ -6,6 +6,7 @@
 //! object is several times smaller than a `serde_json::Value`, and the window is large.
 
 use super::StoreError;
+use crate::api::Kind;
 use serde_json::Value;
 use std::collections::VecDeque;
 use std::sync::{Arc, RwLock};
@@ -40,12 +41,16 @@ pub struct WatchEvent {
 #[derive(Debug, Clone)]
 pub struct EncodedEvent {
     pub event_type: WatchEventType,
+    /// The object's kind (from its key), so that watchers of other kinds pass it by without
+    /// reading the JSON.
+    pub kind: Kind,
     pub resource_version: u64,
     pub object: Arc<[u8]>,
 }
 
 impl EncodedEvent {
-    fn decode(&self) -> Result<WatchEvent, StoreError> {
+    /// The event with its object parsed.
+    pub fn decode(&self) -> Result<WatchEvent, StoreError> {
         let object = serde_json::from_slice(&self.object).map_err(|e| StoreError::Backend {
             path: "watch log".into(),
             reason: format!(
@@ -272,6 +277,34 @@ impl Watch {
         self.try_next_encoded()?.map(|e| e.decode()).transpose()
     }
 
+    /// The next change `wanted` accepts by its kind and type, waiting for one. The others are
+    /// passed by without parsing them (most watchers in serve look at a few kinds, and the
+    /// pods' and nodes' status writes are most changes).
+    pub async fn next_of(
+        &mut self,
+        wanted: impl Fn(Kind, WatchEventType) -> bool,
+    ) -> Result<WatchEvent, StoreError> {
+        loop {
+            let event = self.next_encoded().await?;
+            if wanted(event.kind, event.event_type) {
+                return event.decode();
+            }
+        }
+    }
+
+    /// [`Watch::next_of`] without waiting: the next wanted change already there.
+    pub fn try_next_of(
+        &mut self,
+        wanted: impl Fn(Kind, WatchEventType) -> bool,
+    ) -> Result<Option<WatchEvent>, StoreError> {
+        while let Some(event) = self.try_next_encoded()? {
+            if wanted(event.kind, event.event_type) {
+                return event.decode().map(Some);
+            }
+        }
+        Ok(None)
+    }
+
     /// The next change in its stored JSON encoding, without waiting (for streaming it out
     /// without parsing it).
     pub fn try_next_encoded(&mut self) -> Result<Option<EncodedEvent>, StoreError> {
@@ -309,6 +342,7 @@ mod tests {
     fn event(rv: u64) -> EncodedEvent {
         EncodedEvent {
             event_type: WatchEventType::Added,
+            kind: Kind::Pod,
             resource_version: rv,
             object: Arc::from(format!("{{\"rv\":{rv}}}").into_bytes()),
         }

@@ -149,6 +149,14 @@ impl DeploymentSpec {
 pub struct DeploymentController;
 
 impl Reconciler for DeploymentController {
+    fn wants(&self, kind: Kind, event_type: WatchEventType) -> bool {
+        match kind {
+            Kind::Deployment | Kind::ReplicaSet => true,
+            Kind::Pod => event_type == WatchEventType::Deleted,
+            _ => false,
+        }
+    }
+
     fn name(&self) -> &'static str {
         "deployment"
     }

@@ -415,3 +415,65 @@ fn unchanged_ignores_what_the_store_adds() {
     stored["subsets"][0]["addresses"][0]["ip"] = json!("10.244.0.3");
     assert!(!unchanged(&stored, &ep));
 }
+
+#[test]
+fn pod_changes_endpoints_do_not_show_are_passed_by() {
+    let before = pod(
+        "a",
+        "10.244.0.5",
+        true,
+        json!([{"name": "http", "containerPort": 80}]),
+    );
+    let svc = web(json!([{"port": 80, "targetPort": "http"}]));
+    // What a status write changes without touching endpoints.
+    let mut after = before.clone();
+    after["metadata"]["resourceVersion"] = json!("99");
+    after["status"]["containerStatuses"] = json!([{"name": "c", "restartCount": 3}]);
+    after["status"]["conditions"][0]["lastProbeTime"] = json!("2026-11-22T10:00:00Z");
+    assert!(same_for_endpoints(&before, &after));
+    assert_eq!(
+        endpoints_for(&svc, std::slice::from_ref(&before)),
+        endpoints_for(&svc, &[after])
+    );
+    // Every field endpoints read makes a difference, and the endpoints do differ.
+    let changes: [(&str, Value); 9] = [
+        ("/status/podIP", json!("10.244.0.6")),
+        ("/status/phase", json!("Failed")),
+        ("/status/conditions/0/status", json!("False")),
+        ("/metadata/labels/app", json!("blog")),
+        ("/metadata/uid", json!("uid-other")),
+        ("/metadata/deletionTimestamp", json!("2026-11-22T10:00:00Z")),
+        ("/spec/nodeName", json!("node02")),
+        ("/spec/restartPolicy", json!("Never")),
+        ("/spec/containers/0/ports/0/containerPort", json!(8080)),
+    ];
+    let mut cache = Cache::default();
+    cache.set_service(&svc, false);
+    assert_eq!(cache.set_pod(&before, false).len(), 1);
+    for (pointer, value) in changes {
+        let mut changed = before.clone();
+        let (parent, field) = pointer.rsplit_once('/').expect("a pointer");
+        match changed.pointer_mut(parent).expect(parent) {
+            Value::Object(map) => {
+                map.insert(field.to_string(), value);
+            }
+            Value::Array(items) => items[field.parse::<usize>().expect("an index")] = value,
+            other => panic!("{parent} is {other}"),
+        }
+        assert!(!same_for_endpoints(&before, &changed), "{pointer}");
+        // The phase and the restart policy only count together (a Failed pod that never restarts).
+        if !matches!(pointer, "/spec/restartPolicy" | "/status/phase") {
+            assert_ne!(
+                endpoints_for(&svc, std::slice::from_ref(&before)),
+                endpoints_for(&svc, &[changed.clone()]),
+                "{pointer}"
+            );
+        }
+        // The cache names the Service again for such a change, and not for a status write.
+        assert_eq!(cache.set_pod(&changed, false).len(), 1, "{pointer}");
+        assert_eq!(cache.set_pod(&before, false).len(), 1, "{pointer}");
+        let mut written = before.clone();
+        written["metadata"]["resourceVersion"] = json!("100");
+        assert!(cache.set_pod(&written, false).is_empty(), "{pointer}");
+    }
+}
