@@ -53,6 +53,7 @@ pub mod logs;
 pub mod memory;
 pub mod network;
 pub mod node;
+pub mod periodic;
 pub mod pods;
 pub mod probe;
 pub mod prober;

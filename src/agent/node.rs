@@ -24,6 +24,7 @@ use super::informer::{Informer, follow_into};
 use super::network::ip::IpCommands;
 use super::network::ipam::{Cidr, IpamStore};
 use super::network::{NodeNetwork, PeerRoute, PodNetwork, peer_routes};
+use super::periodic::PeriodicSyncs;
 use super::pods::{PodSyncer, StoreImages, SyncOutcome, grace_period, status_changed};
 use super::prober::{NetProber, ProbeManager};
 use super::registration::Registration;
@@ -170,6 +171,7 @@ pub fn main(
     crate::cli::serve::bound_allocator_arenas();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_keep_alive(IDLE_THREAD_KEEP_ALIVE)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
@@ -417,6 +419,7 @@ pub async fn run(args: AgentArgs, mut shutdown: watch::Receiver<bool>) -> anyhow
         pods: BTreeMap::new(),
         reported: BTreeMap::new(),
         in_flight: BTreeSet::new(),
+        periodic: Arc::new(PeriodicSyncs::new(periodic_workers())),
         again: BTreeSet::new(),
         adopted: false,
         done: done_tx,
@@ -438,10 +441,7 @@ pub async fn run(args: AgentArgs, mut shutdown: watch::Receiver<bool>) -> anyhow
                 agent.sync_peers(&args.name).await;
             }
             _ = syncs.tick() => {
-                let uids: Vec<String> = agent.pods.keys().cloned().collect();
-                for uid in uids {
-                    agent.start_sync(&uid);
-                }
+                agent.start_periodic_syncs();
             }
             event = events.recv() => match event {
                 Some(event) => agent.on_event(event).await,
@@ -483,6 +483,22 @@ pub async fn run(args: AgentArgs, mut shutdown: watch::Receiver<bool>) -> anyhow
 
 type Done = (String, Result<SyncOutcome, String>);
 
+/// At most this many blocking tasks per core (at least 2 in all) work through the periodic
+/// pass over the pods (see `agent::periodic`). Syncs for a change run at once, one task each:
+/// a burst of starts runs in parallel, and a stop may wait out a pod's grace period while
+/// other pods' stops must not wait behind it (kubelet stops pods in parallel too); their
+/// threads end once idle for [`IDLE_THREAD_KEEP_ALIVE`].
+const PERIODIC_WORKERS_PER_CORE: usize = 1;
+
+fn periodic_workers() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    (cores * PERIODIC_WORKERS_PER_CORE).max(2)
+}
+
+/// How long an idle blocking thread of the agent's runtime stays (tokio's default: 10 s).
+/// A burst of pod starts needs many at once; the periodic syncs need few.
+const IDLE_THREAD_KEEP_ALIVE: Duration = Duration::from_secs(2);
+
 struct Agent {
     client: Arc<AgentClient>,
     node: String,
@@ -492,6 +508,8 @@ struct Agent {
     /// The status last written, by uid.
     reported: BTreeMap<String, Value>,
     in_flight: BTreeSet<String>,
+    /// Pods waiting for their periodic sync (in `in_flight` meanwhile).
+    periodic: Arc<PeriodicSyncs<Value>>,
     /// Pods that changed while a sync ran: synced again when it ends.
     again: BTreeSet<String>,
     adopted: bool,
@@ -613,23 +631,59 @@ impl Agent {
     }
 
     fn start_sync(&mut self, uid: &str) {
-        if self.in_flight.contains(uid) {
+        if self.in_flight.contains(uid) && !self.periodic.take_back(uid) {
+            // Synced again once the running sync ends. A pod still waiting for its periodic
+            // sync was taken back: it is synced now, for the change, instead.
             self.again.insert(uid.to_string());
             return;
         }
         let Some(pod) = self.pods.get(uid).cloned() else {
+            self.in_flight.remove(uid);
             return;
         };
         self.in_flight.insert(uid.to_string());
         let syncer = self.syncer.clone();
         let done = self.done.clone();
         let uid = uid.to_string();
-        tokio::task::spawn_blocking(move || {
-            let outcome = syncer
-                .sync(&pod, jiff::Timestamp::now())
-                .map_err(|e| e.to_string());
+        tokio::spawn(async move {
+            let ran = tokio::task::spawn_blocking(move || {
+                syncer
+                    .sync(&pod, jiff::Timestamp::now())
+                    .map_err(|e| e.to_string())
+            })
+            .await;
+            let outcome = ran.unwrap_or_else(|e| Err(format!("the sync stopped: {e}")));
             let _ = done.send((uid, outcome));
         });
+    }
+
+    /// The periodic pass: every pod not being synced already is queued for a few workers.
+    fn start_periodic_syncs(&mut self) {
+        let mut queued = Vec::new();
+        for (uid, pod) in &self.pods {
+            if self.in_flight.insert(uid.clone()) {
+                queued.push((uid.clone(), pod.clone()));
+            }
+        }
+        for _ in 0..self.periodic.push(queued) {
+            let (periodic, syncer, done) = (
+                Arc::clone(&self.periodic),
+                Arc::clone(&self.syncer),
+                self.done.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                while let Some((uid, pod)) = periodic.next() {
+                    let synced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        syncer.sync(&pod, jiff::Timestamp::now())
+                    }));
+                    let outcome = match synced {
+                        Ok(outcome) => outcome.map_err(|e| e.to_string()),
+                        Err(_) => Err("the sync stopped".to_string()),
+                    };
+                    let _ = done.send((uid, outcome));
+                }
+            });
+        }
     }
 
     async fn on_done(&mut self, uid: String, outcome: Result<SyncOutcome, String>) {

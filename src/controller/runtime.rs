@@ -126,6 +126,8 @@ struct QueueState {
     /// Keys re-added while being processed: queued again when done.
     again: HashSet<ObjectKey>,
     failures: HashMap<ObjectKey, u32>,
+    /// Keys to add later: when, and the task that will (see `add_after`).
+    waiting: HashMap<ObjectKey, (tokio::time::Instant, tokio::task::AbortHandle)>,
 }
 
 /// Back-off after the n-th consecutive failure: 100 ms doubling up to 30 s.
@@ -156,13 +158,41 @@ impl WorkQueue {
         }
     }
 
-    /// Adds `key` after `delay` (needs a tokio runtime).
+    /// Adds `key` after `delay` (needs a tokio runtime). A key waits once, for the earliest
+    /// time asked, as Kubernetes' delaying queue does: a later time asked meanwhile is
+    /// dropped (the reconcile at the earlier time asks again), and an earlier one replaces
+    /// the later. Every node's heartbeat asks for its grace period and every Deployment's
+    /// reconcile for its progress deadline: one sleeping task each time grew serve's memory
+    /// for as long as the longest delay (10 minutes), thousands of tasks.
     pub fn add_after(self: &Arc<Self>, key: ObjectKey, delay: Duration) {
-        let q = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            q.add(key);
+        let at = tokio::time::Instant::now() + delay;
+        let mut s = self.lock();
+        if s.waiting.get(&key).is_some_and(|(due, _)| *due <= at) {
+            return;
+        }
+        let (q, k) = (Arc::clone(self), key.clone());
+        let task = tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            let due = {
+                let mut s = q.lock();
+                let due = s.waiting.get(&k).is_some_and(|(due, _)| *due == at);
+                if due {
+                    s.waiting.remove(&k);
+                }
+                due
+            };
+            if due {
+                q.add(k);
+            }
         });
+        if let Some((_, later)) = s.waiting.insert(key, (at, task.abort_handle())) {
+            later.abort();
+        }
+    }
+
+    /// How many keys wait to be added later.
+    pub fn waiting(&self) -> usize {
+        self.lock().waiting.len()
     }
 
     /// The next key, if any, marked as being processed.
@@ -341,6 +371,36 @@ mod tests {
         assert_eq!(q.try_pop(), None);
         assert_eq!(q.done(&a, false), None);
         assert_eq!(q.try_pop(), Some(key("a")), "queued again once done");
+    }
+
+    #[test]
+    fn a_key_waits_once_for_the_earliest_time_asked() {
+        // Paused time: sleeps end exactly when due, however loaded the machine.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let q = WorkQueue::new();
+            // A node's heartbeat every second asking for its grace period, many times over.
+            for n in 0..1000u64 {
+                q.add_after(key("a"), Duration::from_millis(300 + n));
+            }
+            q.add_after(key("b"), Duration::from_secs(600));
+            assert_eq!(q.waiting(), 2);
+            // An earlier time replaces the later one.
+            q.add_after(key("b"), Duration::from_millis(100));
+            assert_eq!(q.waiting(), 2);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert_eq!(q.try_pop(), Some(key("b")));
+            assert_eq!(q.try_pop(), None, "a waits for its earliest time, 300 ms");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert_eq!(q.try_pop(), Some(key("a")));
+            assert_eq!(q.waiting(), 0);
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            assert_eq!(q.try_pop(), None, "added once, not once per ask");
+        });
     }
 
     #[test]
