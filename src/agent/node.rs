@@ -483,6 +483,18 @@ pub async fn run(args: AgentArgs, mut shutdown: watch::Receiver<bool>) -> anyhow
 
 type Done = (String, Result<SyncOutcome, String>);
 
+/// Syncs one pod on the calling (blocking) thread. A panic is an error of that pod's sync,
+/// so that it is reported and the pod does not stay in flight forever.
+fn sync_now(syncer: &Syncer, pod: &Value) -> Result<SyncOutcome, String> {
+    let synced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        syncer.sync(pod, jiff::Timestamp::now())
+    }));
+    match synced {
+        Ok(outcome) => outcome.map_err(|e| e.to_string()),
+        Err(_) => Err("the sync stopped".to_string()),
+    }
+}
+
 /// At most this many blocking tasks per core (at least 2 in all) work through the periodic
 /// pass over the pods (see `agent::periodic`). Syncs for a change run at once, one task each:
 /// a burst of starts runs in parallel, and a stop may wait out a pod's grace period while
@@ -645,15 +657,8 @@ impl Agent {
         let syncer = self.syncer.clone();
         let done = self.done.clone();
         let uid = uid.to_string();
-        tokio::spawn(async move {
-            let ran = tokio::task::spawn_blocking(move || {
-                syncer
-                    .sync(&pod, jiff::Timestamp::now())
-                    .map_err(|e| e.to_string())
-            })
-            .await;
-            let outcome = ran.unwrap_or_else(|e| Err(format!("the sync stopped: {e}")));
-            let _ = done.send((uid, outcome));
+        tokio::task::spawn_blocking(move || {
+            let _ = done.send((uid, sync_now(&syncer, &pod)));
         });
     }
 
@@ -673,14 +678,7 @@ impl Agent {
             );
             tokio::task::spawn_blocking(move || {
                 while let Some((uid, pod)) = periodic.next() {
-                    let synced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        syncer.sync(&pod, jiff::Timestamp::now())
-                    }));
-                    let outcome = match synced {
-                        Ok(outcome) => outcome.map_err(|e| e.to_string()),
-                        Err(_) => Err("the sync stopped".to_string()),
-                    };
-                    let _ = done.send((uid, outcome));
+                    let _ = done.send((uid, sync_now(&syncer, &pod)));
                 }
             });
         }

@@ -75,7 +75,8 @@ impl<T> PeriodicSyncs<T> {
     }
 
     /// Pods waiting, and workers counted as working.
-    pub fn load(&self) -> (usize, usize) {
+    #[cfg(test)]
+    fn load(&self) -> (usize, usize) {
         let s = self.lock();
         (s.queue.len(), s.workers)
     }

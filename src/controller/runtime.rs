@@ -191,7 +191,8 @@ impl WorkQueue {
     }
 
     /// How many keys wait to be added later.
-    pub fn waiting(&self) -> usize {
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
         self.lock().waiting.len()
     }
 

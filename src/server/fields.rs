@@ -28,21 +28,21 @@ pub struct FieldSelectorError {
 /// node and phase, which is what nodes and kubectl use).
 fn field_pointer(kind: Kind, field: &str) -> Option<&'static str> {
     match (kind, field) {
-        (_, "metadata.name") => Some(SELECTABLE_FIELDS[0]),
-        (_, "metadata.namespace") if kind.namespaced() => Some(SELECTABLE_FIELDS[1]),
-        (Kind::Pod, "spec.nodeName") => Some(SELECTABLE_FIELDS[2]),
-        (Kind::Pod, "status.phase") => Some(SELECTABLE_FIELDS[3]),
+        (_, "metadata.name") => Some(pointer::NAME),
+        (_, "metadata.namespace") if kind.namespaced() => Some(pointer::NAMESPACE),
+        (Kind::Pod, "spec.nodeName") => Some(pointer::NODE_NAME),
+        (Kind::Pod, "status.phase") => Some(pointer::PHASE),
         _ => None,
     }
 }
 
 /// The JSON pointers of every field a selector can name, whatever the kind.
-pub const SELECTABLE_FIELDS: [&str; 4] = [
-    "/metadata/name",
-    "/metadata/namespace",
-    "/spec/nodeName",
-    "/status/phase",
-];
+pub mod pointer {
+    pub const NAME: &str = "/metadata/name";
+    pub const NAMESPACE: &str = "/metadata/namespace";
+    pub const NODE_NAME: &str = "/spec/nodeName";
+    pub const PHASE: &str = "/status/phase";
+}
 
 impl FieldSelector {
     pub fn parse(kind: Kind, input: &str) -> Result<FieldSelector, FieldSelectorError> {
@@ -86,7 +86,7 @@ impl FieldSelector {
     }
 
     /// [`FieldSelector::matches`] on fields looked up by `get`, given the field's JSON pointer
-    /// (one of [`SELECTABLE_FIELDS`]).
+    /// (one of [`pointer`]'s).
     pub fn matches_by<'a>(&self, get: impl Fn(&'static str) -> Option<&'a str>) -> bool {
         self.0.iter().all(|r| {
             let found = get(r.pointer).unwrap_or_default();

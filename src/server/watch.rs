@@ -7,7 +7,7 @@
 //! parsed only when the kind matches and the watch has selectors) and sent as those bytes,
 //! never parsed whole nor encoded again.
 
-use super::fields::FieldSelector;
+use super::fields::{FieldSelector, pointer};
 use super::objects::blocking;
 use super::status::ApiError;
 use crate::api::selector::Selector;
@@ -94,6 +94,27 @@ struct Head<'a> {
     status: Member<HeadStatus<'a>>,
 }
 
+/// Visitor methods reading a number, boolean or null as `$skipped`.
+macro_rules! skip_scalars {
+    ($value:ty, $skipped:expr) => {
+        fn visit_bool<E>(self, _: bool) -> Result<$value, E> {
+            Ok($skipped)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<$value, E> {
+            Ok($skipped)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<$value, E> {
+            Ok($skipped)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<$value, E> {
+            Ok($skipped)
+        }
+        fn visit_unit<E>(self) -> Result<$value, E> {
+            Ok($skipped)
+        }
+    };
+}
+
 /// A member that is read only when it is an object (anything else reads as absent, as
 /// `Value::pointer` finds nothing under it).
 struct Member<T>(Option<T>);
@@ -122,21 +143,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Member<T> {
             fn visit_str<E>(self, _: &str) -> Result<Member<T>, E> {
                 Ok(Member(None))
             }
-            fn visit_bool<E>(self, _: bool) -> Result<Member<T>, E> {
-                Ok(Member(None))
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Member<T>, E> {
-                Ok(Member(None))
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Member<T>, E> {
-                Ok(Member(None))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Member<T>, E> {
-                Ok(Member(None))
-            }
-            fn visit_unit<E>(self) -> Result<Member<T>, E> {
-                Ok(Member(None))
-            }
+            skip_scalars!(Member<T>, Member(None));
         }
         deserializer.deserialize_any(Visit(std::marker::PhantomData))
     }
@@ -181,13 +188,13 @@ impl Head<'_> {
             && filter.fields.matches_by(|pointer| self.field(pointer))
     }
 
-    /// A field by its JSON pointer, for each of [`super::fields::SELECTABLE_FIELDS`].
-    fn field(&self, pointer: &str) -> Option<&str> {
-        match pointer {
-            "/metadata/name" => self.metadata.0.as_ref()?.name.get(),
-            "/metadata/namespace" => self.metadata.0.as_ref()?.namespace.get(),
-            "/spec/nodeName" => self.spec.0.as_ref()?.node_name.get(),
-            "/status/phase" => self.status.0.as_ref()?.phase.get(),
+    /// A field by its JSON pointer, for each of [`pointer`]'s.
+    fn field(&self, field: &str) -> Option<&str> {
+        match field {
+            pointer::NAME => self.metadata.0.as_ref()?.name.get(),
+            pointer::NAMESPACE => self.metadata.0.as_ref()?.namespace.get(),
+            pointer::NODE_NAME => self.spec.0.as_ref()?.node_name.get(),
+            pointer::PHASE => self.status.0.as_ref()?.phase.get(),
             _ => None,
         }
     }
@@ -262,21 +269,7 @@ impl<'de> Visitor<'de> for Read {
     fn visit_string<E>(self, v: String) -> Result<Leaf<'de>, E> {
         Ok(Leaf::Text(Cow::Owned(v)))
     }
-    fn visit_bool<E>(self, _: bool) -> Result<Leaf<'de>, E> {
-        Ok(Leaf::Other)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Leaf<'de>, E> {
-        Ok(Leaf::Other)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Leaf<'de>, E> {
-        Ok(Leaf::Other)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Leaf<'de>, E> {
-        Ok(Leaf::Other)
-    }
-    fn visit_unit<E>(self) -> Result<Leaf<'de>, E> {
-        Ok(Leaf::Other)
-    }
+    skip_scalars!(Leaf<'de>, Leaf::Other);
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Leaf<'de>, A::Error> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
         Ok(Leaf::Other)
