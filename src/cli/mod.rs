@@ -267,7 +267,6 @@ pub fn install_panic_hook() {
     }));
 }
 
-/// The whole program: parse, run, and never let a panic escape.
 /// At most this many glibc malloc arenas (unless `MALLOC_ARENA_MAX` says otherwise).
 /// glibc gives each thread that meets a locked arena its own, up to 8 per core, and each
 /// arena keeps the peak its threads once held; the agent runs its container starts and nft
@@ -286,8 +285,27 @@ fn limit_malloc_arenas() {
     }
 }
 
+/// At most this many bytes of git objects (commits and small trees) kept in libgit2's cache,
+/// across all repositories. Its default, 256 MiB, is a cap that a long-running `tend serve`
+/// grows towards: the cache keeps the trees and commits of every revision it read, 0.6 MB more
+/// over 12 minutes at a commit every 5 s (`tend bench load`, jemalloc's heap profile). A sync
+/// diffs the new commit's tree against the last one's: that is what is worth keeping.
+const GIT_CACHE_BYTES: libc::ssize_t = 8 << 20;
+
+fn limit_git_cache() {
+    // SAFETY: sets a libgit2 global; called before any thread starts, as git2 asks.
+    if let Err(e) = unsafe { git2::opts::set_cache_max_size(GIT_CACHE_BYTES) } {
+        tracing::debug!(
+            "libgit2's object cache keeps its default size: {}",
+            e.message()
+        );
+    }
+}
+
+/// The whole program: parse, run, and never let a panic escape.
 pub fn main() -> ExitCode {
     limit_malloc_arenas();
+    limit_git_cache();
     install_panic_hook();
     let cli = <Cli as clap::Parser>::parse();
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli))).unwrap_or(ExitCode::from(2))
