@@ -19,12 +19,16 @@ use std::path::Path;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+/// Deployments (and as many Services) of `tend bench apply` by default: the 4,000 objects the
+/// serve-memory goal (150 MiB) is set for.
+const GOAL_DEPLOYMENTS: usize = 2000;
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
     /// What to measure: `apply`, `schedule`, `agent`, `services`, `push` or `load`.
     pub what: String,
     /// Deployments (and as many Services) in the repository.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = GOAL_DEPLOYMENTS)]
     pub deployments: usize,
     /// One-file commits to time (the median is reported).
     #[arg(long, default_value_t = 5)]
@@ -372,9 +376,7 @@ fn apply(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         busy_s,
         pods_before
     );
-    // The goal is set for the default size (4,000 objects); at other sizes the figure stands
-    // alone.
-    let goal = if n == 2000 {
+    let goal = if n == GOAL_DEPLOYMENTS {
         "goal <= 150 MiB"
     } else {
         "the goal, 150 MiB, is for 4,000 objects"
@@ -440,7 +442,7 @@ fn time_commits(
     done_before: usize,
 ) -> anyhow::Result<Commits> {
     let mut times = Vec::new();
-    let mut git_ms = Vec::new();
+    let mut write_ms = Vec::new();
     for c in done_before..done_before + commits {
         let i = (c * 7919) % n;
         let version = format!("v{}", c + 2);
@@ -453,7 +455,7 @@ fn time_commits(
         let tree = git_out(repo, &["write-tree"])?;
         let message = format!("bench: app-{i} to {version}");
         let commit = git_out(repo, &["commit-tree", &tree, "-p", "HEAD", "-m", &message])?;
-        git_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        write_ms.push(t.elapsed().as_secs_f64() * 1000.0);
         let t = Instant::now();
         git(repo, &["update-ref", "-m", &message, "HEAD", &commit])?;
         let phase = wait_revision(serve, http, &commit, Duration::from_secs(30))?;
@@ -462,14 +464,14 @@ fn time_commits(
             bail!("commit {c} was {phase}");
         }
     }
-    Ok(Commits { times, git_ms })
+    Ok(Commits { times, write_ms })
 }
 
 /// The times of one-file commits (ms, from their ref update to Applied), and of writing each
 /// commit before it (the index's tree and the commit object of a 10,000-file checkout).
 struct Commits {
     times: Vec<f64>,
-    git_ms: Vec<f64>,
+    write_ms: Vec<f64>,
 }
 
 /// Three lines: the median of the commits' times (ms), each time, and the cold apply over
@@ -491,11 +493,11 @@ fn print_commits(what: &str, commits: &Commits, cold_s: f64) {
     println!(
         "  {:<44} {:>10.1} ms  (median; git write-tree + commit-tree, not in the figure above)",
         "  before it: writing the commit",
-        median(commits.git_ms.clone())
+        median(commits.write_ms.clone())
     );
     let together = times
         .iter()
-        .zip(&commits.git_ms)
+        .zip(&commits.write_ms)
         .map(|(t, g)| t + g)
         .collect();
     println!(

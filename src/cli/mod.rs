@@ -285,21 +285,18 @@ fn limit_malloc_arenas() {
     }
 }
 
-/// At most this many bytes of git objects (commits and small trees) kept in libgit2's cache,
-/// across all repositories. Its default, 256 MiB, is a cap that a long-running `tend serve`
-/// grows towards: the cache keeps the trees and commits of every revision it read, 0.6 MB more
-/// over 12 minutes at a commit every 5 s (`tend bench load`, jemalloc's heap profile). A sync
-/// diffs the new commit's tree against the last one's: that is what is worth keeping.
+/// At most this many bytes of git objects kept in libgit2's cache, across all repositories.
+/// Its default, 256 MiB, is a cap that a long-running `tend serve` grows towards: the cache
+/// keeps the commits and small trees of every revision it read, 0.6 MB more over 11 minutes
+/// at a commit every 5 s (`tend bench load`, jemalloc's heap profile). A sync diffs the new
+/// commit's tree against the last one's: that is what is worth keeping.
 const GIT_CACHE_BYTES: libc::ssize_t = 8 << 20;
 
 fn limit_git_cache() {
     // SAFETY: sets a libgit2 global; called before any thread starts, as git2 asks.
-    if let Err(e) = unsafe { git2::opts::set_cache_max_size(GIT_CACHE_BYTES) } {
-        tracing::debug!(
-            "libgit2's object cache keeps its default size: {}",
-            e.message()
-        );
-    }
+    // It fails only if libgit2 cannot initialise, which its first real use then reports; the
+    // cache keeps its default size meanwhile (logging is not set up yet to say so).
+    let _ = unsafe { git2::opts::set_cache_max_size(GIT_CACHE_BYTES) };
 }
 
 /// The whole program: parse, run, and never let a panic escape.
