@@ -147,6 +147,22 @@ impl Lab {
         for i in 0..lab.nodes.len() {
             lab.start_agent(i);
         }
+        // Every node registered and Ready before a test deploys: a commit that races the
+        // agents' registration is scheduled onto the nodes known by then, as Kubernetes'
+        // scheduler would do, and the spread the tests check would depend on that race.
+        let want = lab.nodes.len();
+        lab.serve()
+            .wait_for("/api/v1/nodes", "every lab node Ready", |v| {
+                v["items"].as_array().is_some_and(|nodes| {
+                    nodes.len() == want
+                        && nodes.iter().all(|n| {
+                            n["status"]["conditions"].as_array().is_some_and(|c| {
+                                c.iter()
+                                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                            })
+                        })
+                })
+            });
         lab
     }
 
