@@ -13,7 +13,8 @@
 //! for serve and the agent, and the kernel's fault-around maps 64 KiB of code around every
 //! page the agent runs, so the agent had ~14 MiB of its ~24 MB of code mapped although it
 //! runs a small part of it. [`map_code_page_by_page`] turns fault-around off for the
-//! agent's read-only file mappings at start (docs/performance.md has the figures).
+//! agent's read-only file mappings at start, and drops what start-up mapped of those that
+//! hold no private copy (docs/performance.md has the figures).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -73,14 +74,40 @@ pub fn executable_mappings(maps: &str, exe: &str) -> Vec<Mapping> {
         .collect()
 }
 
-/// The read-only mappings of files (`r-xp`, `r--p`; the binary's and the libraries') in a
-/// `/proc/PID/maps` text: those fault-around fills, registered page by page too.
-pub fn read_only_file_mappings(maps: &str) -> Vec<Mapping> {
-    maps.lines()
-        .filter_map(maps_line)
-        .filter(|(_, perms, path)| matches!(*perms, "r-xp" | "r--p") && path.starts_with('/'))
-        .map(|(m, _, _)| m)
-        .collect()
+/// A read-only mapping of a file (`r-xp`, `r--p`; the binary's or a library's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadOnly {
+    pub mapping: Mapping,
+    /// Whether any page of it may be a private copy: the dynamic linker wrote it (the
+    /// relocations of a RELRO part) before making it read-only. True unless an smaps text
+    /// said `Anonymous: 0 kB`; such pages hold bytes the file does not, so they must stay.
+    pub copied: bool,
+}
+
+/// The read-only mappings of files in a `/proc/PID/smaps` (or `maps`) text: those
+/// fault-around fills, registered page by page too. From a `maps` text, which does not
+/// tell, every one counts as [`ReadOnly::copied`].
+pub fn read_only_file_mappings(smaps: &str) -> Vec<ReadOnly> {
+    let mut found: Vec<ReadOnly> = Vec::new();
+    // Whether the last header line was one of those, so that its fields belong to it.
+    let mut current = false;
+    for line in smaps.lines() {
+        if let Some((mapping, perms, path)) = maps_line(line) {
+            current = matches!(perms, "r-xp" | "r--p") && path.starts_with('/');
+            if current {
+                found.push(ReadOnly {
+                    mapping,
+                    copied: true,
+                });
+            }
+        } else if current
+            && let Some(kib) = line.strip_prefix("Anonymous:")
+            && let Some(last) = found.last_mut()
+        {
+            last.copied = kib.split_whitespace().next() != Some("0");
+        }
+    }
+    found
 }
 
 /// One line of a `/proc/PID/maps` text: its range, permissions and path (empty for an
@@ -104,8 +131,9 @@ fn next_field(s: &str) -> Option<(&str, &str)> {
     (end > 0).then(|| s.split_at(end))
 }
 
-/// Turns off the kernel's fault-around for the binary's code, then drops what start-up
-/// mapped; the bytes of code concerned.
+/// Turns off the kernel's fault-around for the binary's code and the other read-only file
+/// mappings (its data, the libraries), then drops what start-up mapped of them; the bytes
+/// registered.
 ///
 /// Why: fault-around maps up to 16 pages already in the page cache around every page a
 /// fault brings in, so each function the agent runs maps 64 KiB of code beside it — of
@@ -123,14 +151,24 @@ pub fn map_code_page_by_page() -> usize {
     static LOGGED: AtomicBool = AtomicBool::new(false);
     let outcome = own_code().and_then(|code| {
         // Also the binary's read-only data and the libraries, each on a best-effort basis.
-        let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-        let others: Vec<Mapping> = read_only_file_mappings(&maps)
-            .into_iter()
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
+        let read_only = read_only_file_mappings(&smaps);
+        let others: Vec<Mapping> = read_only
+            .iter()
+            .map(|r| r.mapping)
             .filter(|m| !code.contains(m))
             .collect();
         let registered = page_by_page::register(&code, &others)?;
         for m in &code {
-            drop_code(*m)?;
+            drop_pages(*m)?;
+        }
+        // What loading the libraries and their start-up (OpenSSL's, mostly) mapped with
+        // fault-around comes back page by page too, where it is used again: libcrypto
+        // alone had ~2.4 MiB of code mapped. Not the mappings holding private copies.
+        for r in read_only.iter().filter(|r| !r.copied) {
+            if !code.contains(&r.mapping) {
+                let _ = drop_pages(r.mapping);
+            }
         }
         Ok(registered)
     });
@@ -312,13 +350,17 @@ fn own_code() -> Result<Vec<Mapping>, CodeError> {
     Ok(mappings)
 }
 
-/// Drops the page table entries of `m`, a mapping of the binary's code, so that what
-/// start-up mapped with fault-around comes back page by page, when run again.
+/// Drops the page table entries of `m`, a read-only mapping of a file holding no private
+/// copy (the binary's code, or a [`ReadOnly`] not `copied`), so that what start-up mapped
+/// with fault-around comes back page by page, when used again.
 #[cfg(target_os = "linux")]
-fn drop_code(m: Mapping) -> Result<(), CodeError> {
-    // SAFETY: the range is a whole private, never-written mapping of the binary's code (see
-    // `executable_mappings`): without page table entries its pages fault back in from the
-    // page cache with the same bytes, so no memory this process relies on changes.
+fn drop_pages(m: Mapping) -> Result<(), CodeError> {
+    // SAFETY: the range is a whole private mapping of a file that this process never wrote
+    // (code, see `executable_mappings`; or a read-only mapping whose smaps counted no
+    // anonymous page, and read-only it cannot gain one): without page table entries its
+    // pages fault back in from the page cache with the same bytes, so no memory this
+    // process relies on changes. The maps were read at start, before any library is
+    // loaded or unloaded at run time.
     let rc = unsafe {
         libc::madvise(
             m.start as *mut libc::c_void,
@@ -338,7 +380,7 @@ fn drop_code(m: Mapping) -> Result<(), CodeError> {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn drop_code(_m: Mapping) -> Result<(), CodeError> {
+fn drop_pages(_m: Mapping) -> Result<(), CodeError> {
     Err(CodeError::Unsupported)
 }
 
@@ -399,7 +441,11 @@ garbage line
     #[test]
     fn read_only_file_mappings_are_the_binarys_and_the_libraries() {
         let found = read_only_file_mappings(MAPS);
-        let starts: Vec<usize> = found.iter().map(|m| m.start).collect();
+        let starts: Vec<usize> = found.iter().map(|r| r.mapping.start).collect();
+        assert!(
+            found.iter().all(|r| r.copied),
+            "a maps text does not tell which hold private copies: all may"
+        );
         assert_eq!(
             starts,
             vec![
@@ -411,6 +457,47 @@ garbage line
                 0x7f3a_3000_0000
             ],
             "not the writable ones, the heap, the stack or unparsable lines"
+        );
+    }
+
+    #[test]
+    fn smaps_tells_which_read_only_mappings_hold_private_copies() {
+        let smaps = "\
+5581d2a00000-5581d3200000 r--p 00000000 103:02 1311  /usr/local/bin/tend
+Size:               8192 kB
+Rss:                2084 kB
+Anonymous:             0 kB
+VmFlags: rd mr mw me sd
+5581d3200000-5581d4a00000 r-xp 00800000 103:02 1311  /usr/local/bin/tend
+Rss:                4756 kB
+Anonymous:             0 kB
+5581d4a00000-5581d4c00000 r--p 02000000 103:02 1311  /usr/local/bin/tend
+Rss:                 676 kB
+Anonymous:           676 kB
+5581d4c00000-5581d4c10000 rw-p 02200000 103:02 1311  /usr/local/bin/tend
+Anonymous:             0 kB
+7f3a10000000-7f3a10200000 r-xp 00028000 103:02 77    /usr/lib/x86_64-linux-gnu/libc.so.6
+Rss:                1020 kB
+7f3a20000000-7f3a20100000 r--p 00000000 103:02 78    /usr/lib/x86_64-linux-gnu/libcrypto.so.3
+Anonymous:             4 kB
+7f3a30000000-7f3a30100000 rw-p 00000000 00:00 0
+Anonymous:             0 kB
+";
+        let copied: Vec<(usize, bool)> = read_only_file_mappings(smaps)
+            .iter()
+            .map(|r| (r.mapping.start, r.copied))
+            .collect();
+        assert_eq!(
+            copied,
+            vec![
+                (0x5581_d2a0_0000, false),
+                (0x5581_d320_0000, false),
+                (0x5581_d4a0_0000, true),
+                (0x7f3a_1000_0000, true),
+                (0x7f3a_2000_0000, true),
+            ],
+            "relocated (anonymous pages) or not saying: copied; writable and anonymous \
+             mappings are not listed, and their fields do not change the one before"
         );
     }
 
@@ -465,10 +552,21 @@ garbage line
         let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
         let code = executable_mappings(&maps, &exe);
         let first = code.first().map(|m| m.start).unwrap_or(0);
-        let before = resident_kib(first);
+        // libc's code: a library's read-only mapping holding no private copy.
+        let libc = maps
+            .lines()
+            .filter_map(maps_line)
+            .find(|(_, perms, path)| *perms == "r-xp" && path.contains("/libc.so"))
+            .map(|(m, _, _)| m.start)
+            .unwrap_or(0);
+        let (before, libc_before) = (resident_kib(first), resident_kib(libc));
         let registered = map_code_page_by_page();
         // Running on after the drop (this very code, the parsing) maps pages back in.
-        let after = resident_kib(first);
+        let (after, libc_after) = (resident_kib(first), resident_kib(libc));
+        assert!(
+            matches!((libc_before, libc_after), (Some(b), Some(a)) if a < b),
+            "libc's resident code before and after: {libc_before:?} KiB, {libc_after:?} KiB"
+        );
         assert!(
             registered >= code.iter().map(|m| m.end - m.start).sum::<usize>(),
             "every executable mapping of the test binary was registered ({registered} bytes; needs Linux 6.7)"
