@@ -78,15 +78,69 @@ pub fn backoff(attempt: u32) -> Duration {
     backoff_with_jitter(attempt, rand::random::<f64>())
 }
 
-/// A change to the objects an agent follows (its pods, every Service, every Endpoints).
+/// A change to the objects an agent follows (its pods, every Service, every Endpoints), each
+/// object as `O`: its JSON, or what [`FromObject`] made of it.
 #[derive(Debug, Clone, PartialEq)]
-pub enum WatchEvent {
+pub enum WatchEvent<O = Value> {
     /// Every object that matches, after a (re)list: objects not in it are gone.
-    Listed(Vec<Value>),
+    Listed(Vec<O>),
     /// An object was added or changed.
-    Applied(Value),
+    Applied(O),
     /// An object was deleted (its last state).
-    Deleted(Value),
+    Deleted(O),
+}
+
+impl<O> WatchEvent<O> {
+    /// The same event with each object turned into `f`'s.
+    pub fn map<P>(self, mut f: impl FnMut(O) -> P) -> WatchEvent<P> {
+        match self {
+            WatchEvent::Listed(items) => WatchEvent::Listed(items.into_iter().map(f).collect()),
+            WatchEvent::Applied(o) => WatchEvent::Applied(f(o)),
+            WatchEvent::Deleted(o) => WatchEvent::Deleted(f(o)),
+        }
+    }
+}
+
+/// What a follower keeps of each object it receives, made from the object's JSON.
+///
+/// Why not always the JSON: a list is parsed object by object into this, so that only one
+/// object's JSON tree exists at a time. A whole list of 2,000 Services as JSON trees (and
+/// the copy its items were taken into) was ~20 MB at the agent's start, more than all it
+/// keeps; glibc's heap grew to it and stayed fragmented (docs/performance.md).
+pub trait FromObject: Send + 'static {
+    fn from_object(object: Value) -> Self;
+}
+
+impl FromObject for Value {
+    fn from_object(object: Value) -> Self {
+        object
+    }
+}
+
+/// One item of a list's `items`, parsed alone into `O`.
+struct Each<O>(O);
+
+impl<'de, O: FromObject> serde::Deserialize<'de> for Each<O> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Value::deserialize(d).map(|object| Each(O::from_object(object)))
+    }
+}
+
+/// A list answer: its resourceVersion and its items, each parsed alone.
+#[derive(serde::Deserialize)]
+#[serde(bound = "O: FromObject")]
+struct ListAnswer<O> {
+    #[serde(default)]
+    metadata: Option<ListMeta>,
+    #[serde(default)]
+    items: Option<Vec<Each<O>>>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListMeta {
+    #[serde(default)]
+    resource_version: Option<String>,
 }
 
 /// The pods' events are the generic ones.
@@ -246,24 +300,32 @@ impl AgentClient {
         query: &[(&str, &str)],
         body: Option<&Value>,
     ) -> Result<Value, ClientError> {
-        let response = self
-            .send(method.clone(), path, query, body, Some(REQUEST_TIMEOUT))
-            .await?;
-        let status = response.status();
-        let invalid = |reason: String| ClientError::Invalid {
-            method: method.to_string(),
-            path: path.to_string(),
-            reason,
-        };
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| invalid(format!("reading the answer: {e}")))?;
+        let (status, bytes) = self.answer(&method, path, query, body).await?;
         let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if status.is_success() {
             return Ok(value);
         }
         Err(api_error(&method, path, status, &value))
+    }
+
+    /// The status and body of one request's answer.
+    async fn answer(
+        &self,
+        method: &Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, bytes::Bytes), ClientError> {
+        let response = self
+            .send(method.clone(), path, query, body, Some(REQUEST_TIMEOUT))
+            .await?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| ClientError::Invalid {
+            method: method.to_string(),
+            path: path.to_string(),
+            reason: format!("reading the answer: {e}"),
+        })?;
+        Ok((status, bytes))
     }
 
     /// Registers node `name` (this client holds the join token): its new credential.
@@ -361,23 +423,36 @@ impl AgentClient {
     }
 
     /// The objects of a list path (e.g. `/api/v1/services`), and the list's resourceVersion.
-    pub async fn list(
+    pub async fn list<O: FromObject>(
         &self,
         path: &str,
         field_selector: Option<&str>,
-    ) -> Result<(Vec<Value>, u64), ClientError> {
+    ) -> Result<(Vec<O>, u64), ClientError> {
         let query: Vec<(&str, &str)> = field_selector
             .map(|s| ("fieldSelector", s))
             .into_iter()
             .collect();
-        let list = self.call(Method::GET, path, &query, None).await?;
-        let rv = resource_version(&list);
-        let items = list
-            .get("items")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        Ok((items, rv))
+        let method = Method::GET;
+        let (status, bytes) = self.answer(&method, path, &query, None).await?;
+        if !status.is_success() {
+            let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            return Err(api_error(&method, path, status, &value));
+        }
+        // Not a list (a proxy's page, a cut-off body): an error, not an empty list, which
+        // would mean that every object is gone.
+        let list: ListAnswer<O> =
+            serde_json::from_slice(&bytes).map_err(|e| ClientError::Invalid {
+                method: method.to_string(),
+                path: path.to_string(),
+                reason: format!("the list does not parse: {e}"),
+            })?;
+        let rv = list
+            .metadata
+            .and_then(|m| m.resource_version)
+            .and_then(|rv| rv.parse().ok())
+            .unwrap_or(0);
+        let items = list.items.unwrap_or_default();
+        Ok((items.into_iter().map(|Each(o)| o).collect(), rv))
     }
 
     /// Follows the pods matching `field_selector` (see [`AgentClient::follow`]).
@@ -394,11 +469,11 @@ impl AgentClient {
     /// Follows the objects of a list `path` until `shutdown`, as an informer does: lists,
     /// then watches from the list's resourceVersion; after a broken connection watches again
     /// from the last resourceVersion seen; lists again on 410. Ends when `events` is closed.
-    pub async fn follow(
+    pub async fn follow<O: FromObject>(
         &self,
         path: &str,
         field_selector: Option<&str>,
-        events: mpsc::Sender<WatchEvent>,
+        events: mpsc::Sender<WatchEvent<O>>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut failures = 0u32;
@@ -451,12 +526,12 @@ impl AgentClient {
     }
 
     /// One watch from `rv`; returns where to resume.
-    async fn watch(
+    async fn watch<O: FromObject>(
         &self,
         path: &str,
         field_selector: Option<&str>,
         rv: u64,
-        events: &mpsc::Sender<WatchEvent>,
+        events: &mpsc::Sender<WatchEvent<O>>,
     ) -> Result<WatchEnd, ClientError> {
         let rv_text = rv.to_string();
         let seconds = WATCH_SECONDS.to_string();
@@ -505,8 +580,8 @@ impl AgentClient {
                 let object = event.get_mut("object").map(Value::take).unwrap_or_default();
                 let rv = resource_version_of(&object);
                 let watch_event = match event.get("type").and_then(Value::as_str) {
-                    Some("ADDED" | "MODIFIED") => WatchEvent::Applied(object),
-                    Some("DELETED") => WatchEvent::Deleted(object),
+                    Some("ADDED" | "MODIFIED") => WatchEvent::Applied(O::from_object(object)),
+                    Some("DELETED") => WatchEvent::Deleted(O::from_object(object)),
                     Some("BOOKMARK") => {
                         last_rv = last_rv.max(rv);
                         continue;
@@ -608,6 +683,51 @@ pub fn with_status(object: &Value, status: Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What [`FromObject`] was given, in order.
+    #[derive(Debug, PartialEq)]
+    struct Seen(String);
+
+    impl FromObject for Seen {
+        fn from_object(object: Value) -> Self {
+            Seen(object.to_string())
+        }
+    }
+
+    #[test]
+    fn a_list_answer_is_parsed_object_by_object() {
+        let body = r#"{"kind":"ServiceList","metadata":{"resourceVersion":"42"},
+            "items":[{"metadata":{"name":"a"}},{"spec":{"ports":"no"}},7]}"#;
+        let list: Result<ListAnswer<Seen>, _> = serde_json::from_str(body);
+        let Ok(list) = list else {
+            panic!("the list parses");
+        };
+        let items: Vec<Seen> = list
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            .map(|Each(o)| o)
+            .collect();
+        assert_eq!(
+            items,
+            vec![
+                Seen(r#"{"metadata":{"name":"a"}}"#.into()),
+                Seen(r#"{"spec":{"ports":"no"}}"#.into()),
+                Seen("7".into()),
+            ],
+            "every item reaches FromObject, whatever it holds"
+        );
+        assert_eq!(
+            list.metadata.and_then(|m| m.resource_version).as_deref(),
+            Some("42")
+        );
+        // No items (an empty list may say null) is an empty list; not a list is an error.
+        let empty: Result<ListAnswer<Seen>, _> =
+            serde_json::from_str(r#"{"metadata":{},"items":null}"#);
+        assert!(empty.is_ok_and(|l| l.items.is_none() && l.metadata.is_some()));
+        assert!(serde_json::from_str::<ListAnswer<Seen>>("<html>").is_err());
+        assert!(serde_json::from_str::<ListAnswer<Seen>>(r#"{"items":[1,"#).is_err());
+    }
 
     #[test]
     fn backoff_doubles_caps_and_jitters() {

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
-use super::client::{AgentClient, WatchEvent, namespace_and_name};
+use super::client::{AgentClient, FromObject, WatchEvent, namespace_and_name};
 use super::views::Keyed;
 
 /// A namespace and name.
@@ -135,22 +135,47 @@ impl<T> Informer<T> {
     }
 }
 
-impl<T: DeserializeOwned + Clone> Informer<T> {
+/// One object as an informer receives it: its namespace and name, and the object parsed as
+/// `T` (or why it does not parse). Made as the list or watch is read, one object at a time
+/// ([`FromObject`]).
+pub struct Item<T> {
+    key: Key,
+    parsed: Result<T, String>,
+}
+
+impl<T: DeserializeOwned + Send + 'static> FromObject for Item<T> {
+    fn from_object(object: Value) -> Self {
+        let key = namespace_and_name(&object);
+        Item {
+            key,
+            parsed: serde_json::from_value(object).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+impl<T: DeserializeOwned + Clone + Send + 'static> Informer<T> {
+    /// Applies one event of JSON objects (see [`Informer::apply_items`]).
+    pub fn apply(&self, event: WatchEvent) {
+        self.apply_items(event.map(Item::from_object));
+    }
+
     /// Applies one event. Objects that do not parse as `T` are left out with a warning (on a
     /// change, the old copy goes too: it no longer says what the server holds).
-    pub fn apply(&self, event: WatchEvent) {
+    pub fn apply_items(&self, event: WatchEvent<Item<T>>) {
         let mut slot = self
             .objects
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        // The key first: parsing consumes the object.
-        let parse = |object: Value| -> ((String, String), Option<T>) {
-            let key = namespace_and_name(&object);
-            match serde_json::from_value(object) {
-                Ok(t) => (key, Some(t)),
+        let parsed = |item: Item<T>| -> (Key, Option<T>) {
+            match item.parsed {
+                Ok(t) => (item.key, Some(t)),
                 Err(e) => {
-                    tracing::warn!("{}/{} does not parse, left out: {e}", key.0, key.1);
-                    (key, None)
+                    tracing::warn!(
+                        "{}/{} does not parse, left out: {e}",
+                        item.key.0,
+                        item.key.1
+                    );
+                    (item.key, None)
                 }
             }
         };
@@ -159,7 +184,7 @@ impl<T: DeserializeOwned + Clone> Informer<T> {
                 *slot = Some(
                     items
                         .into_iter()
-                        .filter_map(|o| match parse(o) {
+                        .filter_map(|o| match parsed(o) {
                             (key, Some(t)) => Some((key, t)),
                             (_, None) => None,
                         })
@@ -167,9 +192,9 @@ impl<T: DeserializeOwned + Clone> Informer<T> {
                 );
                 None
             }
-            WatchEvent::Applied(object) => {
+            WatchEvent::Applied(item) => {
                 let map = slot.get_or_insert_with(BTreeMap::new);
-                match parse(object) {
+                match parsed(item) {
                     (key, Some(t)) => {
                         map.insert(key.clone(), t);
                         Some(key)
@@ -180,12 +205,11 @@ impl<T: DeserializeOwned + Clone> Informer<T> {
                     }
                 }
             }
-            WatchEvent::Deleted(object) => {
-                let key = namespace_and_name(&object);
+            WatchEvent::Deleted(item) => {
                 if let Some(map) = slot.as_mut() {
-                    map.remove(&key);
+                    map.remove(&item.key);
                 }
-                Some(key)
+                Some(item.key)
             }
         };
         drop(slot);
@@ -233,10 +257,10 @@ pub async fn follow_into<T: DeserializeOwned + Clone + Send + Sync + 'static>(
     informer: Arc<Informer<T>>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let (tx, mut rx) = mpsc::channel(256);
+    let (tx, mut rx) = mpsc::channel::<WatchEvent<Item<T>>>(256);
     let follower = tokio::spawn(async move { client.follow(path, None, tx, shutdown).await });
     while let Some(event) = rx.recv().await {
-        informer.apply(event);
+        informer.apply_items(event);
     }
     let _ = follower.await;
 }
