@@ -51,6 +51,12 @@ pub struct ServeArgs {
     /// Where every mutation is recorded, one JSON line each (default: audit.log under --state).
     #[arg(long)]
     pub audit_log: Option<PathBuf>,
+    /// Size in MiB at which the audit log is rotated (0: never).
+    #[arg(long = "audit-log-maxsize", default_value_t = 100)]
+    pub audit_log_maxsize: u64,
+    /// Rotated audit logs kept (`audit.log.1` the newest); 0: none.
+    #[arg(long = "audit-log-maxbackup", default_value_t = 5)]
+    pub audit_log_maxbackup: u32,
 }
 
 use crate::api::ObjectKey;
@@ -192,7 +198,11 @@ pub async fn serve_until(
         .audit_log
         .clone()
         .unwrap_or_else(|| args.state.join(crate::server::audit::AUDIT_LOG_FILE));
-    let audit: Arc<dyn AuditSink> = Arc::new(FileAudit::open(&audit_path)?);
+    let rotation = crate::server::audit::Rotation {
+        max_bytes: args.audit_log_maxsize.saturating_mul(1 << 20),
+        backups: args.audit_log_maxbackup,
+    };
+    let audit: Arc<dyn AuditSink> = Arc::new(FileAudit::open(&audit_path, rotation)?);
     // With etcd, replicas elect a leader and share the node credentials through it.
     let elected = leader::etcd_endpoints(&args.store);
     let etcd = match &elected {
