@@ -301,11 +301,10 @@ impl AgentClient {
         body: Option<&Value>,
     ) -> Result<Value, ClientError> {
         let (status, bytes) = self.answer(&method, path, query, body).await?;
-        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        if status.is_success() {
-            return Ok(value);
+        if !status.is_success() {
+            return Err(refused(&method, path, status, &bytes));
         }
-        Err(api_error(&method, path, status, &value))
+        Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
     }
 
     /// The status and body of one request's answer.
@@ -409,12 +408,8 @@ impl AgentClient {
 
     /// Every Node (the agents' routes to other nodes' pod CIDRs come from them).
     pub async fn list_nodes(&self) -> Result<Vec<Value>, ClientError> {
-        let list = self.call(Method::GET, "/api/v1/nodes", &[], None).await?;
-        Ok(list
-            .get("items")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default())
+        let (nodes, _) = self.list("/api/v1/nodes", None).await?;
+        Ok(nodes)
     }
 
     /// Pods in every namespace matching `field_selector`, and the list's resourceVersion.
@@ -435,8 +430,7 @@ impl AgentClient {
         let method = Method::GET;
         let (status, bytes) = self.answer(&method, path, &query, None).await?;
         if !status.is_success() {
-            let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            return Err(api_error(&method, path, status, &value));
+            return Err(refused(&method, path, status, &bytes));
         }
         // Not a list (a proxy's page, a cut-off body): an error, not an empty list, which
         // would mean that every object is gone.
@@ -629,6 +623,12 @@ enum WatchEnd {
     Closed,
 }
 
+/// The error of an answer whose status is not a success, from its body (a Status, or not).
+fn refused(method: &Method, path: &str, status: StatusCode, body: &[u8]) -> ClientError {
+    let value: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    api_error(method, path, status, &value)
+}
+
 fn api_error(method: &Method, path: &str, status: StatusCode, body: &Value) -> ClientError {
     let text = |field: &str| {
         body.get(field)
@@ -645,15 +645,12 @@ fn api_error(method: &Method, path: &str, status: StatusCode, body: &Value) -> C
     }
 }
 
-fn resource_version(list: &Value) -> u64 {
-    list.pointer("/metadata/resourceVersion")
+fn resource_version_of(object: &Value) -> u64 {
+    object
+        .pointer("/metadata/resourceVersion")
         .and_then(Value::as_str)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
-}
-
-fn resource_version_of(object: &Value) -> u64 {
-    resource_version(object)
 }
 
 /// A pod's namespace (default `default`) and name.
