@@ -211,6 +211,23 @@ fn create_get_list(open: Open) {
     let (nodes, _) = store.list(Kind::Node, None).expect("list");
     assert_eq!(names(&nodes), ["Node/n1"]);
     assert!(store.list(Kind::Pod, None).expect("list").0.is_empty());
+    // A visit hands over what a list returns, one object at a time, in the same order.
+    for namespace in [None, Some("a")] {
+        let mut visited = Vec::new();
+        let rv = store
+            .visit(Kind::Deployment, namespace, &mut |o| visited.push(o))
+            .expect("visit");
+        assert_eq!(rv, base + 2);
+        assert_eq!(
+            visited,
+            store.list(Kind::Deployment, namespace).expect("list").0
+        );
+    }
+    let mut pods = 0;
+    store
+        .visit(Kind::Pod, None, &mut |_| pods += 1)
+        .expect("visit");
+    assert_eq!(pods, 0);
 
     let again = store.commit(vec![create(deployment("a", "web", 2))]);
     assert!(

@@ -92,36 +92,32 @@ pub const EVENT_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Deletes per store transaction when expired Events are collected.
 const DELETES_PER_TRANSACTION: usize = 200;
 
-/// The Events among `events` that last happened (`lastTimestamp`, else `eventTime`, else
-/// `firstTimestamp`) more than `ttl` before `now`, with their resourceVersion. An Event
-/// whose time cannot be read is kept: nothing is deleted on a guess.
-pub fn expired(
-    events: &[Value],
-    now: jiff::Timestamp,
-    ttl: std::time::Duration,
-) -> Vec<(ObjectKey, u64)> {
-    let Ok(ttl) = jiff::SignedDuration::try_from(ttl) else {
-        return Vec::new();
-    };
-    let Ok(cutoff) = now.checked_sub(ttl) else {
-        return Vec::new();
-    };
-    events
+/// Whether `event` last happened (`lastTimestamp`, else `eventTime`, else `firstTimestamp`)
+/// before `cutoff`. An Event whose time cannot be read is kept: nothing is deleted on a guess.
+fn happened_before(event: &Value, cutoff: jiff::Timestamp) -> bool {
+    ["lastTimestamp", "eventTime", "firstTimestamp"]
         .iter()
-        .filter(|e| {
-            ["lastTimestamp", "eventTime", "firstTimestamp"]
-                .iter()
-                .find_map(|f| e.get(*f).and_then(Value::as_str))
-                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-                .is_some_and(|t| t < cutoff)
-        })
-        .filter_map(|e| {
-            Some((
-                ObjectKey::of(e)?,
-                crate::api::ObjectMeta::resource_version(e),
-            ))
-        })
-        .collect()
+        .find_map(|f| event.get(*f).and_then(Value::as_str))
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .is_some_and(|t| t < cutoff)
+}
+
+/// The time before which an Event has expired, or `None` when `now - ttl` is out of range
+/// (then nothing expires).
+fn cutoff(now: jiff::Timestamp, ttl: std::time::Duration) -> Option<jiff::Timestamp> {
+    now.checked_sub(jiff::SignedDuration::try_from(ttl).ok()?)
+        .ok()
+}
+
+/// The key and resourceVersion of `event` when it happened before `cutoff`.
+fn expired_key(event: &Value, cutoff: jiff::Timestamp) -> Option<(ObjectKey, u64)> {
+    if !happened_before(event, cutoff) {
+        return None;
+    }
+    Some((
+        ObjectKey::of(event)?,
+        crate::api::ObjectMeta::resource_version(event),
+    ))
 }
 
 /// Deletes the Events that expired (see `expired`), as kube-apiserver's event TTL does, so
@@ -133,9 +129,18 @@ pub fn collect_expired(
     now: jiff::Timestamp,
     ttl: std::time::Duration,
 ) -> Result<usize, StoreError> {
-    let (events, _) = store.list(Kind::Event, None)?;
+    let Some(cutoff) = cutoff(now, ttl) else {
+        return Ok(0);
+    };
+    // Visited one at a time: the store may hold tens of thousands of Events (an hour of
+    // them), and listing parses all of them at once, which once a minute raised serve's
+    // resident memory by as much as every Event's JSON tree.
+    let mut expired = Vec::new();
+    store.visit(Kind::Event, None, &mut |event| {
+        expired.extend(expired_key(&event, cutoff));
+    })?;
     let mut deleted = 0;
-    for batch in expired(&events, now, ttl).chunks(DELETES_PER_TRANSACTION) {
+    for batch in expired.chunks(DELETES_PER_TRANSACTION) {
         let ops = |batch: &[(ObjectKey, u64)]| -> Vec<Op> {
             batch
                 .iter()
@@ -250,6 +255,55 @@ mod tests {
         assert_eq!(names(&store), ["edge", "garbled", "new"]);
         // Nothing more is due: a second pass deletes nothing.
         assert_eq!(collect_expired(&store, now, EVENT_TTL).unwrap(), 0);
+    }
+
+    /// A store that refuses to list: what visits one object at a time works on it.
+    struct NoList(MemoryStore);
+
+    impl Store for NoList {
+        fn get(&self, key: &ObjectKey) -> Result<Option<Value>, StoreError> {
+            self.0.get(key)
+        }
+        fn list(&self, kind: Kind, _: Option<&str>) -> Result<(Vec<Value>, u64), StoreError> {
+            Err(StoreError::Invalid {
+                reason: format!("a list of every {kind} was asked for"),
+            })
+        }
+        fn visit(
+            &self,
+            kind: Kind,
+            ns: Option<&str>,
+            each: &mut dyn FnMut(Value),
+        ) -> Result<u64, StoreError> {
+            self.0.visit(kind, ns, each)
+        }
+        fn commit(&self, ops: Vec<Op>) -> Result<crate::store::Committed, StoreError> {
+            self.0.commit(ops)
+        }
+        fn watch(&self, from_rv: u64) -> Result<crate::store::Watch, StoreError> {
+            self.0.watch(from_rv)
+        }
+        fn current_rv(&self) -> u64 {
+            self.0.current_rv()
+        }
+    }
+
+    #[test]
+    fn expired_events_are_found_without_listing_them_all_at_once() {
+        let store = NoList(MemoryStore::new());
+        let ops = (0..(2 * DELETES_PER_TRANSACTION + 1))
+            .map(|i| Op::Create(event(&format!("old-{i:03}"), "2026-01-01T00:00:00Z")))
+            .chain([Op::Create(event("new", "2026-01-01T01:30:00Z"))])
+            .collect();
+        store.commit(ops).unwrap();
+        let now: jiff::Timestamp = "2026-01-01T02:00:00Z".parse().unwrap();
+        assert_eq!(
+            collect_expired(&store, now, EVENT_TTL).unwrap(),
+            2 * DELETES_PER_TRANSACTION + 1
+        );
+        let (left, _) = store.0.list(Kind::Event, None).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].pointer("/metadata/name").unwrap(), "new");
     }
 
     /// A store where Event "a" happens again just before the first transaction of deletes.

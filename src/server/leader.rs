@@ -670,6 +670,14 @@ impl Store for FencedStore {
     ) -> Result<(Vec<serde_json::Value>, u64), StoreError> {
         self.inner.list(kind, namespace)
     }
+    fn visit(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        each: &mut dyn FnMut(serde_json::Value),
+    ) -> Result<u64, StoreError> {
+        self.inner.visit(kind, namespace, each)
+    }
     fn commit(&self, ops: Vec<Op>) -> Result<Committed, StoreError> {
         if !self.fence.allows(Instant::now()) {
             return Err(StoreError::Backend {

@@ -425,6 +425,18 @@ impl Store for EtcdStore {
     }
 
     fn list(&self, kind: Kind, namespace: Option<&str>) -> Result<(Vec<Value>, u64), StoreError> {
+        let mut items = Vec::new();
+        let rv = self.visit(kind, namespace, &mut |o| items.push(o))?;
+        Ok((items, rv))
+    }
+
+    /// One range read: its raw values are held at once, each is parsed in turn.
+    fn visit(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        each: &mut dyn FnMut(Value),
+    ) -> Result<u64, StoreError> {
         let (start, end) = key_range(kind, namespace);
         let mut kv = self.kv.clone();
         let prefix = self.prefix.clone();
@@ -435,16 +447,12 @@ impl Store for EtcdStore {
             })
             .map_err(|e| self.fail(format!("listing {start}: {e}")))?;
         let rv = revision(response.header());
-        let items = response
-            .take_kvs()
-            .iter()
-            .map(|item| {
-                let key = item.key_str().unwrap_or_default();
-                let key = key.strip_prefix(&self.prefix).unwrap_or(key);
-                decode_at(key, item.value(), item.mod_revision())
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((items, rv))
+        for item in response.take_kvs() {
+            let key = item.key_str().unwrap_or_default();
+            let key = key.strip_prefix(&self.prefix).unwrap_or(key);
+            each(decode_at(key, item.value(), item.mod_revision())?);
+        }
+        Ok(rv)
     }
 
     fn commit(&self, ops: Vec<Op>) -> Result<Committed, StoreError> {

@@ -60,14 +60,32 @@ impl Store for MemoryStore {
     }
 
     fn list(&self, kind: Kind, namespace: Option<&str>) -> Result<(Vec<Value>, u64), StoreError> {
-        let objects = self.lock();
-        let (start, end) = key_range(kind, namespace);
-        let items = objects
-            .by_key
-            .range(start..end)
-            .map(|(key, bytes)| decode(key, bytes))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((items, objects.resource_version))
+        let mut items = Vec::new();
+        let rv = self.visit(kind, namespace, &mut |o| items.push(o))?;
+        Ok((items, rv))
+    }
+
+    fn visit(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        each: &mut dyn FnMut(Value),
+    ) -> Result<u64, StoreError> {
+        // The stored bytes are shared: take them under the lock, parse after it.
+        let (stored, rv) = {
+            let objects = self.lock();
+            let (start, end) = key_range(kind, namespace);
+            let stored: Vec<(String, Arc<[u8]>)> = objects
+                .by_key
+                .range(start..end)
+                .map(|(key, bytes)| (key.clone(), bytes.clone()))
+                .collect();
+            (stored, objects.resource_version)
+        };
+        for (key, bytes) in stored {
+            each(decode(&key, &bytes)?);
+        }
+        Ok(rv)
     }
 
     fn commit(&self, ops: Vec<Op>) -> Result<Committed, StoreError> {

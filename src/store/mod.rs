@@ -82,6 +82,22 @@ pub trait Store: Send + Sync {
     /// All objects of a kind (in one namespace, or all when `None`), sorted by key, and the
     /// resourceVersion the list is consistent with (to start a watch from).
     fn list(&self, kind: Kind, namespace: Option<&str>) -> Result<(Vec<Value>, u64), StoreError>;
+    /// Calls `each` with every object of a kind (in one namespace, or all when `None`), one
+    /// at a time in key order, and returns the resourceVersion the visit is consistent with.
+    /// For a pass over many objects that keeps little of each (the Event TTL collector):
+    /// `list` holds all of them parsed at once, a few KiB of JSON tree per object. `each`
+    /// must not call the store: an implementation may hold a read transaction meanwhile.
+    /// The default lists and hands the objects over.
+    fn visit(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        each: &mut dyn FnMut(Value),
+    ) -> Result<u64, StoreError> {
+        let (objects, rv) = self.list(kind, namespace)?;
+        objects.into_iter().for_each(each);
+        Ok(rv)
+    }
     /// Applies the ops atomically: every op or none. The whole transaction gets one new
     /// resourceVersion. An empty transaction is a no-op returning the current version.
     fn commit(&self, ops: Vec<Op>) -> Result<Committed, StoreError>;

@@ -56,6 +56,14 @@ impl Store for RecordingStore {
     fn list(&self, kind: Kind, namespace: Option<&str>) -> Result<(Vec<Value>, u64), StoreError> {
         self.inner.list(kind, namespace)
     }
+    fn visit(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        each: &mut dyn FnMut(Value),
+    ) -> Result<u64, StoreError> {
+        self.inner.visit(kind, namespace, each)
+    }
     fn commit(&self, ops: Vec<Op>) -> Result<Committed, StoreError> {
         let committed = self.inner.commit(ops.clone())?;
         self.log

@@ -301,6 +301,17 @@ impl Store for RedbStore {
     }
 
     fn list(&self, kind: Kind, namespace: Option<&str>) -> Result<(Vec<Value>, u64), StoreError> {
+        let mut items = Vec::new();
+        let rv = self.visit(kind, namespace, &mut |o| items.push(o))?;
+        Ok((items, rv))
+    }
+
+    fn visit(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        each: &mut dyn FnMut(Value),
+    ) -> Result<u64, StoreError> {
         let tx = self.inner.db.begin_read().map_err(|e| self.inner.fail(e))?;
         let table = tx.open_table(OBJECTS).map_err(|e| self.inner.fail(e))?;
         let meta = tx.open_table(META).map_err(|e| self.inner.fail(e))?;
@@ -309,15 +320,14 @@ impl Store for RedbStore {
             .map_err(|e| self.inner.fail(e))?
             .map(|g| g.value());
         let (start, end) = key_range(kind, namespace);
-        let mut items = Vec::new();
         for entry in table
             .range(start.as_str()..end.as_str())
             .map_err(|e| self.inner.fail(e))?
         {
             let (key, bytes) = entry.map_err(|e| self.inner.fail(e))?;
-            items.push(decode(key.value(), bytes.value())?);
+            each(decode(key.value(), bytes.value())?);
         }
-        Ok((items, rv.unwrap_or(0)))
+        Ok(rv.unwrap_or(0))
     }
 
     fn commit(&self, ops: Vec<Op>) -> Result<Committed, StoreError> {
