@@ -5,7 +5,7 @@
 //! a one-file commit applied after the ref update, and serve's resident memory; beside them,
 //! the floor: parsing the same YAML alone in this process.
 //!
-//! `tend bench load [--agents 100] [--duration 300s]`: simulated agents watching and
+//! `tend bench load [--agents 100] [--duration 300s] [--event-ttl 1h]`: simulated agents watching and
 //! reporting status every second against a real serve ([`load`]).
 
 pub mod load;
@@ -66,6 +66,10 @@ pub struct BenchArgs {
     /// `load`: how long the load runs once the agents are registered (`300s`, `5m`).
     #[arg(long, default_value = "300s", value_parser = crate::cli::serve::parse_duration)]
     pub duration: std::time::Duration,
+    /// `load`: serve's --event-ttl (default: serve's, 1h); shorter, Events stop piling up
+    /// sooner and a run reaches its steady state sooner.
+    #[arg(long, value_parser = crate::cli::serve::parse_duration)]
+    pub event_ttl: Option<std::time::Duration>,
     /// `apply`: the store serve uses: `redb`, or `etcd://HOST:PORT[,..]` (an etcd you run,
     /// holding no tend objects yet; see docs/etcd.md).
     #[arg(long, default_value = "redb")]
@@ -85,7 +89,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             crate::agent::lb::bench::run(&sizes, args.changes)
         }
         "push" => push::run(args.runs, args.extra_services),
-        "load" => load::main(args.agents, args.duration),
+        "load" => load::main(args.agents, args.duration, args.event_ttl),
         other => bail!(
             "bench {other:?}: unknown benchmark (available: apply, schedule, agent, services, push, load)"
         ),

@@ -466,3 +466,44 @@ fn a_repository_with_a_work_tree_deploys_its_commits_not_its_edits() {
     );
     assert_eq!(d["metadata"]["generation"], 2);
 }
+
+/// `--event-ttl`, as kube-apiserver's: an Event is deleted that long after it last happened
+/// (the Deployment's "Scaled up" here, which happens once); a TTL that is not a duration is
+/// refused at start, naming the flag.
+#[test]
+fn events_go_after_the_event_ttl() {
+    let repos = Repos::new();
+    repos.write("xgp.yaml", &xgp_web(1, "192.168.1.21:5000/web:v1"));
+    let first = repos.commit("Deploy xgp-web v1");
+    repos.push();
+    let serve = Serve::start(
+        &["--repo", repos.bare.to_str().unwrap(), "--event-ttl", "2s"],
+        &repos.state(),
+    );
+    assert_eq!(phase(&serve.wait_revision(&first)), "Applied");
+    const EVENTS: &str = "/api/v1/namespaces/default/events";
+    let scaled = |l: &Value| {
+        l["items"].as_array().is_some_and(|items| {
+            items.iter().any(|e| {
+                e["reason"] == "ScalingReplicaSet" && e["involvedObject"]["name"] == "xgp-web"
+            })
+        })
+    };
+    serve.wait_for(EVENTS, "the Deployment's ScalingReplicaSet event", scaled);
+    serve.wait_for(EVENTS, "that event to expire", |l| !scaled(l));
+
+    let out = std::process::Command::new(TEND)
+        .args(["serve", "--listen", "127.0.0.1:0", "--state"])
+        .arg(repos.state().with_extension("other"))
+        .args([
+            "--repo",
+            repos.bare.to_str().unwrap(),
+            "--event-ttl",
+            "an hour",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--event-ttl"), "{stderr}");
+}

@@ -57,6 +57,8 @@ pub struct LoadConfig {
     pub report_every: Duration,
     /// How often a commit scales a Deployment or changes its image.
     pub commit_every: Duration,
+    /// serve's `--event-ttl`; `None`: its default (1 h), so Events accumulate for an hour.
+    pub event_ttl: Option<Duration>,
 }
 
 impl LoadConfig {
@@ -67,6 +69,7 @@ impl LoadConfig {
             duration,
             report_every: Duration::from_secs(1),
             commit_every: Duration::from_secs(5),
+            event_ttl: None,
         }
     }
 }
@@ -313,12 +316,22 @@ impl Drop for Serve {
     }
 }
 
-fn start_serve(tend: &Path, repo: &Path, state: &Path) -> anyhow::Result<Serve> {
-    let mut child = Command::new(tend)
+fn start_serve(
+    tend: &Path,
+    repo: &Path,
+    state: &Path,
+    event_ttl: Option<Duration>,
+) -> anyhow::Result<Serve> {
+    let mut command = Command::new(tend);
+    command
         .args(["serve", "--listen", "127.0.0.1:0", "--repo"])
         .arg(repo)
         .arg("--state")
-        .arg(state)
+        .arg(state);
+    if let Some(ttl) = event_ttl {
+        command.arg(format!("--event-ttl={}ms", ttl.as_millis()));
+    }
+    let mut child = command
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -878,7 +891,11 @@ fn rss_mib(pid: u32) -> Option<f64> {
 }
 
 /// Commits a change every `every` until `until`: odd commits scale a Deployment between 3
-/// and 4 replicas, even ones change its image. Returns the number of commits.
+/// and 4 replicas, even ones switch its image between two tags, so that a rollout revives
+/// the older ReplicaSet (as `tend rollout undo` does) instead of adding one. The store's
+/// state then stops growing within one pass over the apps (~8 min) rather than when every
+/// Deployment's history reaches `revisionHistoryLimit` (~90 min): serve's memory after the
+/// warm-up is serve's own, not a growing workload's. Returns the number of commits.
 async fn commit_changes(
     repo: PathBuf,
     apps: usize,
@@ -899,7 +916,7 @@ async fn commit_changes(
             replicas[i] = if replicas[i] == 3 { 4 } else { 3 };
             format!("scale app-{i} to {}", replicas[i])
         } else {
-            tags[i] += 1;
+            tags[i] = 3 - tags[i];
             format!("app-{i} to v{}", tags[i])
         };
         let yaml = app_yaml(i, replicas[i], &format!("v{}", tags[i]));
@@ -945,7 +962,7 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<LoadReport> {
     }
     super::git(&repo, &["add", "-A"])?;
     super::git(&repo, &["commit", "-q", "-m", "load: initial apps"])?;
-    let serve = start_serve(&config.tend, &repo, &work.0.join("state"))?;
+    let serve = start_serve(&config.tend, &repo, &work.0.join("state"), config.event_ttl)?;
     let pid = serve.child.id();
 
     let admin = reqwest::Client::builder()
@@ -1222,13 +1239,21 @@ async fn check_watches(
 }
 
 /// `tend bench load`: runs [`run`] with this binary's serve and prints the table.
-pub fn main(agents: usize, duration: Duration) -> anyhow::Result<std::process::ExitCode> {
+pub fn main(
+    agents: usize,
+    duration: Duration,
+    event_ttl: Option<Duration>,
+) -> anyhow::Result<std::process::ExitCode> {
     let tend = std::env::current_exe().context("locating the tend binary")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let report = runtime.block_on(run(LoadConfig::new(tend, agents, duration)))?;
+    let config = LoadConfig {
+        event_ttl,
+        ..LoadConfig::new(tend, agents, duration)
+    };
+    let report = runtime.block_on(run(config))?;
     report.print();
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// Where every mutation is recorded, one JSON line each (default: audit.log under --state).
     #[arg(long)]
     pub audit_log: Option<PathBuf>,
+    /// How long an Event is kept after it last happened (e.g. 30m, 1h), as kube-apiserver's
+    /// --event-ttl.
+    #[arg(long, default_value = "1h")]
+    pub event_ttl: String,
     /// Size in MiB at which the audit log is rotated (0: never).
     #[arg(long = "audit-log-maxsize", default_value_t = 100)]
     pub audit_log_maxsize: u64,
@@ -186,6 +190,7 @@ pub async fn serve_until(
     // Checked before the API starts, although only the leader allocates from it.
     crate::controller::alloc::Allocator::new(&args.service_cidr)
         .map_err(|e| anyhow::anyhow!("--service-cidr {}: {e}", args.service_cidr))?;
+    event_ttl(&args)?;
     let source = open_source(&args)?;
     let (notify_tx, notify_rx) = tokio::sync::mpsc::channel::<()>(1);
     let _watch = source.watch(notify_tx.clone())?;
@@ -376,6 +381,7 @@ async fn lead(
     let mut controllers = start_controllers(args, ctx, &stop_rx)?;
     controllers.push(tokio::spawn(collect_expired_events(
         store.clone(),
+        event_ttl(args)?,
         stop_rx.clone(),
     )));
 
@@ -430,14 +436,20 @@ async fn lead(
 /// How often expired Events are collected.
 const EVENT_GC_PERIOD: Duration = Duration::from_secs(60);
 
-/// Deletes Events an hour after they last happened, as kube-apiserver's `--event-ttl` does,
+/// `--event-ttl`, read.
+fn event_ttl(args: &ServeArgs) -> anyhow::Result<Duration> {
+    parse_duration(&args.event_ttl).map_err(|e| anyhow::anyhow!("--event-ttl {e}"))
+}
+
+/// Deletes Events `ttl` after they last happened, as kube-apiserver's `--event-ttl` does,
 /// until `stop`. Failures are logged and retried at the next period.
 async fn collect_expired_events(
     store: Arc<dyn Store>,
+    ttl: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    use crate::controller::events::{EVENT_TTL, collect_expired};
-    let mut every = tokio::time::interval(EVENT_GC_PERIOD);
+    use crate::controller::events::collect_expired;
+    let mut every = tokio::time::interval(EVENT_GC_PERIOD.min(ttl));
     loop {
         tokio::select! {
             _ = every.tick() => {}
@@ -445,7 +457,7 @@ async fn collect_expired_events(
         }
         let store = store.clone();
         let collected = tokio::task::spawn_blocking(move || {
-            collect_expired(store.as_ref(), jiff::Timestamp::now(), EVENT_TTL)
+            collect_expired(store.as_ref(), jiff::Timestamp::now(), ttl)
         })
         .await;
         match collected {

@@ -87,8 +87,6 @@ impl EventRecorder {
     }
 }
 
-/// How long an Event is kept after it last happened: kube-apiserver's `--event-ttl` default.
-pub const EVENT_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Deletes per store transaction when expired Events are collected.
 const DELETES_PER_TRANSACTION: usize = 200;
 
@@ -173,6 +171,9 @@ mod tests {
     use super::*;
     use crate::controller::runtime::FakeClock;
     use crate::store::memory::MemoryStore;
+
+    /// `tend serve --event-ttl`'s default, as kube-apiserver's.
+    const EVENT_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
 
     #[test]
     fn repeated_events_are_counted() {
