@@ -284,10 +284,15 @@ async fn dispatch(
                 };
                 return open_watch(shared, (identity, client), filter, &params, shutdown).await;
             }
-            Ok(
-                Json(objects::list(store, kind, namespace, selector, fields).await?)
-                    .into_response(),
+            let body = objects::list(store, kind, namespace, selector, fields).await?;
+            Ok((
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                body,
             )
+                .into_response())
         }
         (
             Route::Collection {

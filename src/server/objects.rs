@@ -38,25 +38,56 @@ pub async fn commit(store: &Arc<dyn Store>, ops: Vec<Op>) -> Result<Committed, A
     }
 }
 
-/// `GET` on a collection: a `<Kind>List` of the objects matching the label and field selectors.
+/// `GET` on a collection: a `<Kind>List` of the objects matching the label and field
+/// selectors, encoded. The objects are visited one at a time and each matching one is
+/// encoded as it comes, so a list holds its answer's bytes, not every object's JSON tree
+/// (about ten times as much: 3,000 Events raised serve's resident memory by ~20 MiB).
 pub async fn list(
     store: &Arc<dyn Store>,
     kind: Kind,
     namespace: Option<String>,
     selector: Selector,
     fields: FieldSelector,
-) -> Result<Value, ApiError> {
-    let (objects, rv) = blocking(store, move |s| s.list(kind, namespace.as_deref())).await?;
-    let items: Vec<Value> = objects
-        .into_iter()
-        .filter(|o| selector.matches(o.labels()) && fields.matches(o))
-        .collect();
-    Ok(json!({
+) -> Result<Vec<u8>, ApiError> {
+    blocking(store, move |s| {
+        let mut items = Vec::new();
+        let mut encoded = Ok(());
+        let rv = s.visit(kind, namespace.as_deref(), &mut |o| {
+            if encoded.is_err() || !(selector.matches(o.labels()) && fields.matches(&o)) {
+                return;
+            }
+            items.push(if items.is_empty() { b'[' } else { b',' });
+            encoded = serde_json::to_writer(&mut items, &o);
+        })?;
+        encoded.map_err(|e| StoreError::Invalid {
+            reason: format!("encoding a {kind}: {e}"),
+        })?;
+        Ok(list_body(kind, rv, items))
+    })
+    .await
+}
+
+/// `{"apiVersion", "kind": "<Kind>List", "metadata": {"resourceVersion"}, "items"}` around
+/// `items`: the encoded objects, `[` before the first and `,` between them (empty: none).
+fn list_body(kind: Kind, rv: u64, items: Vec<u8>) -> Vec<u8> {
+    let head = json!({
         "apiVersion": kind.api_version(),
         "kind": format!("{}List", kind.name()),
         "metadata": { "resourceVersion": rv.to_string() },
-        "items": items,
-    }))
+    })
+    .to_string();
+    let mut body = Vec::with_capacity(head.len() + items.len() + 16);
+    // `{...}` without its closing brace, then the items.
+    body.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
+    body.extend_from_slice(br#","items":"#);
+    if items.is_empty() {
+        body.extend_from_slice(b"[]");
+    } else {
+        body.extend_from_slice(&items);
+        body.push(b']');
+    }
+    body.push(b'}');
+    body
 }
 
 pub async fn get(store: &Arc<dyn Store>, key: ObjectKey) -> Result<Value, ApiError> {
@@ -307,6 +338,44 @@ pub async fn record_event(
 mod tests {
     use super::*;
     use axum::http::StatusCode;
+
+    #[tokio::test]
+    async fn a_list_is_the_matching_objects_encoded_one_by_one() {
+        let store: Arc<dyn Store> = Arc::new(crate::store::memory::MemoryStore::new());
+        let pod = |name: &str, app: &str| {
+            Op::Create(json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": "default", "labels": {"app": app}},
+                "spec": {"containers": [{"name": "c", "image": "i"}]}}))
+        };
+        let committed = store
+            .commit(vec![pod("a", "web"), pod("b", "db"), pod("c", "web")])
+            .unwrap();
+        let body = |selector: &str| {
+            let store = store.clone();
+            let selector = Selector::parse(selector).unwrap();
+            async move {
+                let bytes = list(&store, Kind::Pod, None, selector, FieldSelector::default())
+                    .await
+                    .unwrap();
+                serde_json::from_slice::<Value>(&bytes).unwrap()
+            }
+        };
+        let all = body("").await;
+        assert_eq!(all["kind"], "PodList");
+        assert_eq!(all["apiVersion"], "v1");
+        let rv = committed.resource_version.to_string();
+        assert_eq!(all["metadata"]["resourceVersion"], rv.as_str());
+        assert_eq!(all["items"], Value::from(committed.objects.clone()));
+        let web = body("app=web").await;
+        let names: Vec<&str> = web["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p.meta_str("name"))
+            .collect();
+        assert_eq!(names, ["a", "c"]);
+        assert_eq!(body("app=none").await["items"], json!([]));
+    }
 
     #[test]
     fn fills_kind_api_version_and_namespace() {

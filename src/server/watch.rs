@@ -304,11 +304,19 @@ pub async fn respond(
     let (watch, from_rv) = match start.resource_version.filter(|rv| *rv > 0) {
         Some(rv) => (blocking(store, move |s| s.watch(rv)).await?, rv),
         None => {
-            let (kind, ns) = (filter.kind, filter.namespace.clone());
-            let (objects, rv) = blocking(store, move |s| s.list(kind, ns.as_deref())).await?;
-            for object in objects.iter().filter(|o| filter.matches(o)) {
-                pending.push_back(event_line("ADDED", object));
-            }
+            // Each object encoded as it is visited: the start holds lines, not JSON trees.
+            let (kind, ns, matching) = (filter.kind, filter.namespace.clone(), filter.clone());
+            let (lines, rv) = blocking(store, move |s| {
+                let mut lines = VecDeque::new();
+                let rv = s.visit(kind, ns.as_deref(), &mut |o| {
+                    if matching.matches(&o) {
+                        lines.push_back(event_line("ADDED", &o));
+                    }
+                })?;
+                Ok((lines, rv))
+            })
+            .await?;
+            pending = lines;
             (blocking(store, move |s| s.watch(rv)).await?, rv)
         }
     };
