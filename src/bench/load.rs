@@ -8,8 +8,8 @@
 //! and every Endpoints (list, then watch from the list's resourceVersion, resuming from the
 //! last one seen), and every second writes its Node's status and the status of each of its
 //! pods (Running, Ready, an IP from its pod CIDR); it deletes the pods marked for deletion.
-//! Meanwhile a commit every few seconds scales a Deployment or changes its image, so pods
-//! come and go and Endpoints change.
+//! Meanwhile a commit every few seconds scales a Deployment or switches its image between
+//! two tags, so pods come and go and Endpoints change while the store's state stays steady.
 //!
 //! Measured: the latency of every API request (watches excepted: the lists they start from
 //! count), serve's VmRSS every 5 s, and whether any watch dropped an event. A watch
@@ -55,7 +55,7 @@ pub struct LoadConfig {
     pub duration: Duration,
     /// How often an agent writes its Node's and its pods' status.
     pub report_every: Duration,
-    /// How often a commit scales a Deployment or changes its image.
+    /// How often a commit scales a Deployment or switches its image.
     pub commit_every: Duration,
     /// serve's `--event-ttl`; `None`: its default (1 h), so Events accumulate for an hour.
     pub event_ttl: Option<Duration>,
