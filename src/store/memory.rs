@@ -60,9 +60,7 @@ impl Store for MemoryStore {
     }
 
     fn list(&self, kind: Kind, namespace: Option<&str>) -> Result<(Vec<Value>, u64), StoreError> {
-        let mut items = Vec::new();
-        let rv = self.visit(kind, namespace, &mut |o| items.push(o))?;
-        Ok((items, rv))
+        super::list_by_visit(self, kind, namespace)
     }
 
     fn visit(

@@ -75,6 +75,17 @@ pub struct Committed {
 /// committing thread: it must not block (send it on a channel).
 pub type CommitDone = Box<dyn FnOnce(Result<Committed, StoreError>) + Send>;
 
+/// `Store::list` of a store that implements `visit`: the visited objects, collected.
+pub(crate) fn list_by_visit(
+    store: &dyn Store,
+    kind: Kind,
+    namespace: Option<&str>,
+) -> Result<(Vec<Value>, u64), StoreError> {
+    let mut items = Vec::new();
+    let rv = store.visit(kind, namespace, &mut |o| items.push(o))?;
+    Ok((items, rv))
+}
+
 /// The object store. Implementations: `redb::RedbStore` (embedded), `etcd::EtcdStore`.
 pub trait Store: Send + Sync {
     /// One object, or `None`.
