@@ -5,8 +5,8 @@
 //! a one-file commit applied after the ref update, and serve's resident memory; beside them,
 //! the floor: parsing the same YAML alone in this process.
 //!
-//! `tend bench load [--agents 100] [--duration 300s] [--event-ttl 1h]`: simulated agents watching and
-//! reporting status every second against a real serve ([`load`]).
+//! `tend bench load [--agents 100] [--duration 300s] [--event-ttl 1h]`: simulated agents
+//! watching and reporting status every second against a real serve ([`load`]).
 
 pub mod load;
 mod push;

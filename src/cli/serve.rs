@@ -53,8 +53,8 @@ pub struct ServeArgs {
     pub audit_log: Option<PathBuf>,
     /// How long an Event is kept after it last happened (e.g. 30m, 1h), as kube-apiserver's
     /// --event-ttl.
-    #[arg(long, default_value = "1h")]
-    pub event_ttl: String,
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub event_ttl: Duration,
     /// Size in MiB at which the audit log is rotated (0: never).
     #[arg(long = "audit-log-maxsize", default_value_t = 100)]
     pub audit_log_maxsize: u64,
@@ -190,7 +190,6 @@ pub async fn serve_until(
     // Checked before the API starts, although only the leader allocates from it.
     crate::controller::alloc::Allocator::new(&args.service_cidr)
         .map_err(|e| anyhow::anyhow!("--service-cidr {}: {e}", args.service_cidr))?;
-    event_ttl(&args)?;
     let source = open_source(&args)?;
     let (notify_tx, notify_rx) = tokio::sync::mpsc::channel::<()>(1);
     let _watch = source.watch(notify_tx.clone())?;
@@ -381,7 +380,7 @@ async fn lead(
     let mut controllers = start_controllers(args, ctx, &stop_rx)?;
     controllers.push(tokio::spawn(collect_expired_events(
         store.clone(),
-        event_ttl(args)?,
+        args.event_ttl,
         stop_rx.clone(),
     )));
 
@@ -435,11 +434,6 @@ async fn lead(
 
 /// How often expired Events are collected.
 const EVENT_GC_PERIOD: Duration = Duration::from_secs(60);
-
-/// `--event-ttl`, read.
-fn event_ttl(args: &ServeArgs) -> anyhow::Result<Duration> {
-    parse_duration(&args.event_ttl).map_err(|e| anyhow::anyhow!("--event-ttl {e}"))
-}
 
 /// Deletes Events `ttl` after they last happened, as kube-apiserver's `--event-ttl` does,
 /// until `stop`. Failures are logged and retried at the next period.

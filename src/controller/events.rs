@@ -118,7 +118,7 @@ fn expired_key(event: &Value, cutoff: jiff::Timestamp) -> Option<(ObjectKey, u64
     ))
 }
 
-/// Deletes the Events that expired (see `expired`), as kube-apiserver's event TTL does, so
+/// Deletes the Events that expired (see `happened_before`), as kube-apiserver's event TTL does, so
 /// that the store does not grow with every event ever recorded. Each delete is guarded by the
 /// resourceVersion read: an Event that happened again meanwhile is kept. Returns how many
 /// were deleted.

@@ -300,15 +300,18 @@ pub async fn respond(
     slot: impl Send + Sync + 'static,
     shutdown: Option<ShutdownSignal>,
 ) -> Result<Response, ApiError> {
-    let mut pending = VecDeque::new();
-    let (watch, from_rv) = match start.resource_version.filter(|rv| *rv > 0) {
-        Some(rv) => (blocking(store, move |s| s.watch(rv)).await?, rv),
+    let (watch, from_rv, pending) = match start.resource_version.filter(|rv| *rv > 0) {
+        Some(rv) => (
+            blocking(store, move |s| s.watch(rv)).await?,
+            rv,
+            VecDeque::new(),
+        ),
         None => {
             // Each object encoded as it is visited: the start holds lines, not JSON trees.
-            let (kind, ns, matching) = (filter.kind, filter.namespace.clone(), filter.clone());
+            let matching = filter.clone();
             let (lines, rv) = blocking(store, move |s| {
                 let mut lines = VecDeque::new();
-                let rv = s.visit(kind, ns.as_deref(), &mut |o| {
+                let rv = s.visit(matching.kind, matching.namespace.as_deref(), &mut |o| {
                     if matching.matches(&o) {
                         lines.push_back(event_line("ADDED", &o));
                     }
@@ -316,8 +319,7 @@ pub async fn respond(
                 Ok((lines, rv))
             })
             .await?;
-            pending = lines;
-            (blocking(store, move |s| s.watch(rv)).await?, rv)
+            (blocking(store, move |s| s.watch(rv)).await?, rv, lines)
         }
     };
     let mut bookmarks =
